@@ -1,0 +1,3 @@
+from braintumor_tf.cli import main
+
+main()

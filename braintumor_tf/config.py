@@ -1,0 +1,267 @@
+"""One typed, validated, read-only configuration object for every command.
+
+A YAML file gives the values, ``--set a.b=c`` overrides them, the dataclasses
+below check them once; after that nothing reads YAML, flags or the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_CLASSIFICATION_CONFIG = CONFIG_DIR / "classification.yaml"
+
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adopt")
+SCHEDULES = ("warmup_cosine_floor", "constant")
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+HEADS = ("flatten", "global_average")
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Light, label-preserving augmentation; all zero turns it off."""
+
+    horizontal_flip: bool = True
+    vertical_flip: bool = False
+    rotation: float = 0.05  # fraction of a full turn, either way
+    zoom: float = 0.1
+    translation: float = 0.05
+    contrast: float = 0.2
+    brightness: float = 0.1
+
+    def __post_init__(self):
+        for name in ("rotation", "zoom", "translation", "contrast", "brightness"):
+            value = getattr(self, name)
+            _check(0.0 <= value < 1.0, f"augment.{name} must be in [0, 1), got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where images come from and how they are split.
+
+    ``root: null`` means the built-in phantom data set, generated on first use
+    into the run directory, so the default command works on a fresh machine.
+    """
+
+    root: str | None = None
+    image_size: int = 128
+    channels: int = 1
+    phantom_images_per_class: int = 300
+    phantom_image_size: int = 160
+    phantom_seed: int = 0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    split_seed: int = 42
+    group_aware: bool = True
+    group_threshold: float = 0.85
+    cache: bool = True
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+
+    def __post_init__(self):
+        _check(16 <= self.image_size <= 1024, f"data.image_size must be in [16, 1024], got {self.image_size!r}")
+        _check(self.channels in (1, 3), f"data.channels must be 1 or 3, got {self.channels!r}")
+        _check(self.phantom_images_per_class >= 4,
+               f"data.phantom_images_per_class must be >= 4, got {self.phantom_images_per_class!r}")
+        _check(0.0 <= self.val_fraction < 1.0, f"data.val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        _check(0.0 <= self.test_fraction < 1.0, f"data.test_fraction must be in [0, 1), got {self.test_fraction!r}")
+        _check(self.val_fraction + self.test_fraction < 1.0,
+               "data.val_fraction + data.test_fraction must leave some training data")
+        _check(0.0 < self.group_threshold <= 1.0,
+               f"data.group_threshold must be in (0, 1], got {self.group_threshold!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Residual CNN: a stem, then one residual block per entry of ``block_filters``."""
+
+    name: str = "residual_cnn"
+    num_classes: int = 4
+    stem_filters: int = 0  # 0: no stem, the first block sees the image
+    stem_stride: int = 1
+    block_filters: tuple[int, ...] = (32, 64, 128, 192, 256)
+    block_kernel_sizes: tuple[int, ...] = (3, 3, 3, 3, 3)
+    block_downsample: tuple[bool, ...] = (True, True, True, True, True)
+    convs_per_block: int = 2
+    separable: bool = False
+    batch_norm: bool = True
+    head: str = "global_average"
+    dense_units: int = 256
+    dropout: float = 0.3
+
+    def __post_init__(self):
+        _check(self.name == "residual_cnn", f"model.name must be 'residual_cnn', got {self.name!r}")
+        _check(self.num_classes >= 2, f"model.num_classes must be >= 2, got {self.num_classes!r}")
+        count = len(self.block_filters)
+        _check(count >= 1, "model.block_filters needs at least one block")
+        _check(len(self.block_kernel_sizes) == count and len(self.block_downsample) == count,
+               "model.block_filters, block_kernel_sizes and block_downsample must have the same "
+               f"length, got {count}, {len(self.block_kernel_sizes)}, {len(self.block_downsample)}")
+        _check(all(k % 2 == 1 and k > 0 for k in self.block_kernel_sizes),
+               f"model.block_kernel_sizes must be odd and positive, got {list(self.block_kernel_sizes)}")
+        _check(self.convs_per_block in (1, 2),
+               f"model.convs_per_block must be 1 or 2, got {self.convs_per_block!r}")
+        _check(self.head in HEADS, f"model.head must be one of {HEADS}, got {self.head!r}")
+        _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    name: str = "adamw"
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    beta_1: float = 0.9
+    beta_2: float = 0.999
+    epsilon: float = 1e-7
+    clipnorm: float | None = None
+
+    def __post_init__(self):
+        _check(self.name in OPTIMIZERS, f"optimizer.name must be one of {OPTIMIZERS}, got {self.name!r}")
+        _check(self.learning_rate > 0, f"optimizer.learning_rate must be > 0, got {self.learning_rate!r}")
+        _check(self.weight_decay >= 0, f"optimizer.weight_decay must be >= 0, got {self.weight_decay!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleConfig:
+    """The study's schedule: warmup from start_factor*base, cosine to floor_factor*base, flat."""
+
+    name: str = "warmup_cosine_floor"
+    warmup_start_factor: float = 0.1
+    warmup_fraction: float = 0.1
+    decay_fraction: float = 0.9
+    floor_factor: float = 0.01
+
+    def __post_init__(self):
+        _check(self.name in SCHEDULES, f"schedule.name must be one of {SCHEDULES}, got {self.name!r}")
+        _check(0.0 <= self.warmup_fraction <= 1.0 and 0.0 <= self.decay_fraction <= 1.0
+               and self.warmup_fraction + self.decay_fraction <= 1.0 + 1e-9,
+               "schedule.warmup_fraction and decay_fraction must be in [0, 1] and sum to <= 1, got "
+               f"{self.warmup_fraction!r} and {self.decay_fraction!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 32
+    epochs: int = 12
+    precision: str = "auto"
+    distribute: str = "auto"
+    seed: int = 0
+    label_smoothing: float = 0.0
+    monitor: str = "val_accuracy"
+    steps_per_epoch: int | None = None  # None: one pass over the training split
+    verbose: int = 1
+
+    def __post_init__(self):
+        _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size!r}")
+        _check(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs!r}")
+        _check(self.precision in PRECISIONS, f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        _check(self.distribute in STRATEGIES,
+               f"train.distribute must be one of {STRATEGIES}, got {self.distribute!r}")
+        _check(0.0 <= self.label_smoothing < 1.0,
+               f"train.label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    task: str = "classification"
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        _check(self.task == "classification", f"task must be 'classification', got {self.task!r}")
+
+    def to_dict(self) -> dict:
+        return _to_plain(dataclasses.asdict(self))
+
+    def replace(self, **overrides) -> Config:
+        """A copy with dotted-key overrides, validated again: ``replace(**{"train.epochs": 2})``."""
+        tree = self.to_dict()
+        for key, value in overrides.items():
+            _set_dotted(tree, key, value)
+        return from_dict(tree)
+
+
+def _to_plain(value):
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _coerce(cls, data: dict, prefix: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"{prefix or 'config'} must be a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
+                         f"valid keys under {prefix or 'the top level'}: {', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _coerce(hint, value, f"{prefix}{name}.")
+        elif typing.get_origin(hint) is tuple and value is not None:
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(f"{prefix}{name} must be a list, got {value!r}")
+            kwargs[name] = tuple(value)
+        elif hint is float and isinstance(value, int) and not isinstance(value, bool):
+            kwargs[name] = float(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def from_dict(tree: dict) -> Config:
+    return _coerce(Config, tree, "")
+
+
+def _set_dotted(tree: dict, key: str, value) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"config key {part!r} in override {key!r} is a value, not a section")
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """``"a.b=c"`` -> ``("a.b", c)`` with ``c`` parsed as YAML (numbers, lists, null)."""
+    if "=" not in text:
+        raise ValueError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> Config:
+    """Read a YAML config (default: configs/classification.yaml) and apply ``key=value`` overrides."""
+    path = Path(path) if path is not None else DEFAULT_CLASSIFICATION_CONFIG
+    tree: dict = {}
+    if path.exists():
+        tree = yaml.safe_load(path.read_text()) or {}
+    elif path != DEFAULT_CLASSIFICATION_CONFIG:
+        raise ValueError(f"config file not found: {path}")
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(tree, key, value)
+    return from_dict(tree)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,159 @@
+"""Decode image files into float32 [H, W, C] arrays with raw pixel values in [0, 255].
+
+OpenCV instead of tf.io.decode_image because it reads BMP/TIFF/16-bit files and lets us
+reject truncated files that decoders would otherwise half-decode silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import cv2
+import numpy as np
+import tensorflow as tf
+
+_JPEG_SOI = b"\xff\xd8"
+_JPEG_EOI = b"\xff\xd9"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PADDING = b"\x00\r\n \xff"
+
+
+class DecodeError(ValueError):
+    """A file that is not a complete, decodable image."""
+
+
+def _check_complete(data: bytes, name: str) -> None:
+    """Decoders fill a truncated JPEG with grey and PNG errors can be soft; catch both early."""
+    tail = data.rstrip(_PADDING)
+    if data.startswith(_JPEG_SOI) and not tail.endswith(_JPEG_EOI):
+        raise DecodeError(f"{name}: truncated JPEG (no end-of-image marker)")
+    if data.startswith(_PNG_SIGNATURE) and b"IEND" not in data[-64:]:
+        raise DecodeError(f"{name}: truncated PNG (no IEND chunk)")
+
+
+def _to_float(img: np.ndarray) -> np.ndarray:
+    """Scale by the dtype range (not the image max) so intensities stay comparable."""
+    if img.dtype == np.uint8:
+        return img.astype(np.float32)
+    if img.dtype == np.uint16:
+        return img.astype(np.float32) / 257.0
+    if np.issubdtype(img.dtype, np.floating):
+        return np.clip(np.nan_to_num(img.astype(np.float32)), 0.0, 255.0)
+    if np.issubdtype(img.dtype, np.integer):
+        top = float(np.iinfo(img.dtype).max)
+        return np.clip(img.astype(np.float32) * (255.0 / top), 0.0, 255.0)
+    raise TypeError(f"unsupported pixel type {img.dtype}")
+
+
+def _to_channels(img: np.ndarray, channels: int) -> np.ndarray:
+    """OpenCV gives grey, BGR or BGRA; return grey or RGB."""
+    if img.ndim == 2:
+        img = img[:, :, None]
+    c = img.shape[2]
+    if c == 2:  # grey + alpha
+        img = img[:, :, :1]
+    elif c == 4:
+        img = img[:, :, :3]
+    elif c not in (1, 3):
+        raise DecodeError(f"unsupported number of channels: {c}")
+    if img.shape[2] == 1:
+        return img if channels == 1 else np.repeat(img, 3, axis=2)
+    if channels == 1:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)[:, :, None]
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _resize(img: np.ndarray, size: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    if (h, w) == (size, size):
+        return img
+    # Area averaging avoids aliasing when shrinking; it is blocky when enlarging.
+    interp = cv2.INTER_AREA if h >= size and w >= size else cv2.INTER_LINEAR
+    out = cv2.resize(img, (size, size), interpolation=interp)
+    if out.ndim == 2:
+        out = out[:, :, None]
+    return out
+
+
+def decode_bytes(
+    data: bytes, channels: int, image_size: int | None = None, name: str = "<bytes>"
+) -> np.ndarray:
+    """Decode in-memory bytes (uploads, archives) exactly as files are decoded."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    if image_size is not None and image_size <= 0:
+        raise ValueError(f"image_size must be positive, got {image_size}")
+    if len(data) == 0:
+        raise DecodeError(f"{name}: empty file")
+    _check_complete(data, name)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        raise DecodeError(f"{name}: decoder error: {str(exc).strip().splitlines()[-1]}") from exc
+    if img is None:
+        raise DecodeError(f"{name}: not a readable image (unknown format or corrupt data)")
+    if img.size == 0 or min(img.shape[:2]) == 0:
+        raise DecodeError(f"{name}: image has zero size")
+    try:
+        img = _to_channels(_to_float(img), channels)
+    except DecodeError as exc:
+        raise DecodeError(f"{name}: {exc}") from exc
+    if image_size is not None:
+        img = _resize(img, image_size)
+    return np.ascontiguousarray(np.clip(img, 0.0, 255.0), dtype=np.float32)
+
+
+def read_image(path: str | os.PathLike, channels: int, image_size: int | None = None) -> np.ndarray:
+    """np.fromfile rather than cv2.imread: imread fails silently on non-ASCII paths on Windows."""
+    path = os.fspath(path)
+    data = np.fromfile(path, dtype=np.uint8).tobytes()
+    return decode_bytes(data, channels, image_size, name=path)
+
+
+def check_images(paths) -> tuple[list[str], list[dict]]:
+    """Fully decode every file up front so one bad file cannot crash training mid-epoch."""
+    good: list[str] = []
+    bad: list[dict] = []
+    for path in paths:
+        path = os.fspath(path)
+        try:
+            read_image(path, channels=3)
+        except DecodeError as exc:
+            reason = str(exc)
+            prefix = f"{path}: "
+            bad.append({"path": path, "reason": reason[len(prefix):] if reason.startswith(prefix)
+                        else reason})
+        except OSError as exc:
+            bad.append({"path": path, "reason": f"cannot read file: {exc.strerror or exc}"})
+        else:
+            good.append(path)
+    return good, bad
+
+
+def write_bad_file_report(bad: list[dict], path: str | os.PathLike) -> None:
+    """Header is written even when empty so a report's presence means the check ran."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "reason"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(bad)
+
+
+def make_tf_loader(channels: int, image_size: int):
+    """Loader for tf.data map; a bad file raises in the graph, so pipelines add
+    `dataset.ignore_errors()` as a last guard behind check_images."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+
+    def _load_np(path) -> np.ndarray:
+        if isinstance(path, bytes | np.bytes_):
+            path = path.decode("utf-8")
+        return read_image(str(path), channels, image_size)
+
+    def load(path_tensor):
+        img = tf.numpy_function(_load_np, [path_tensor], tf.float32, stateful=False)
+        img.set_shape([image_size, image_size, channels])
+        return img
+
+    return load

@@ -1,0 +1,149 @@
+"""Find labelled MRI images in folder-per-class layouts.
+
+Kept free of TensorFlow so that listing and counting data stays fast and usable from tools
+that never train.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+# Index = model output index; every other module takes the class order from here.
+CLASS_NAMES = ("glioma", "meningioma", "notumor", "pituitary")
+
+# Public datasets name the same classes differently (Sartaj: "glioma_tumor", "no_tumor").
+CLASS_SYNONYMS = {
+    "glioma": "glioma",
+    "glioma_tumor": "glioma",
+    "meningioma": "meningioma",
+    "meningioma_tumor": "meningioma",
+    "pituitary": "pituitary",
+    "pituitary_tumor": "pituitary",
+    "notumor": "notumor",
+    "no_tumor": "notumor",
+    "normal": "notumor",
+    "no": "notumor",
+}
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+PathLike = str | os.PathLike
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    path: str
+    label: int  # index into CLASS_NAMES, -1 if unlabelled
+    source: str  # the root the image was found under
+
+
+def canonical_class(folder_name: str) -> str | None:
+    """Map a folder name to a canonical class; tolerant because hand-made copies vary."""
+    key = folder_name.strip().lower().replace("-", "_").replace(" ", "_")
+    return CLASS_SYNONYMS.get(key)
+
+
+def is_image_file(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def class_for_path(path: PathLike, root: PathLike) -> str | None:
+    """Nearest class folder wins, so e.g. root/glioma/pituitary/x.png is pituitary."""
+    file_path = Path(os.path.abspath(path))
+    root_path = Path(os.path.abspath(root))
+    try:
+        rel_parts = file_path.relative_to(root_path).parts[:-1]
+    except ValueError:
+        return None
+    for part in reversed(rel_parts):
+        name = canonical_class(part)
+        if name is not None:
+            return name
+    return canonical_class(root_path.name)
+
+
+def _walk_images(root: Path) -> Iterable[Path]:
+    """Sorted walk that follows symlinks but enters each real directory once (no loops)."""
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith(".") or not is_image_file(name):
+                continue
+            full = Path(dirpath) / name
+            if full.is_file():
+                yield full
+
+
+def _layout_hint() -> str:
+    accepted = ", ".join(sorted(CLASS_SYNONYMS))
+    return (
+        "expected a folder-per-class layout such as <root>/[Training/]<class>/<image>"
+        f" with image files {'/'.join(IMAGE_EXTENSIONS)}; accepted class folder names: {accepted}"
+    )
+
+
+def discover_images_with_report(
+    roots: PathLike | Sequence[PathLike], require_label: bool = True
+) -> tuple[list[ImageRecord], list[str]]:
+    """Also return unlabelled paths, so callers can tell the user what was left out."""
+    if isinstance(roots, str | os.PathLike):
+        roots = [roots]
+    records: list[ImageRecord] = []
+    unlabelled: list[str] = []
+    seen_files: set[str] = set()  # overlapping roots must not duplicate images
+    for root in roots:
+        root_path = Path(root)
+        if not root_path.exists():
+            raise FileNotFoundError(f"data folder not found: {root}")
+        if not root_path.is_dir():
+            raise ValueError(f"data root must be a folder, not a file: {root}")
+        found = 0
+        for file_path in _walk_images(root_path):
+            name = class_for_path(file_path, root_path)
+            if name is not None or not require_label:
+                found += 1  # counted before de-duplication: a repeated root is not empty
+            real = os.path.realpath(file_path)
+            if real in seen_files:
+                continue
+            seen_files.add(real)
+            if name is None:
+                unlabelled.append(str(file_path))
+                if require_label:
+                    continue
+                label = -1
+            else:
+                label = CLASS_NAMES.index(name)
+            records.append(ImageRecord(path=str(file_path), label=label, source=str(root)))
+        if found == 0:
+            kind = "labelled image" if require_label else "image"
+            raise ValueError(f"no {kind} found in {root}: {_layout_hint()}")
+    return records, unlabelled
+
+
+def discover_images(
+    roots: PathLike | Sequence[PathLike], require_label: bool = True
+) -> list[ImageRecord]:
+    return discover_images_with_report(roots, require_label)[0]
+
+
+def class_counts(records: Iterable[ImageRecord]) -> dict[str, int]:
+    """Counts in CLASS_NAMES order (zeros included) so reports line up across runs."""
+    counts = {name: 0 for name in CLASS_NAMES}
+    unlabelled = 0
+    for rec in records:
+        if 0 <= rec.label < len(CLASS_NAMES):
+            counts[CLASS_NAMES[rec.label]] += 1
+        else:
+            unlabelled += 1
+    if unlabelled:
+        counts["unlabelled"] = unlabelled
+    return counts

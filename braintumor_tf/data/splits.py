@@ -1,0 +1,398 @@
+"""Near-duplicate groups and group-aware train/val/test splits.
+
+The public MRI sets hold many re-encoded, resized, mirrored, rotated and contrast-changed
+copies of the same slice; splitting image by image puts copies on both sides and inflates
+test scores. Images are grouped by a cheap structural signature and whole groups are split.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from braintumor_tf.data.decode import DecodeError, read_image
+from braintumor_tf.data.discover import CLASS_NAMES, ImageRecord
+
+THUMB = 64
+SIGNATURE_SIZE = THUMB * THUMB
+SPLIT_NAMES = ("train", "val", "test")
+# Index i names what turns image A into its copy B when a pair reports transform i.
+TRANSFORM_NAMES = (
+    "identity", "rot90", "rot180", "rot270", "flip_lr", "flip_ud", "transpose", "anti_transpose",
+)
+MANIFEST_COLUMNS = ("path", "label", "class_name", "group", "split")
+_CACHE_NAME = "signatures.npz"
+
+
+# ----------------------------------------------------------------------------- signatures
+
+
+def image_signature(image: np.ndarray) -> np.ndarray:
+    """High-passed, z-normalised 64x64 thumbnail: a dot product of two is a Pearson
+    correlation that ignores brightness/contrast and the low-frequency look of a scanner.
+
+    Rounded to float16 precision so signatures stored in the float16 cache are bit-identical
+    to freshly computed ones (a cached run then reproduces an uncached run exactly).
+    """
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim == 3:
+        img = img[:, :, 0] if img.shape[2] == 1 else img.mean(axis=2)
+    if img.ndim != 2 or min(img.shape) == 0:
+        raise ValueError(f"expected a 2-D (or H x W x C) image, got shape {np.shape(image)}")
+    thumb = cv2.resize(np.ascontiguousarray(img), (THUMB, THUMB), interpolation=cv2.INTER_AREA)
+    # The symmetric (reflect-101) border keeps the filter exact under flips and rotations.
+    high = thumb - cv2.blur(thumb, (5, 5), borderType=cv2.BORDER_REFLECT_101)
+    high -= high.mean()
+    norm = float(np.linalg.norm(high))
+    if norm < 1e-2:  # blank (in 0..255 units): correlates with nothing
+        return np.zeros(SIGNATURE_SIZE, np.float32)
+    sig = (high / norm).ravel()
+    return sig.astype(np.float16).astype(np.float32)
+
+
+def _signature_or_reason(path: str) -> tuple[np.ndarray | None, str]:
+    try:
+        return image_signature(read_image(path, channels=1)), ""
+    except DecodeError as exc:
+        reason = str(exc)
+        prefix = f"{path}: "
+        return None, reason[len(prefix):] if reason.startswith(prefix) else reason
+    except OSError as exc:
+        return None, f"cannot read file: {exc.strerror or exc}"
+
+
+def compute_signatures(
+    paths: Sequence[str], workers: int = 2, progress: bool = True
+) -> tuple[np.ndarray, list[dict], np.ndarray]:
+    """Returns (signatures [M, 4096] of the M readable files, bad files, their indices into
+    ``paths``). Threads suffice: OpenCV decoding and resizing release the GIL."""
+    paths = [os.fspath(p) for p in paths]
+    n = len(paths)
+    sigs = np.zeros((n, SIGNATURE_SIZE), np.float32)
+    ok = np.zeros(n, bool)
+    bad: list[dict] = []
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
+        for i, (sig, reason) in enumerate(pool.map(_signature_or_reason, paths, chunksize=16)):
+            if sig is None:
+                bad.append({"path": paths[i], "reason": reason})
+            else:
+                sigs[i] = sig
+                ok[i] = True
+            done = i + 1
+            if progress and (done % 500 == 0 or done == n):
+                print(f"signatures: {done}/{n} images, {len(bad)} bad, "
+                      f"{time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    ok_index = np.flatnonzero(ok)
+    return sigs[ok_index], bad, ok_index
+
+
+# ----------------------------------------------------------------------------- duplicates
+
+
+def _dihedral_views(block: np.ndarray) -> np.ndarray:
+    """[B, 4096] -> [8, B, 4096] in TRANSFORM_NAMES order."""
+    t = block.reshape(-1, THUMB, THUMB)
+    views = (
+        t,
+        np.rot90(t, 1, axes=(1, 2)),
+        np.rot90(t, 2, axes=(1, 2)),
+        np.rot90(t, 3, axes=(1, 2)),
+        t[:, :, ::-1],
+        t[:, ::-1, :],
+        t.transpose(0, 2, 1),
+        np.rot90(t, 2, axes=(1, 2)).transpose(0, 2, 1),
+    )
+    return np.stack([v.reshape(len(block), -1) for v in views])
+
+
+def find_pairs(
+    signatures: np.ndarray, threshold: float = 0.85, block_size: int = 1024
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs i < j whose best correlation over the 8 flips/rotations is >= threshold.
+
+    Returns parallel arrays (i, j, corr, transform). Only the upper triangle is computed
+    (max over a group of transforms is symmetric) and only the row block is transformed, so
+    memory stays at about 8 x block_size x 4096 floats whatever N is.
+    """
+    sigs = np.ascontiguousarray(signatures, dtype=np.float32)
+    if sigs.ndim != 2 or sigs.shape[1] != SIGNATURE_SIZE:
+        raise ValueError(f"signatures must be [N, {SIGNATURE_SIZE}], got {sigs.shape}")
+    n = len(sigs)
+    out_i, out_j, out_c, out_t = [], [], [], []
+    for r0 in range(0, n, block_size):
+        rows = sigs[r0:r0 + block_size]
+        b = len(rows)
+        views = _dihedral_views(rows).reshape(8 * b, SIGNATURE_SIZE)
+        for c0 in range(r0, n, block_size):
+            cols = sigs[c0:c0 + block_size]
+            prod = (views @ cols.T).reshape(8, b, len(cols))
+            best = prod.max(axis=0)
+            ii, jj = np.nonzero(best >= threshold)
+            gi, gj = ii + r0, jj + c0
+            keep = gj > gi
+            ii, jj, gi, gj = ii[keep], jj[keep], gi[keep], gj[keep]
+            if len(ii):
+                out_i.append(gi)
+                out_j.append(gj)
+                out_c.append(best[ii, jj])
+                out_t.append(prod[:, ii, jj].argmax(axis=0))
+    if not out_i:
+        empty = np.zeros(0, np.int64)
+        return empty, empty.copy(), np.zeros(0, np.float32), empty.copy()
+    i = np.concatenate(out_i).astype(np.int64)
+    j = np.concatenate(out_j).astype(np.int64)
+    c = np.concatenate(out_c).astype(np.float32)
+    t = np.concatenate(out_t).astype(np.int64)
+    order = np.lexsort((j, i))
+    return i[order], j[order], c[order], t[order]
+
+
+def duplicate_pairs(
+    signatures: np.ndarray, threshold: float = 0.85
+) -> list[tuple[int, int, float]]:
+    i, j, c, _ = find_pairs(signatures, threshold)
+    return [(int(a), int(b), float(v)) for a, b, v in zip(i, j, c, strict=True)]
+
+
+def groups_from_pairs(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Union-find; group ids are numbered by each group's first member, so they only
+    depend on the input order."""
+    parent = list(range(n))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in zip(np.asarray(i).tolist(), np.asarray(j).tolist(), strict=True):
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    ids: dict[int, int] = {}
+    groups = np.empty(n, np.int64)
+    for k in range(n):
+        groups[k] = ids.setdefault(find(k), len(ids))
+    return groups
+
+
+def find_duplicate_groups(signatures: np.ndarray, threshold: float = 0.85) -> np.ndarray:
+    i, j, _, _ = find_pairs(signatures, threshold)
+    return groups_from_pairs(len(signatures), i, j)
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+def _check_split_args(labels, groups, val_fraction: float, test_fraction: float):
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= float(value) < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError("val_fraction + test_fraction must be < 1 to leave training data")
+    labels = np.asarray(labels, dtype=np.int64).ravel()
+    groups = np.asarray(groups, dtype=np.int64).ravel()
+    if labels.shape != groups.shape:
+        raise ValueError(f"labels and groups differ in length: {len(labels)} vs {len(groups)}")
+    return labels, groups
+
+
+def group_split(
+    labels, groups, val_fraction: float, test_fraction: float, seed: int
+) -> np.ndarray:
+    """Whole groups to one split, stratified by each group's majority label.
+
+    Per class, groups are visited largest first (random order among equal sizes) and each
+    goes to the split furthest below its image target, so every split ends close to the
+    requested fraction of every class.
+    """
+    labels, groups = _check_split_args(labels, groups, val_fraction, test_fraction)
+    out = np.empty(len(labels), dtype="<U5")
+    if len(labels) == 0:
+        return out
+    fractions = np.array([1.0 - val_fraction - test_fraction, val_fraction, test_fraction])
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    sizes = np.bincount(inverse)
+    # Majority label per group, ties to the smaller label.
+    lab_vals, lab_idx = np.unique(labels, return_inverse=True)
+    table = np.zeros((len(uniq), len(lab_vals)), np.int64)
+    np.add.at(table, (inverse, lab_idx), 1)
+    group_class = table.argmax(axis=1)
+    rng = np.random.default_rng(seed)
+    group_split_idx = np.zeros(len(uniq), np.int64)
+    for c in range(len(lab_vals)):
+        members = np.flatnonzero(group_class == c)
+        members = members[rng.permutation(len(members))]
+        members = members[np.argsort(-sizes[members], kind="stable")]
+        target = fractions * sizes[members].sum()
+        filled = np.zeros(3)
+        for g in members:
+            deficit = np.where(fractions > 0, target - filled, -np.inf)
+            s = int(np.argmax(deficit))
+            group_split_idx[g] = s
+            filled[s] += sizes[g]
+    out[:] = np.asarray(SPLIT_NAMES)[group_split_idx[inverse]]
+    return out
+
+
+def random_split(
+    labels, groups, val_fraction: float, test_fraction: float, seed: int
+) -> np.ndarray:
+    """Image-by-image stratified split that ignores groups: the leaky baseline."""
+    labels, groups = _check_split_args(labels, groups, val_fraction, test_fraction)
+    return group_split(labels, np.arange(len(labels)), val_fraction, test_fraction, seed)
+
+
+# ----------------------------------------------------------------------------- manifest
+
+
+def write_manifest(path, records: Sequence[ImageRecord], groups, splits) -> None:
+    """One row per image so a run can be repeated on exactly the same split."""
+    groups = np.asarray(groups).ravel()
+    splits = np.asarray(splits).ravel()
+    if not len(records) == len(groups) == len(splits):
+        raise ValueError("records, groups and splits must have the same length")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(MANIFEST_COLUMNS)
+        for rec, g, s in zip(records, groups, splits, strict=True):
+            name = CLASS_NAMES[rec.label] if 0 <= rec.label < len(CLASS_NAMES) else ""
+            writer.writerow([rec.path, rec.label, name, int(g), str(s)])
+
+
+def read_manifest(path) -> list[dict]:
+    """Rows as dicts with int label and group."""
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = set(MANIFEST_COLUMNS) - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: not a split manifest, missing columns {sorted(missing)}")
+        rows = []
+        for row in reader:
+            if row["split"] not in SPLIT_NAMES:
+                raise ValueError(f"{path}: unknown split {row['split']!r} for {row['path']}")
+            rows.append({
+                "path": row["path"],
+                "label": int(row["label"]),
+                "class_name": row["class_name"],
+                "group": int(row["group"]),
+                "split": row["split"],
+            })
+    return rows
+
+
+# ----------------------------------------------------------------------------- convenience
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    records: list[ImageRecord]  # readable images only
+    groups: np.ndarray
+    splits: np.ndarray
+    bad: list[dict]
+
+
+def _file_key(path: str) -> str:
+    st = os.stat(path)
+    return f"{path}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def cached_signatures(
+    paths: Sequence[str], cache_dir=None, workers: int = 2, progress: bool = True
+) -> tuple[np.ndarray, list[dict], np.ndarray]:
+    """compute_signatures with an on-disk cache keyed by path, size and mtime, so a changed
+    file is recomputed and a repeated run on the same data skips decoding.
+
+    Stored as float16 (half the disk of float32; signatures are already float16-exact).
+    Bad files are not cached: there are few, and a fixed file should be picked up.
+    """
+    paths = [os.fspath(p) for p in paths]
+    if cache_dir is None:
+        return compute_signatures(paths, workers, progress)
+    cache_file = Path(cache_dir) / _CACHE_NAME
+    cached: dict[str, np.ndarray] = {}
+    stored_keys, stored_sigs = np.zeros(0, str), np.zeros((0, SIGNATURE_SIZE), np.float16)
+    if cache_file.exists():
+        try:
+            with np.load(cache_file, allow_pickle=False) as data:
+                stored_keys, stored_sigs = data["keys"], data["signatures"]
+            cached = {k: r for r, k in enumerate(stored_keys.tolist())}
+        except (OSError, KeyError, ValueError) as exc:
+            print(f"ignoring unreadable signature cache {cache_file}: {exc}", file=sys.stderr)
+            cached = {}
+    keys = []
+    for p in paths:
+        try:
+            keys.append(_file_key(p))
+        except OSError:
+            keys.append("")  # unreadable: compute_signatures reports it
+    todo = [k for k, key in enumerate(keys) if key not in cached]
+    sigs = np.zeros((len(paths), SIGNATURE_SIZE), np.float32)
+    ok = np.zeros(len(paths), bool)
+    for k, key in enumerate(keys):
+        if key in cached:
+            sigs[k] = stored_sigs[cached[key]].astype(np.float32)
+            ok[k] = True
+    bad_all: list[dict] = []
+    if todo:
+        new_sigs, bad_all, new_ok = compute_signatures([paths[k] for k in todo], workers, progress)
+        done = np.asarray(todo, np.int64)[new_ok]
+        sigs[done] = new_sigs
+        ok[done] = True
+        fresh = [r for r, k in enumerate(done) if keys[k]]
+        if fresh:
+            # Drop entries of files that changed since, so the cache does not grow stale rows.
+            current, wanted = set(paths), set(keys)
+            keep = [r for r, key in enumerate(stored_keys.tolist())
+                    if key in wanted or key.rsplit("|", 2)[0] not in current]
+            all_keys = np.array(
+                [stored_keys[r] for r in keep] + [keys[done[r]] for r in fresh], dtype=str)
+            all_sigs = np.concatenate(
+                [stored_sigs[keep], new_sigs[fresh].astype(np.float16)], axis=0)
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_name(f".{cache_file.stem}.{os.getpid()}.tmp.npz")
+            np.savez(tmp, keys=all_keys, signatures=all_sigs)
+            os.replace(tmp, cache_file)
+    # Keep bad-file order identical to an uncached run.
+    order = {p: k for k, p in enumerate(paths)}
+    bad_all.sort(key=lambda b: order[b["path"]])
+    ok_index = np.flatnonzero(ok)
+    return sigs[ok_index], bad_all, ok_index
+
+
+def make_split(
+    records: Sequence[ImageRecord],
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    group_aware: bool = True,
+    threshold: float = 0.85,
+    cache_dir=None,
+    workers: int = 2,
+    progress: bool = True,
+) -> SplitResult:
+    """Signatures are computed even when not group-aware: they double as the bad-file check."""
+    records = list(records)
+    _check_split_args([], [], val_fraction, test_fraction)
+    sigs, bad, ok_index = cached_signatures(
+        [r.path for r in records], cache_dir, workers, progress)
+    kept = [records[k] for k in ok_index]
+    labels = np.array([r.label for r in kept], np.int64)
+    if group_aware:
+        groups = find_duplicate_groups(sigs, threshold)
+        splits = group_split(labels, groups, val_fraction, test_fraction, seed)
+    else:
+        groups = np.arange(len(kept), dtype=np.int64)
+        splits = random_split(labels, groups, val_fraction, test_fraction, seed)
+    return SplitResult(records=kept, groups=groups, splits=splits, bad=bad)

@@ -1,0 +1,234 @@
+"""One predict() over every model format, so evaluation and benchmarks are written once."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+RUNTIME_KINDS = ("keras", "savedmodel", "tflite")
+TFLITE_VARIANTS = ("float32", "float16", "dynamic")
+_ACCEPTED = (
+    "expected a .keras file, a SavedModel directory (with saved_model.pb), "
+    "a TF Serving base directory (numeric version sub-directories) or a .tflite file"
+)
+
+
+class Runtime:
+    """A loaded model that maps raw pixels [N, S, S, C] in 0..255 to probabilities [N, K]."""
+
+    kind = "base"
+
+    def __init__(
+        self,
+        path: Path,
+        image_size: int,
+        channels: int,
+        num_classes: int,
+        class_names: Sequence[str] | None,
+        batch_size: int = 64,
+    ):
+        if class_names is None:
+            # Formats without stored names get placeholders rather than a guess.
+            class_names = tuple(f"class_{i}" for i in range(num_classes))
+        if len(class_names) != num_classes:
+            raise ValueError(
+                f"{path}: model has {num_classes} outputs but {len(class_names)} class names "
+                "were given"
+            )
+        self.path = path
+        self.image_size = int(image_size)
+        self.channels = int(channels)
+        self.class_names = tuple(str(n) for n in class_names)
+        self.batch_size = int(batch_size)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(kind={self.kind!r}, path='{self.path}', "
+            f"image_size={self.image_size}, channels={self.channels})"
+        )
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        pixels = np.asarray(pixels, dtype=np.float32)
+        expected = (self.image_size, self.image_size, self.channels)
+        if pixels.ndim != 4 or pixels.shape[1:] != expected:
+            raise ValueError(
+                f"pixels must be float32 [N, {expected[0]}, {expected[1]}, {expected[2]}] in "
+                f"0..255, got shape {pixels.shape}"
+            )
+        if len(pixels) == 0:
+            return np.zeros((0, len(self.class_names)), np.float32)
+        chunks = [
+            self._predict_batch(pixels[i : i + self.batch_size])
+            for i in range(0, len(pixels), self.batch_size)
+        ]
+        return np.concatenate(chunks).astype(np.float32, copy=False)
+
+    def _predict_batch(self, pixels: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class _KerasRuntime(Runtime):
+    kind = "keras"
+
+    def __init__(self, path: Path, class_names, batch_size: int):
+        import keras
+
+        self._model = keras.models.load_model(path, compile=False)
+        shape = tuple(self._model.input_shape)
+        super().__init__(
+            path, shape[1], shape[3], int(self._model.output_shape[-1]), class_names, batch_size
+        )
+
+    def _predict_batch(self, pixels):
+        return np.asarray(self._model(pixels, training=False))
+
+
+class _SavedModelRuntime(Runtime):
+    kind = "savedmodel"
+
+    def __init__(self, path: Path, class_names, batch_size: int):
+        import tensorflow as tf
+
+        self._tf = tf
+        self._loaded = tf.saved_model.load(str(path))
+        if "predict_pixels" not in self._loaded.signatures:
+            raise ValueError(f"{path}: SavedModel has no 'predict_pixels' signature")
+        self._signature = self._loaded.signatures["predict_pixels"]
+        meta = _savedmodel_metadata(path, self._loaded)
+        stored = meta["class_names"]
+        if class_names is not None and tuple(class_names) != tuple(stored):
+            raise ValueError(
+                f"{path}: class names {tuple(class_names)} differ from the exported {tuple(stored)}"
+            )
+        super().__init__(
+            path, meta["image_size"], meta["channels"], len(stored), stored, batch_size
+        )
+
+    def _predict_batch(self, pixels):
+        out = self._signature(pixels=self._tf.constant(pixels))
+        return out["probabilities"].numpy()
+
+
+def _savedmodel_metadata(path: Path, loaded) -> dict:
+    """Variables on the module first; the JSON side file covers modules without them."""
+    if all(hasattr(loaded, k) for k in ("class_names", "image_size", "channels")):
+        return {
+            "class_names": [n.decode() for n in loaded.class_names.numpy()],
+            "image_size": int(loaded.image_size.numpy()),
+            "channels": int(loaded.channels.numpy()),
+        }
+    meta_file = path / "assets.extra" / "braintumor_tf.json"
+    if meta_file.is_file():
+        return json.loads(meta_file.read_text())
+    raise ValueError(f"{path}: SavedModel carries no class_names/image_size/channels metadata")
+
+
+class _TFLiteRuntime(Runtime):
+    kind = "tflite"
+
+    def __init__(self, path: Path, class_names, batch_size: int):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self._interpreter = Interpreter(model_path=str(path))
+        self._interpreter.allocate_tensors()
+        self._input = self._interpreter.get_input_details()[0]
+        self._output = self._interpreter.get_output_details()[0]
+        shape = self._input["shape"]
+        signature = self._input.get("shape_signature", shape)
+        self._dynamic_batch = len(signature) > 0 and int(signature[0]) == -1
+        self._batch = int(shape[0])
+        super().__init__(
+            path, shape[1], shape[3], int(self._output["shape"][-1]), class_names, batch_size
+        )
+
+    def _resize(self, n: int) -> None:
+        if n != self._batch:
+            shape = [n, self.image_size, self.image_size, self.channels]
+            self._interpreter.resize_tensor_input(self._input["index"], shape)
+            self._interpreter.allocate_tensors()
+            self._batch = n
+
+    def _run(self, pixels: np.ndarray) -> np.ndarray:
+        details = self._input
+        if np.issubdtype(details["dtype"], np.integer):
+            scale, zero_point = details["quantization"]
+            info = np.iinfo(details["dtype"])
+            pixels = np.clip(np.round(pixels / scale + zero_point), info.min, info.max)
+        self._interpreter.set_tensor(details["index"], pixels.astype(details["dtype"]))
+        self._interpreter.invoke()
+        out = self._interpreter.get_tensor(self._output["index"])
+        if np.issubdtype(self._output["dtype"], np.integer):
+            scale, zero_point = self._output["quantization"]
+            out = (out.astype(np.float32) - zero_point) * scale
+        return out.astype(np.float32)
+
+    def _predict_batch(self, pixels):
+        if self._dynamic_batch:
+            self._resize(len(pixels))
+            return self._run(pixels)
+        # A fixed-batch model (batch 1 in practice) is fed one image at a time.
+        return np.concatenate([self._run(pixels[i : i + 1]) for i in range(len(pixels))])
+
+
+def _resolve_serving_base(path: Path) -> Path | None:
+    versions = [
+        p for p in path.iterdir()
+        if p.is_dir() and p.name.isdigit() and (p / "saved_model.pb").is_file()
+    ]
+    return max(versions, key=lambda p: int(p.name)) if versions else None
+
+
+def load_runtime(
+    path: str | os.PathLike, class_names: Sequence[str] | None = None, batch_size: int = 64
+) -> Runtime:
+    """Pick the runtime from what is on disk, so callers can pass any exported artefact."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model not found: {path}")
+    if path.is_file() and path.suffix == ".keras":
+        return _KerasRuntime(path, class_names, batch_size)
+    if path.is_file() and path.suffix == ".tflite":
+        return _TFLiteRuntime(path, class_names, batch_size)
+    if path.is_dir():
+        if (path / "saved_model.pb").is_file():
+            return _SavedModelRuntime(path, class_names, batch_size)
+        version = _resolve_serving_base(path)
+        if version is not None:
+            return _SavedModelRuntime(version, class_names, batch_size)
+    raise ValueError(f"unrecognised model {path}: {_ACCEPTED}")
+
+
+def convert_to_tflite(model, path: str | os.PathLike, variant: str = "float32") -> Path:
+    """Small converter for the float variants; the runtime needs a .tflite to be testable."""
+    import tensorflow as tf
+
+    if variant not in TFLITE_VARIANTS:
+        raise ValueError(f"variant must be one of {TFLITE_VARIANTS}, got {variant!r}")
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"TFLite file already exists, not overwriting: {path}")
+    # from_concrete_functions on a function calling a Keras 3 model silently produces wrong
+    # weights, so go through a Keras SavedModel export (free batch dimension) instead.
+    with tempfile.TemporaryDirectory(prefix="tflite-src-") as src:
+        model.export(src, format="tf_saved_model", verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(src)
+        if variant in ("float16", "dynamic"):
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if variant == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        flatbuffer = converter.convert()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(flatbuffer)
+        os.rename(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

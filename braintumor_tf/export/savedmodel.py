@@ -1,0 +1,195 @@
+"""Self-contained SavedModel export for the classifier.
+
+The signatures carry decoding, channel conversion and resizing, so a client
+(TF Serving, another language, a notebook) needs only TensorFlow and the
+exported directory, never this package.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+METADATA_FILE = "braintumor_tf.json"
+METADATA_DIR = "assets.extra"
+LUMINANCE_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601, as PIL "L" and OpenCV grey use
+
+# First bytes of the formats decode_image understands; checked up front so a
+# bad upload gets a message about what was expected instead of a decoder error.
+_MAGIC_PREFIXES = (b"\xff\xd8\xff", b"\x89PNG", b"BM", b"GIF8")
+
+
+def model_geometry(model) -> tuple[int, int]:
+    """Image size and channel count from the model's input, which must be square."""
+    shape = tuple(model.input_shape)
+    if len(shape) != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] not in (1, 3):
+        raise ValueError(
+            f"classifier input must be [N, S, S, C] with fixed S and C in (1, 3), got {shape}"
+        )
+    return int(shape[1]), int(shape[3])
+
+
+def to_channels(images: tf.Tensor, channels: int) -> tf.Tensor:
+    """Grey is tiled to RGB; RGB is reduced with luminance weights (as the data loaders do)."""
+    have = tf.shape(images)[-1]
+    if channels == 3:
+        return tf.cond(
+            tf.equal(have, 1), lambda: tf.tile(images, [1, 1, 1, 3]), lambda: images
+        )
+    weights = tf.constant(LUMINANCE_WEIGHTS, tf.float32)
+    return tf.cond(
+        tf.equal(have, 3),
+        lambda: tf.reduce_sum(images * weights, axis=-1, keepdims=True),
+        lambda: images,
+    )
+
+
+def resize_to(images: tf.Tensor, size: int) -> tf.Tensor:
+    """Antialiased bilinear shrinking is close to OpenCV INTER_AREA; exact size is left alone."""
+    shape = tf.shape(images)
+    same = tf.logical_and(tf.equal(shape[-3], size), tf.equal(shape[-2], size))
+    return tf.cond(
+        same,
+        lambda: images,
+        lambda: tf.image.resize(images, [size, size], method="bilinear", antialias=True),
+    )
+
+
+class ClassifierModule(tf.Module):
+    """Holds the Keras model plus what a client needs to interpret its output."""
+
+    def __init__(self, model, class_names: Sequence[str]):
+        super().__init__(name="braintumor_classifier")
+        size, channels = model_geometry(model)
+        num_classes = int(model.output_shape[-1])
+        if len(class_names) != num_classes:
+            raise ValueError(
+                f"model has {num_classes} outputs but {len(class_names)} class names were given"
+            )
+        self.model = model
+        self._size = size
+        self._channels = channels
+        self.class_names = tf.Variable(list(class_names), dtype=tf.string, trainable=False)
+        self.image_size = tf.Variable(size, dtype=tf.int32, trainable=False)
+        self.channels = tf.Variable(channels, dtype=tf.int32, trainable=False)
+
+    def _outputs(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        probabilities = tf.cast(self.model(images, training=False), tf.float32)
+        class_id = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
+        return {
+            "probabilities": probabilities,
+            "class_id": class_id,
+            "class_name": tf.gather(self.class_names, class_id),
+        }
+
+    def _decode_one(self, data: tf.Tensor) -> tf.Tensor:
+        known = tf.reduce_any(
+            tf.stack([tf.equal(tf.strings.substr(data, 0, len(p)), p) for p in _MAGIC_PREFIXES])
+        )
+        check = tf.debugging.Assert(
+            known, ["images: expected encoded JPEG, PNG, BMP or GIF bytes"], summarize=1
+        )
+        # float32 decoding maps uint8 by 1/255 and uint16 PNG by 1/65535.
+        with tf.control_dependencies([check]):
+            image = tf.io.decode_image(
+                data, channels=3, dtype=tf.float32, expand_animations=False
+            )
+        image = to_channels(image[tf.newaxis] * 255.0, self._channels)
+        return resize_to(image, self._size)[0]
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+    def serve_images(self, images):
+        pixels = tf.map_fn(
+            self._decode_one,
+            images,
+            fn_output_signature=tf.TensorSpec([self._size, self._size, self._channels], tf.float32),
+        )
+        return self._outputs(pixels)
+
+    # Unknown rank on purpose: a loaded signature does not enforce its declared shape, and with
+    # a static rank of 4 the rank assertion would be folded away, leaving an obscure slice error.
+    @tf.function(input_signature=[tf.TensorSpec(None, tf.float32, name="pixels")])
+    def predict_pixels(self, pixels):
+        rank_ok = tf.debugging.Assert(
+            tf.equal(tf.rank(pixels), 4),
+            ["pixels: expected rank 4 [N, H, W, C] float32 in 0..255, got rank", tf.rank(pixels)],
+        )
+        # tf.ensure_shape would fail before the assertion runs, with a vaguer message; a
+        # reshape to a length-4 shape gives the static rank 4 that the model needs.
+        with tf.control_dependencies([rank_ok]):
+            shape = tf.concat([tf.shape(pixels), [1, 1, 1, 1]], axis=0)[:4]
+        pixels = tf.reshape(pixels, shape)
+        pixels.set_shape([None, None, None, None])
+        checks = [
+            tf.debugging.Assert(
+                tf.logical_or(tf.equal(shape[3], 1), tf.equal(shape[3], 3)),
+                ["pixels: expected 1 or 3 channels, got", shape[3]],
+            ),
+            tf.debugging.Assert(
+                tf.logical_and(shape[1] > 0, shape[2] > 0),
+                ["pixels: expected non-empty height and width, got", shape[1:3]],
+            ),
+        ]
+        with tf.control_dependencies(checks):
+            images = resize_to(to_channels(tf.identity(pixels), self._channels), self._size)
+        return self._outputs(images)
+
+
+def next_version_dir(base_dir: str | os.PathLike) -> Path:
+    """TF Serving serves the highest integer sub-directory, so a new export goes one above."""
+    base = Path(base_dir)
+    versions = [
+        int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit()
+    ] if base.is_dir() else []
+    return base / str(max(versions, default=0) + 1)
+
+
+def _verify(path: Path, size: int, channels: int, num_classes: int) -> None:
+    loaded = tf.saved_model.load(str(path))
+    zeros = tf.zeros([1, size, size, channels], tf.float32)
+    probabilities = loaded.signatures["predict_pixels"](pixels=zeros)["probabilities"].numpy()
+    if probabilities.shape != (1, num_classes) or not np.all(np.isfinite(probabilities)):
+        raise RuntimeError(
+            f"exported model failed its reload check: got probabilities {probabilities!r}"
+        )
+
+
+def export_classifier(model, out_dir: str | os.PathLike, class_names: Sequence[str]) -> Path:
+    """Write atomically: a half-written directory would look servable to TF Serving."""
+    out = Path(out_dir)
+    if out.exists():
+        raise FileExistsError(f"export directory already exists, not overwriting: {out}")
+    module = ClassifierModule(model, class_names)
+    size, channels = model_geometry(model)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        signatures = {
+            "serving_default": module.serve_images.get_concrete_function(),
+            "predict_pixels": module.predict_pixels.get_concrete_function(),
+        }
+        tf.saved_model.save(module, str(tmp), signatures=signatures)
+        meta_dir = tmp / METADATA_DIR
+        meta_dir.mkdir(exist_ok=True)
+        metadata = {
+            "task": "classification",
+            "class_names": list(class_names),
+            "image_size": size,
+            "channels": channels,
+        }
+        (meta_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+        _verify(tmp, size, channels, len(class_names))
+        if out.exists():
+            raise FileExistsError(f"export directory appeared while exporting: {out}")
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,73 @@
+"""Evaluate a saved classifier (any format) on a labelled folder or an explicit list of images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from braintumor_tf.data.decode import check_images
+from braintumor_tf.data.discover import CLASS_NAMES, discover_images
+from braintumor_tf.data.pipeline import image_dataset
+from braintumor_tf.export.runtimes import load_runtime
+from braintumor_tf.plots import plot_confusion_matrix
+from braintumor_tf.training.metrics import classification_report, format_report
+
+
+def predict_paths(runtime, paths, batch_size: int = 32) -> np.ndarray:
+    """Probabilities for each path, decoded exactly as in training."""
+    outputs = []
+    for batch in image_dataset(paths, runtime.image_size, runtime.channels, batch_size):
+        outputs.append(np.asarray(runtime.predict(batch.numpy())))
+    return np.concatenate(outputs, axis=0)
+
+
+def evaluate_records(model_path, paths, labels, out_dir=None, batch_size: int = 32,
+                     json_path=None, verbose: bool = True) -> dict:
+    runtime = load_runtime(model_path)
+    class_names = list(runtime.class_names or CLASS_NAMES)
+    probabilities = predict_paths(runtime, paths, batch_size)
+    report = classification_report(np.asarray(labels), probabilities, class_names)
+    report["model"] = str(model_path)
+    report["model_kind"] = runtime.kind
+    if verbose:
+        print(format_report(report), flush=True)
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+        plot_confusion_matrix(np.asarray(report["confusion_matrix"]), class_names,
+                              out_dir / "confusion_matrix.png",
+                              title=f"{Path(model_path).name}: n={report['n']}, "
+                                    f"accuracy {report['accuracy']:.3f}")
+        with open(out_dir / "predictions.csv", "w") as handle:
+            handle.write("path,label,predicted," + ",".join(class_names) + "\n")
+            for path, label, row in zip(paths, labels, probabilities, strict=True):
+                handle.write(f"{path},{class_names[label]},{class_names[int(row.argmax())]},"
+                             + ",".join(f"{p:.6f}" for p in row) + "\n")
+    if json_path is not None:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(report, indent=2))
+    return report
+
+
+def evaluate(model_path, data_paths, json_path=None, out_dir=None, batch_size: int = 32) -> dict:
+    """Every labelled, decodable image under ``data_paths`` is evaluated; broken files reported."""
+    model_path = Path(model_path)
+    if not model_path.exists():
+        raise FileNotFoundError(f"model not found: {model_path}")
+    records = discover_images([Path(p) for p in data_paths])
+    good, bad = check_images([r.path for r in records])
+    if bad:
+        print(f"skipped {len(bad)} unreadable files: "
+              + "; ".join(f"{b['path']} ({b['reason']})" for b in bad[:5])
+              + (" ..." if len(bad) > 5 else ""), flush=True)
+    good_set = set(good)
+    kept = [r for r in records if r.path in good_set]
+    report = evaluate_records(model_path, [r.path for r in kept], [r.label for r in kept],
+                              out_dir=out_dir, batch_size=batch_size, json_path=json_path)
+    report["skipped_files"] = bad
+    if json_path is not None:
+        Path(json_path).write_text(json.dumps(report, indent=2))
+    return report

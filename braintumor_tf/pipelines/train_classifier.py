@@ -1,0 +1,210 @@
+"""Train the tumour classifier: one function from a Config to a finished run directory.
+
+The run directory is the unit of work. Running the same command again resumes
+from the last finished epoch (BackupAndRestore) and reuses the written split.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from braintumor_tf.config import Config, save_config
+from braintumor_tf.data import splits as splits_lib
+from braintumor_tf.data.decode import write_bad_file_report
+from braintumor_tf.data.discover import CLASS_NAMES, class_counts, discover_images
+from braintumor_tf.data.phantoms import write_phantom_dataset
+from braintumor_tf.data.pipeline import classification_dataset
+from braintumor_tf.export.savedmodel import export_classifier
+from braintumor_tf.models.classifier import build_classifier, count_macs
+from braintumor_tf.pipelines.evaluate import evaluate_records
+from braintumor_tf.plots import plot_history, plot_learning_rate
+from braintumor_tf.training.distribute import make_strategy
+from braintumor_tf.training.optimizers import make_optimizer
+from braintumor_tf.training.precision import apply_precision
+from braintumor_tf.training.schedules import make_schedule, schedule_values
+
+
+def _log(message: str) -> None:
+    print(f"[braintumor_tf] {message}", flush=True)
+
+
+def prepare_data(config: Config, run_dir: Path):
+    """Discover images, drop broken ones and split by duplicate groups (or reuse the manifest)."""
+    manifest_path = run_dir / "split_manifest.csv"
+    if manifest_path.exists():
+        _log(f"reusing split from {manifest_path}")
+        rows = splits_lib.read_manifest(manifest_path)
+        return rows
+    if config.data.root is None:
+        root = run_dir / "data" / "phantoms"
+        _log(f"no data.root given: generating the built-in phantom data set in {root}")
+        write_phantom_dataset(root, config.data.phantom_images_per_class,
+                              config.data.phantom_image_size, config.data.phantom_seed)
+        roots = [root]
+    else:
+        roots = [Path(p) for p in str(config.data.root).split(",")]
+    records = discover_images(roots)
+    _log(f"found {len(records)} labelled images under {', '.join(map(str, roots))}: "
+         f"{class_counts(records)}")
+    result = splits_lib.make_split(
+        records, config.data.val_fraction, config.data.test_fraction, config.data.split_seed,
+        group_aware=config.data.group_aware, threshold=config.data.group_threshold,
+        cache_dir=run_dir / "cache")
+    write_bad_file_report(result.bad, run_dir / "bad_files.csv")
+    if result.bad:
+        _log(f"skipped {len(result.bad)} unreadable files, listed in {run_dir / 'bad_files.csv'}")
+    splits_lib.write_manifest(manifest_path, result.records, result.groups, result.splits)
+    return splits_lib.read_manifest(manifest_path)
+
+
+def _split_arrays(rows, name):
+    chosen = [row for row in rows if row["split"] == name]
+    return [row["path"] for row in chosen], [int(row["label"]) for row in chosen]
+
+
+def _check_resumable(config: Config, run_dir: Path) -> None:
+    saved = run_dir / "config.yaml"
+    if saved.exists():
+        from braintumor_tf.config import load_config
+
+        previous = load_config(saved)
+        if previous.to_dict() != config.to_dict():
+            raise ValueError(
+                f"{run_dir} holds a run with a different config; resume it with the same "
+                "settings or choose a new --out directory")
+
+
+class _EpochTimer(keras.callbacks.Callback):
+    """Adds images/s to the logs so the CSV history shows throughput per epoch."""
+
+    def __init__(self, batch_size):
+        super().__init__()
+        self.batch_size = batch_size
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+        self._batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._batches += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            seconds = time.perf_counter() - self._start
+            logs["epoch_seconds"] = seconds
+            logs["images_per_second"] = self._batches * self.batch_size / max(seconds, 1e-9)
+
+
+def train_classifier(config: Config, run_dir: str | Path) -> dict:
+    """Train, keep the best checkpoint, export, and evaluate on the held-out test split."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_resumable(config, run_dir)
+    if (run_dir / "summary.json").exists():
+        _log(f"{run_dir} already holds a finished run (summary.json); choose a new --out to train "
+             "again")
+        return json.loads((run_dir / "summary.json").read_text())
+    save_config(config, run_dir / "config.yaml")
+    keras.utils.set_random_seed(config.train.seed)
+    policy = apply_precision(config.train.precision)
+    strategy = make_strategy(config.train.distribute)
+    _log(f"precision policy {policy}; strategy {type(strategy).__name__} with "
+         f"{strategy.num_replicas_in_sync} replica(s)")
+
+    rows = prepare_data(config, run_dir)
+    train_paths, train_labels = _split_arrays(rows, "train")
+    val_paths, val_labels = _split_arrays(rows, "val")
+    test_paths, test_labels = _split_arrays(rows, "test")
+    _log(f"split: {len(train_paths)} train / {len(val_paths)} val / {len(test_paths)} test "
+         f"images (group-aware: {config.data.group_aware})")
+    if not train_paths or not val_paths:
+        raise ValueError("the split left no training or validation images; add data or "
+                         "change data.val_fraction / data.test_fraction")
+
+    data, train = config.data, config.train
+    common = dict(image_size=data.image_size, channels=data.channels, batch_size=train.batch_size,
+                  num_classes=config.model.num_classes, cache=data.cache)
+    train_dataset = classification_dataset(train_paths, train_labels, training=True,
+                                           augment_config=data.augment, seed=train.seed, **common)
+    val_dataset = classification_dataset(val_paths, val_labels, training=False, **common)
+    steps_per_epoch = train.steps_per_epoch or int(np.ceil(len(train_paths) / train.batch_size))
+    if train.steps_per_epoch:
+        train_dataset = train_dataset.repeat()
+    total_steps = steps_per_epoch * train.epochs
+
+    with strategy.scope():
+        model = build_classifier(config.model, data.image_size, data.channels)
+        schedule = make_schedule(config.schedule, config.optimizer.learning_rate, total_steps)
+        optimizer = make_optimizer(config.optimizer, schedule)
+        model.compile(
+            optimizer=optimizer,
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
+            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        )
+    macs = count_macs(model)
+    summary = {"parameters": int(model.count_params()), "macs_per_image": macs,
+               "precision_policy": policy, "train_images": len(train_paths),
+               "val_images": len(val_paths), "test_images": len(test_paths),
+               "steps_per_epoch": steps_per_epoch, "epochs": train.epochs}
+    _log(f"model {model.name}: {summary['parameters']:,} parameters, "
+         f"{macs / 1e9:.3f} GMAC per image; {steps_per_epoch} steps/epoch x {train.epochs} epochs")
+    plot_learning_rate(schedule_values(schedule, total_steps) if not isinstance(schedule, float)
+                       else np.full(total_steps, schedule), run_dir / "learning_rate.png",
+                       steps_per_epoch=steps_per_epoch)
+
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+        _EpochTimer(train.batch_size),
+        keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor=train.monitor,
+                                        mode="max" if "acc" in train.monitor else "min",
+                                        save_best_only=True),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+        keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False),
+    ]
+    start = time.perf_counter()
+    model.fit(train_dataset, validation_data=val_dataset, epochs=train.epochs,
+              steps_per_epoch=steps_per_epoch if train.steps_per_epoch else None,
+              callbacks=callbacks, verbose=train.verbose)
+    summary["fit_seconds"] = time.perf_counter() - start
+
+    history = _read_history(run_dir / "history.csv")
+    plot_history(history, run_dir / "training_curves.png")
+    best = keras.models.load_model(run_dir / "best.keras") if (run_dir / "best.keras").exists() \
+        else model
+    best.save(run_dir / "model.keras")
+    export_dir = run_dir / "savedmodel"
+    if export_dir.exists():
+        import shutil
+
+        shutil.rmtree(export_dir)
+    export_classifier(best, export_dir, CLASS_NAMES)
+    _log(f"saved {run_dir / 'model.keras'} and SavedModel {export_dir}")
+
+    if test_paths:
+        report = evaluate_records(run_dir / "model.keras", test_paths, test_labels,
+                                  out_dir=run_dir / "test", batch_size=train.batch_size)
+        summary["test"] = {k: report[k] for k in ("n", "accuracy", "macro_f1", "roc_auc_ovr",
+                                                   "ece")}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _read_history(path: Path) -> dict[str, list[float]]:
+    import csv
+
+    history: dict[str, list[float]] = {}
+    if not path.exists():
+        return history
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            for key, value in row.items():
+                if key == "epoch" or value in (None, ""):
+                    continue
+                history.setdefault(key, []).append(float(value))
+    return history
+
