@@ -68,12 +68,15 @@ class DataConfig:
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
 
     def __post_init__(self):
-        _check(16 <= self.image_size <= 1024, f"data.image_size must be in [16, 1024], got {self.image_size!r}")
+        _check(16 <= self.image_size <= 1024,
+               f"data.image_size must be in [16, 1024], got {self.image_size!r}")
         _check(self.channels in (1, 3), f"data.channels must be 1 or 3, got {self.channels!r}")
         _check(self.phantom_images_per_class >= 4,
                f"data.phantom_images_per_class must be >= 4, got {self.phantom_images_per_class!r}")
-        _check(0.0 <= self.val_fraction < 1.0, f"data.val_fraction must be in [0, 1), got {self.val_fraction!r}")
-        _check(0.0 <= self.test_fraction < 1.0, f"data.test_fraction must be in [0, 1), got {self.test_fraction!r}")
+        _check(0.0 <= self.val_fraction < 1.0,
+               f"data.val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        _check(0.0 <= self.test_fraction < 1.0,
+               f"data.test_fraction must be in [0, 1), got {self.test_fraction!r}")
         _check(self.val_fraction + self.test_fraction < 1.0,
                "data.val_fraction + data.test_fraction must leave some training data")
         _check(0.0 < self.group_threshold <= 1.0,
@@ -164,7 +167,8 @@ class TrainConfig:
     def __post_init__(self):
         _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size!r}")
         _check(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs!r}")
-        _check(self.precision in PRECISIONS, f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        _check(self.precision in PRECISIONS,
+               f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
         _check(self.distribute in STRATEGIES,
                f"train.distribute must be one of {STRATEGIES}, got {self.distribute!r}")
         _check(0.0 <= self.label_smoothing < 1.0,

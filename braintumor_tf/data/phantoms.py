@@ -58,6 +58,13 @@ def _polar(u: np.ndarray, v: np.ndarray, uc: float, vc: float) -> tuple[np.ndarr
     return np.sqrt(du * du + dv * dv), np.arctan2(dv, du)
 
 
+def _nonempty(mask: np.ndarray, dist: np.ndarray, allowed) -> np.ndarray:
+    """Tiny images can hold a lesion between pixel centres; tumour classes must keep a mask."""
+    if not mask.any():
+        mask.flat[np.argmin(np.where(allowed, dist, np.inf))] = True
+    return mask
+
+
 def _lobulated(rng: np.random.Generator, phi: np.ndarray, max_dev: float) -> np.ndarray:
     """Radius multiplier with a few low harmonics, giving an irregular but closed outline."""
     out = np.ones_like(phi)
@@ -174,7 +181,8 @@ def _draw_pituitary(img, ub, vb, white, rng, size) -> np.ndarray:
     uc, vc = rng.uniform(-0.04, 0.04), rng.uniform(0.58, 0.72)
     rad = rng.uniform(0.07, 0.13)
     aspect = rng.uniform(0.8, 1.25)
-    mask = ((ub - uc) / (rad * aspect)) ** 2 + ((vb - vc) / rad) ** 2 < 1.0
+    ell = ((ub - uc) / (rad * aspect)) ** 2 + ((vb - vc) / rad) ** 2
+    mask = _nonempty(ell < 1.0, ell, True)
     _paint_homogeneous(img, mask, white, rng, size)
     return mask
 
@@ -188,7 +196,7 @@ def _draw_meningioma(img, u, v, r, r_in, r_brain, white, rng, size) -> np.ndarra
     rad = max(rad, depth_out + 0.1)
     uc, vc = (r_in + depth_out) * np.cos(phi), (r_in + depth_out) * np.sin(phi)
     dist, _ = _polar(u, v, uc, vc)
-    mask = (dist < rad) & (r < r_in)
+    mask = _nonempty((dist < rad) & (r < r_in), dist, r < r_in)
     if rng.random() < 0.4:  # mild peritumoural edema
         halo = (dist < rad * rng.uniform(1.2, 1.5)) & (r < r_brain) & ~mask
         img[halo] = img[halo] * 0.75 + 0.25 * 0.2
@@ -218,7 +226,7 @@ def _draw_glioma(img, ub, vb, brain, grey, rng, size):
     uc, vc = rho * np.cos(ang), rho * np.sin(ang)
     dist, phi = _polar(ub, vb, uc, vc)
     outline = rad * _lobulated(rng, phi, max_dev) * (1.0 + 0.06 * _smooth_field(rng, size, 8))
-    mask = (dist < outline) & brain
+    mask = _nonempty((dist < outline) & brain, dist, brain)
     edema = (dist < outline * rng.uniform(1.3, 1.9)) & brain & ~mask
     e_level = grey * rng.uniform(0.45, 0.65)
     img[edema] = img[edema] * 0.35 + 0.65 * e_level

@@ -96,7 +96,9 @@ class ClassifierModule(tf.Module):
         check = tf.debugging.Assert(
             known, ["images: expected encoded JPEG, PNG, BMP or GIF bytes"], summarize=1
         )
-        # float32 decoding maps uint8 by 1/255 and uint16 PNG by 1/65535.
+        # Always decode RGB and convert here, so grey comes from the same luminance weights as
+        # predict_pixels, not from each decoder's own RGB-to-grey. float32 decoding scales
+        # uint8 by 1/255 and uint16 PNG by 1/65535.
         with tf.control_dependencies([check]):
             image = tf.io.decode_image(
                 data, channels=3, dtype=tf.float32, expand_animations=False
@@ -145,9 +147,8 @@ class ClassifierModule(tf.Module):
 def next_version_dir(base_dir: str | os.PathLike) -> Path:
     """TF Serving serves the highest integer sub-directory, so a new export goes one above."""
     base = Path(base_dir)
-    versions = [
-        int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit()
-    ] if base.is_dir() else []
+    children = base.iterdir() if base.is_dir() else ()
+    versions = [int(p.name) for p in children if p.is_dir() and p.name.isdigit()]
     return base / str(max(versions, default=0) + 1)
 
 

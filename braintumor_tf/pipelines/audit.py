@@ -14,7 +14,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import cv2
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from braintumor_tf.data.decode import DecodeError, read_image
@@ -77,8 +79,16 @@ def _thumb(path: str, size: int) -> np.ndarray:
         return np.zeros((size, size), np.float32)
 
 
-def _save(fig: Figure, path: Path) -> None:
-    fig.savefig(path, dpi=fig.dpi)
+def _save(fig: Figure, path: Path, grey: bool = False) -> None:
+    """Image grids are stored as 8-bit grey PNG: a third of the size of matplotlib's RGBA."""
+    if not grey:
+        fig.savefig(path, dpi=fig.dpi)
+        return
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba())
+    cv2.imwrite(str(path), cv2.cvtColor(rgba, cv2.COLOR_RGBA2GRAY),
+                [cv2.IMWRITE_PNG_COMPRESSION, 9])
 
 
 def _plot_class_distribution(counts: dict, leaves: list[str], path: Path) -> None:
@@ -92,7 +102,7 @@ def _plot_class_distribution(counts: dict, leaves: list[str], path: Path) -> Non
     ax.set_xticks(x, CLASS_NAMES)
     ax.set_ylabel("images")
     ax.set_title("Images per class and source")
-    ax.legend(fontsize=7)
+    fig.legend(loc="outside right upper", fontsize=7)
     _save(fig, path)
 
 
@@ -107,14 +117,14 @@ def _plot_sample_grid(paths: list[str], labels: np.ndarray, path: Path, per_clas
         tiles += [np.zeros((size, size), np.float32)] * (per_class - len(tiles))
         rows.append(np.concatenate(tiles, axis=1))
     mosaic = np.concatenate(rows, axis=0)
-    fig = Figure(figsize=(mosaic.shape[1] / 80 + 1.1, mosaic.shape[0] / 80 + 0.3), dpi=80,
+    fig = Figure(figsize=(mosaic.shape[1] / 80 + 1.5, mosaic.shape[0] / 80 + 0.3), dpi=80,
                  layout="constrained")
     ax = fig.add_subplot()
     ax.imshow(mosaic, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks(np.arange(len(CLASS_NAMES)) * size + size / 2, CLASS_NAMES)
     ax.set_title("Random samples per class", fontsize=9)
-    _save(fig, path)
+    _save(fig, path, grey=True)
 
 
 def _pick_example_pairs(pi, pj, pc, pt, leaf_src, top_src, groups, k: int = 8) -> list[int]:
@@ -162,7 +172,7 @@ def _plot_pairs(pairs: list[tuple[str, str, str]], path: Path, title: str, size:
             ax.set_title(caption if k == 0 else "", fontsize=6.5, loc="left")
     if not pairs:
         axes[0, 0].text(0, 0.5, "no duplicate pairs found", fontsize=9)
-    _save(fig, path)
+    _save(fig, path, grey=True)
 
 
 def _caption(rec_a, rec_b, leaf_a, leaf_b, corr, transform) -> str:

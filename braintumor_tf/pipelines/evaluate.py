@@ -25,8 +25,8 @@ def predict_paths(runtime, paths, batch_size: int = 32) -> np.ndarray:
 
 def evaluate_records(model_path, paths, labels, out_dir=None, batch_size: int = 32,
                      json_path=None, verbose: bool = True) -> dict:
-    runtime = load_runtime(model_path)
-    class_names = list(runtime.class_names or CLASS_NAMES)
+    runtime = load_runtime(model_path, class_names=CLASS_NAMES)
+    class_names = list(runtime.class_names)
     probabilities = predict_paths(runtime, paths, batch_size)
     report = classification_report(np.asarray(labels), probabilities, class_names)
     report["model"] = str(model_path)

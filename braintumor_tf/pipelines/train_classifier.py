@@ -177,6 +177,12 @@ def train_classifier(config: Config, run_dir: str | Path) -> dict:
     best = keras.models.load_model(run_dir / "best.keras") if (run_dir / "best.keras").exists() \
         else model
     best.save(run_dir / "model.keras")
+
+    if test_paths:
+        report = evaluate_records(run_dir / "model.keras", test_paths, test_labels,
+                                  out_dir=run_dir / "test", batch_size=train.batch_size)
+        summary["test"] = {k: report[k] for k in ("n", "accuracy", "macro_f1", "roc_auc_ovr",
+                                                   "ece")}
     export_dir = run_dir / "savedmodel"
     if export_dir.exists():
         import shutil
@@ -184,12 +190,6 @@ def train_classifier(config: Config, run_dir: str | Path) -> dict:
         shutil.rmtree(export_dir)
     export_classifier(best, export_dir, CLASS_NAMES)
     _log(f"saved {run_dir / 'model.keras'} and SavedModel {export_dir}")
-
-    if test_paths:
-        report = evaluate_records(run_dir / "model.keras", test_paths, test_labels,
-                                  out_dir=run_dir / "test", batch_size=train.batch_size)
-        summary["test"] = {k: report[k] for k in ("n", "accuracy", "macro_f1", "roc_auc_ovr",
-                                                   "ece")}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 

@@ -1,0 +1,56 @@
+import dataclasses
+
+import pytest
+
+from braintumor_tf.config import CONFIG_DIR, Config, load_config, parse_override, save_config
+
+
+def test_default_config_loads_and_is_read_only():
+    config = load_config()
+    assert config.data.root is None
+    assert config.model.block_filters == (32, 64, 128, 256, 256)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.train.epochs = 3
+
+
+def test_every_shipped_config_loads():
+    for path in sorted(CONFIG_DIR.glob("classification*.yaml")):
+        assert isinstance(load_config(path), Config)
+
+
+def test_overrides_are_parsed_as_yaml_and_validated():
+    config = load_config(overrides=["train.epochs=3", "optimizer.name=adopt",
+                                    "model.block_filters=[8, 16]", "model.block_kernel_sizes=[3, 3]",
+                                    "model.block_downsample=[true, false]", "data.root=/x/y"])
+    assert config.train.epochs == 3
+    assert config.optimizer.name == "adopt"
+    assert config.model.block_filters == (8, 16)
+    assert config.data.root == "/x/y"
+    assert parse_override("a.b=null") == ("a.b", None)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs=0", "train.epochs"),
+    ("train.precision=half", "train.precision"),
+    ("optimizer.name=lamb", "optimizer.name"),
+    ("data.channels=2", "data.channels"),
+    ("train.epoch=3", "unknown config key.*train.epoch"),
+    ("model.block_filters=[8]", "same"),
+    ("schedule.warmup_fraction=0.8", "sum"),
+    ("epochs", "key=value"),
+])
+def test_bad_values_give_clear_errors(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(overrides=[override])
+
+
+def test_missing_config_file_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_save_and_reload_round_trip(tmp_path):
+    config = load_config(overrides=["train.epochs=7"])
+    save_config(config, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == config
+    assert config.replace(**{"train.epochs": 9}).train.epochs == 9
