@@ -11,7 +11,6 @@ import os
 
 import cv2
 import numpy as np
-import tensorflow as tf
 
 _JPEG_SOI = b"\xff\xd8"
 _JPEG_EOI = b"\xff\xd9"
@@ -145,6 +144,7 @@ def make_tf_loader(channels: int, image_size: int):
     `dataset.ignore_errors()` as a last guard behind check_images."""
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
+    import tensorflow as tf  # here, so that audits and splits never pay for importing TF
 
     def _load_np(path) -> np.ndarray:
         if isinstance(path, bytes | np.bytes_):
