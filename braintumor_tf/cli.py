@@ -110,6 +110,76 @@ def audit_command(paths, out_dir, threshold):
     click.echo(f"audit written to {out_dir}")
 
 
+@main.command("export")
+@click.option("--model", "model_path", default=None, help="Trained .keras model.")
+@click.option("--run", "run_dir", default=None,
+              help="Run directory (uses its model.keras and split_manifest.csv).")
+@click.option("--out", "out_base", required=True,
+              help="TF Serving base directory, e.g. savedmodels/classifier.")
+@click.option("--version", type=int, default=None,
+              help="Version number (default: next free). Existing versions are never overwritten.")
+@click.option("--tflite", "tflite_variants", default=None, metavar="VARIANTS",
+              help="Comma-separated TFLite variants: float32,float16,dynamic,int8.")
+@click.option("--representative-data", default=None,
+              help="Data folder of training images for int8 calibration (with --model).")
+@click.option("--validation-data", default=None,
+              help="Labelled folder for the parity report (default with --model: the "
+                   "representative data; with --run: the run's validation split).")
+@click.option("--int8-io", type=click.Choice(["int8", "float32"]), default="int8", show_default=True,
+              help="Input/output type of the int8 variant.")
+@_friendly_errors
+def export_command(model_path, run_dir, out_base, version, tflite_variants, representative_data,
+                   validation_data, int8_io):
+    """Write a versioned SavedModel for TF Serving and, optionally, TFLite variants."""
+    from braintumor_tf.pipelines.export import export_model
+
+    summary = export_model(out_base, model_path=model_path, run_dir=run_dir, version=version,
+                           tflite_variants=tflite_variants, representative_data=representative_data,
+                           validation_data=validation_data, int8_io=int8_io,
+                           log=lambda m: click.echo(m))
+    if summary.get("parity_passed") is False:
+        raise click.ClickException("a TFLite variant failed its agreement gate (see tflite_parity.md)")
+
+
+@main.command("predict")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--model", "model_path", default=None,
+              help=".keras file, SavedModel dir, TF Serving base dir or .tflite file.")
+@click.option("--server", default=None, help="TF Serving REST address, e.g. http://localhost:8501.")
+@click.option("--model-name", default=None, help="Model name on the server (with --server).")
+@click.option("--json", "json_path", default=None, help="Write the predictions as JSON.")
+@click.option("--csv", "csv_path", default=None, help="Write the predictions as CSV.")
+@click.option("--explain", "explain_dir", default=None,
+              help="Write Grad-CAM overlays (PNG) here; .keras models only.")
+@click.option("--batch-size", default=32, show_default=True)
+@_friendly_errors
+def predict_command(inputs, model_path, server, model_name, json_path, csv_path, explain_dir,
+                    batch_size):
+    """Class and probabilities for image files and folders; unreadable files are reported."""
+    from braintumor_tf.pipelines.predict import predict
+
+    predict(list(inputs), model_path=model_path, server=server, model_name=model_name,
+            json_path=json_path, csv_path=csv_path, explain_dir=explain_dir, batch_size=batch_size,
+            log=lambda m: click.echo(m))
+
+
+@main.command("benchmark")
+@click.option("--model", "models", required=True, multiple=True,
+              help="Model in any form (repeatable); a TF Serving base dir brings its .tflite files.")
+@click.option("--tflite-dir", default=None, help="Folder whose .tflite files are benchmarked too.")
+@click.option("--images", default=256, show_default=True, help="Images per backend and batch size.")
+@click.option("--threads", "num_threads", type=int, default=None,
+              help="LiteRT threads (default: LiteRT's choice).")
+@click.option("--json", "json_path", default=None, help="Write the results as JSON.")
+@_friendly_errors
+def benchmark_command(models, tflite_dir, images, num_threads, json_path):
+    """Images/s and latency p50/p95 at batch 1 and 32 for each backend."""
+    from braintumor_tf.pipelines.benchmark import benchmark
+
+    benchmark(list(models), tflite_dir=tflite_dir, images=images, num_threads=num_threads,
+              json_path=json_path, log=lambda m: click.echo(m))
+
+
 def train_main(argv=None):
     """``python -m braintumor_tf.train`` is ``braintumor-tf train``."""
     return main(["train", *(sys.argv[1:] if argv is None else argv)])

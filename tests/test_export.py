@@ -16,8 +16,9 @@ import tensorflow as tf
 from PIL import Image
 
 from braintumor_tf.export import savedmodel
-from braintumor_tf.export.runtimes import Runtime, convert_to_tflite, load_runtime
+from braintumor_tf.export.runtimes import Runtime, load_runtime
 from braintumor_tf.export.savedmodel import export_classifier, next_version_dir
+from braintumor_tf.export.tflite import convert_to_tflite
 
 CLASS_NAMES = ("glioma", "meningioma", "notumor", "pituitary")
 SIZE = 32

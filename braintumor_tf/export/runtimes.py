@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+# Re-exported: conversion lives with the other TFLite code, callers may import it from here.
+from braintumor_tf.export.tflite import TFLITE_VARIANTS, convert_to_tflite  # noqa: F401
+
 RUNTIME_KINDS = ("keras", "savedmodel", "tflite")
-TFLITE_VARIANTS = ("float32", "float16", "dynamic")
 _ACCEPTED = (
     "expected a .keras file, a SavedModel directory (with saved_model.pb), "
     "a TF Serving base directory (numeric version sub-directories) or a .tflite file"
@@ -84,6 +85,11 @@ class _KerasRuntime(Runtime):
             path, shape[1], shape[3], int(self._model.output_shape[-1]), class_names, batch_size
         )
 
+    @property
+    def keras_model(self):
+        """The loaded model, for what needs layers (Grad-CAM)."""
+        return self._model
+
     def _predict_batch(self, pixels):
         return np.asarray(self._model(pixels, training=False))
 
@@ -131,10 +137,11 @@ def _savedmodel_metadata(path: Path, loaded) -> dict:
 class _TFLiteRuntime(Runtime):
     kind = "tflite"
 
-    def __init__(self, path: Path, class_names, batch_size: int):
+    def __init__(self, path: Path, class_names, batch_size: int, num_threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter
 
-        self._interpreter = Interpreter(model_path=str(path))
+        self.num_threads = num_threads
+        self._interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
         self._interpreter.allocate_tensors()
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]
@@ -184,16 +191,22 @@ def _resolve_serving_base(path: Path) -> Path | None:
 
 
 def load_runtime(
-    path: str | os.PathLike, class_names: Sequence[str] | None = None, batch_size: int = 64
+    path: str | os.PathLike,
+    class_names: Sequence[str] | None = None,
+    batch_size: int = 64,
+    num_threads: int | None = None,
 ) -> Runtime:
-    """Pick the runtime from what is on disk, so callers can pass any exported artefact."""
+    """Pick the runtime from what is on disk, so callers can pass any exported artefact.
+
+    ``num_threads`` sets LiteRT's thread count; TensorFlow's own threads are process-wide.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model not found: {path}")
     if path.is_file() and path.suffix == ".keras":
         return _KerasRuntime(path, class_names, batch_size)
     if path.is_file() and path.suffix == ".tflite":
-        return _TFLiteRuntime(path, class_names, batch_size)
+        return _TFLiteRuntime(path, class_names, batch_size, num_threads)
     if path.is_dir():
         if (path / "saved_model.pb").is_file():
             return _SavedModelRuntime(path, class_names, batch_size)
@@ -201,34 +214,3 @@ def load_runtime(
         if version is not None:
             return _SavedModelRuntime(version, class_names, batch_size)
     raise ValueError(f"unrecognised model {path}: {_ACCEPTED}")
-
-
-def convert_to_tflite(model, path: str | os.PathLike, variant: str = "float32") -> Path:
-    """Small converter for the float variants; the runtime needs a .tflite to be testable."""
-    import tensorflow as tf
-
-    if variant not in TFLITE_VARIANTS:
-        raise ValueError(f"variant must be one of {TFLITE_VARIANTS}, got {variant!r}")
-    path = Path(path)
-    if path.exists():
-        raise FileExistsError(f"TFLite file already exists, not overwriting: {path}")
-    # from_concrete_functions on a function calling a Keras 3 model silently produces wrong
-    # weights, so go through a Keras SavedModel export (free batch dimension) instead.
-    with tempfile.TemporaryDirectory(prefix="tflite-src-") as src:
-        model.export(src, format="tf_saved_model", verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(src)
-        if variant in ("float16", "dynamic"):
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if variant == "float16":
-            converter.target_spec.supported_types = [tf.float16]
-        flatbuffer = converter.convert()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(flatbuffer)
-        os.rename(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -162,6 +162,15 @@ def _verify(path: Path, size: int, channels: int, num_classes: int) -> None:
         )
 
 
+def _open_permissions(root: Path) -> None:
+    """mkdtemp makes the directory private (0700); a TF Serving container running as another
+    user could not read it, so apply the usual umask-based modes before publishing."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [root, *root.rglob("*")]:
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 def export_classifier(model, out_dir: str | os.PathLike, class_names: Sequence[str]) -> Path:
     """Write atomically: a half-written directory would look servable to TF Serving."""
     out = Path(out_dir)
@@ -189,6 +198,7 @@ def export_classifier(model, out_dir: str | os.PathLike, class_names: Sequence[s
         _verify(tmp, size, channels, len(class_names))
         if out.exists():
             raise FileExistsError(f"export directory appeared while exporting: {out}")
+        _open_permissions(tmp)
         os.rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,124 @@
+"""Client for TF Serving's REST predict API, on the standard library and numpy only.
+
+Deployers can copy this one file next to their own code. Request (row format, one named
+input ``images``, binary values as base64)::
+
+    POST /v1/models/NAME[/versions/N]:predict
+    {"signature_name": "serving_default", "instances": [{"b64": "..."}, ...]}
+
+Response for several named outputs: ``{"predictions": [{"probabilities": [...],
+"class_id": 2, "class_name": "notumor"}, ...]}``; on failure ``{"error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+
+import numpy as np
+
+
+class ServingError(RuntimeError):
+    """The server answered with an error (bad image, unknown model) or could not be reached."""
+
+
+def predict_url(server: str, model_name: str, version: int | None = None) -> str:
+    base = server.rstrip("/")
+    if "://" not in base:
+        base = "http://" + base
+    suffix = f"/versions/{int(version)}" if version is not None else ""
+    return f"{base}/v1/models/{model_name}{suffix}:predict"
+
+
+def predict_encoded(
+    server: str,
+    model_name: str,
+    images: Sequence[bytes],
+    signature_name: str = "serving_default",
+    version: int | None = None,
+    timeout: float = 60.0,
+) -> list[dict]:
+    """One request for all ``images``; TF Serving fails the whole batch if one image is bad."""
+    body = {
+        "signature_name": signature_name,
+        "instances": [{"b64": base64.b64encode(data).decode("ascii")} for data in images],
+    }
+    request = urllib.request.Request(
+        predict_url(server, model_name, version),
+        data=json.dumps(body).encode("utf-8"),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            payload = json.loads(response.read().decode("utf-8"))
+    except urllib.error.HTTPError as error:
+        raise ServingError(_error_message(error)) from None
+    except (urllib.error.URLError, OSError) as error:
+        raise ServingError(f"cannot reach {server}: {getattr(error, 'reason', error)}") from None
+    if "error" in payload:
+        raise ServingError(str(payload["error"]))
+    predictions = payload.get("predictions")
+    if not isinstance(predictions, list) or len(predictions) != len(images):
+        raise ServingError(f"unexpected response: expected {len(images)} predictions, got {payload!r:.200}")
+    return [_parse_prediction(item) for item in predictions]
+
+
+def _error_message(error: urllib.error.HTTPError) -> str:
+    try:
+        detail = json.loads(error.read().decode("utf-8")).get("error", "")
+    except (ValueError, AttributeError):
+        detail = ""
+    return f"HTTP {error.code}: {detail or error.reason}"
+
+
+def _parse_prediction(item) -> dict:
+    if not isinstance(item, dict) or "probabilities" not in item:
+        raise ServingError("unexpected prediction: expected an object with 'probabilities', "
+                           f"'class_id' and 'class_name', got {item!r:.200}")
+    probabilities = np.asarray(item["probabilities"], np.float32)
+    class_id = int(item.get("class_id", int(probabilities.argmax())))
+    return {"probabilities": probabilities, "class_id": class_id,
+            "class_name": str(item.get("class_name", class_id))}
+
+
+def predict_files(
+    server: str,
+    model_name: str,
+    paths: Sequence[str | os.PathLike],
+    batch_size: int = 16,
+    **kwargs,
+) -> list[dict]:
+    """One result per path, in order: a prediction, or ``{"error": ...}`` for that file only.
+
+    A failed batch is retried one file at a time, so a single broken upload costs its own
+    prediction and nothing else.
+    """
+    results: list[dict | None] = [None] * len(paths)
+    blobs: list[tuple[int, bytes]] = []
+    for index, path in enumerate(paths):
+        try:
+            with open(path, "rb") as handle:
+                blobs.append((index, handle.read()))
+        except OSError as error:
+            results[index] = {"error": f"cannot read file: {error.strerror or error}"}
+    for start in range(0, len(blobs), batch_size):
+        chunk = blobs[start:start + batch_size]
+        try:
+            outputs = predict_encoded(server, model_name, [data for _, data in chunk], **kwargs)
+        except ServingError:
+            outputs = []
+            for _, data in chunk:
+                try:
+                    outputs.append(predict_encoded(server, model_name, [data], **kwargs)[0])
+                except ServingError as error:
+                    if str(error).startswith("cannot reach"):
+                        raise
+                    outputs.append({"error": str(error)})
+        for (index, _), output in zip(chunk, outputs, strict=True):
+            results[index] = output
+    return results  # type: ignore[return-value]

@@ -1,0 +1,152 @@
+"""TFLite variants of the classifier for phones and other edge devices.
+
+Every variant takes the same input as the Keras model (raw pixels 0..255, resized and
+channel-converted as in training), so an edge app does the same preprocessing for all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+TFLITE_VARIANTS = ("float32", "float16", "dynamic", "int8")
+INT8_IO_TYPES = ("int8", "float32")
+PREPROCESSING = (
+    "decode the image, convert to the model's channel count (grey = ITU-R 601 luminance of RGB, "
+    "grey is repeated for RGB), resize to image_size x image_size (area averaging when shrinking), "
+    "keep raw pixel values 0..255 (the model rescales internally)"
+)
+
+
+def _calibration_batches(images: np.ndarray) -> Iterable[list[np.ndarray]]:
+    for image in images:
+        yield [np.asarray(image, np.float32)[np.newaxis]]
+
+
+def _tensor_info(detail: dict) -> dict:
+    scale, zero_point = detail["quantization"]
+    return {
+        "name": detail["name"],
+        "dtype": np.dtype(detail["dtype"]).name,
+        "shape": [int(d) for d in detail.get("shape_signature", detail["shape"])],
+        "scale": float(scale),
+        "zero_point": int(zero_point),
+    }
+
+
+def describe_tflite(flatbuffer: bytes) -> dict:
+    """Input/output dtype, shape, scale and zero point as an edge app needs them."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=flatbuffer)
+    return {
+        "input": _tensor_info(interpreter.get_input_details()[0]),
+        "output": _tensor_info(interpreter.get_output_details()[0]),
+    }
+
+
+def _write_atomic(path: Path, data: bytes, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"file already exists, not overwriting: {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the file from other users
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def float32_model(model):
+    """A float32 twin of a mixed-precision model: the converter rejects bfloat16 ops, and
+    quantisation wants float32 statistics anyway. Variables are float32 already."""
+    import keras
+
+    if all(getattr(layer, "compute_dtype", "float32") == "float32" for layer in model.layers):
+        return model
+
+    def as_float32(layer):
+        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+
+    twin = keras.models.clone_model(model, clone_function=as_float32)
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    return Path(path).with_suffix(".json")
+
+
+def convert_to_tflite(
+    model,
+    path: str | os.PathLike,
+    variant: str = "float32",
+    representative_images: np.ndarray | None = None,
+    int8_io: str = "int8",
+    overwrite: bool = False,
+    metadata: dict | None = None,
+) -> Path:
+    """Convert one variant; ``int8`` needs calibration images decoded exactly as in training.
+
+    ``int8_io`` picks the int8 variant's input/output type: ``int8`` for integer-only
+    accelerators, ``float32`` to keep the app's code identical to the float variants.
+    A JSON beside the file records dtypes, scale and zero point of input and output.
+    """
+    import tensorflow as tf
+
+    if variant not in TFLITE_VARIANTS:
+        raise ValueError(f"variant must be one of {TFLITE_VARIANTS}, got {variant!r}")
+    if int8_io not in INT8_IO_TYPES:
+        raise ValueError(f"int8_io must be one of {INT8_IO_TYPES}, got {int8_io!r}")
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"TFLite file already exists, not overwriting: {path}")
+    if variant == "int8":
+        if representative_images is None or len(representative_images) == 0:
+            raise ValueError("the int8 variant needs representative training images for calibration")
+        expected = tuple(model.input_shape[1:])
+        if tuple(np.shape(representative_images)[1:]) != expected:
+            raise ValueError(
+                f"representative images must have shape [N, {', '.join(map(str, expected))}], "
+                f"got {np.shape(representative_images)}"
+            )
+    model = float32_model(model)
+    # from_concrete_functions on a function calling a Keras 3 model silently produces wrong
+    # weights, so go through a Keras SavedModel export (free batch dimension) instead.
+    with tempfile.TemporaryDirectory(prefix="tflite-src-") as src:
+        model.export(src, format="tf_saved_model", verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(src)
+        if variant != "float32":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if variant == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        if variant == "int8":
+            converter.representative_dataset = lambda: _calibration_batches(representative_images)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            io_type = tf.int8 if int8_io == "int8" else tf.float32
+            converter.inference_input_type = io_type
+            converter.inference_output_type = io_type
+        flatbuffer = converter.convert()
+    info = {
+        "variant": variant,
+        "file": path.name,
+        "preprocessing": PREPROCESSING,
+        "dequantize": "float = (q - zero_point) * scale; quantize: q = round(x / scale) + zero_point",
+        **describe_tflite(flatbuffer),
+        **(metadata or {}),
+    }
+    if variant == "int8":
+        info["calibration_images"] = int(len(representative_images))
+    _write_atomic(path, flatbuffer, overwrite)
+    _write_atomic(sidecar_path(path), (json.dumps(info, indent=2) + "\n").encode(), overwrite=True)
+    return path
