@@ -70,12 +70,14 @@ def train_command(config_path, data_root, run_dir, overrides):
 @click.option("--model", "model_path", required=True,
               help=".keras file, SavedModel dir, TF Serving base dir or .tflite file.")
 @click.option("--data", "data_paths", required=True, multiple=True,
-              help="Labelled data root (folder-per-class); repeatable.")
+              help="Labelled data root (folder-per-class), or a run's split_manifest.csv; repeatable.")
+@click.option("--split", "split_name", default=None,
+              help="With a split_manifest.csv: evaluate only this split (train, val or test).")
 @click.option("--json", "json_path", default=None, help="Write the metrics JSON here.")
 @click.option("--out", "out_dir", default=None, help="Write confusion matrix and predictions here.")
 @click.option("--batch-size", default=32, show_default=True)
 @_friendly_errors
-def evaluate_command(model_path, data_paths, json_path, out_dir, batch_size):
+def evaluate_command(model_path, data_paths, split_name, json_path, out_dir, batch_size):
     """Evaluate a saved classifier on every labelled image under --data."""
     for path in data_paths:
         if not Path(path).exists():
@@ -84,7 +86,8 @@ def evaluate_command(model_path, data_paths, json_path, out_dir, batch_size):
         raise FileNotFoundError(f"model not found: {model_path}")
     from braintumor_tf.pipelines.evaluate import evaluate
 
-    evaluate(model_path, data_paths, json_path=json_path, out_dir=out_dir, batch_size=batch_size)
+    evaluate(model_path, data_paths, json_path=json_path, out_dir=out_dir, batch_size=batch_size,
+             split=split_name)
 
 
 @main.group("data")

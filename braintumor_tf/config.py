@@ -64,6 +64,8 @@ class DataConfig:
     split_seed: int = 42
     group_aware: bool = True
     group_threshold: float = 0.85
+    # Copies per duplicate group kept in the training split (null: all). Val/test keep all.
+    train_max_per_group: int | None = None
     cache: bool = True
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
 
@@ -79,6 +81,8 @@ class DataConfig:
                f"data.test_fraction must be in [0, 1), got {self.test_fraction!r}")
         _check(self.val_fraction + self.test_fraction < 1.0,
                "data.val_fraction + data.test_fraction must leave some training data")
+        _check(self.train_max_per_group is None or self.train_max_per_group >= 1,
+               f"data.train_max_per_group must be null or >= 1, got {self.train_max_per_group!r}")
         _check(0.0 < self.group_threshold <= 1.0,
                f"data.group_threshold must be in (0, 1], got {self.group_threshold!r}")
 

@@ -54,3 +54,16 @@ def test_save_and_reload_round_trip(tmp_path):
     save_config(config, tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == config
     assert config.replace(**{"train.epochs": 9}).train.epochs == 9
+
+
+def test_cap_per_group_keeps_at_most_k_copies_and_every_group():
+    from braintumor_tf.pipelines.train_classifier import cap_per_group
+
+    rows = [{"path": f"{g}_{i}", "group": g} for g in range(5) for i in range(g + 1)]
+    capped = cap_per_group(rows, 2, seed=0)
+    counts = {}
+    for row in capped:
+        counts[row["group"]] = counts.get(row["group"], 0) + 1
+    assert counts == {0: 1, 1: 2, 2: 2, 3: 2, 4: 2}
+    assert cap_per_group(rows, 2, seed=0) == capped
+    assert cap_per_group(rows, 10, seed=0) == rows

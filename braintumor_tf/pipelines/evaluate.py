@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from braintumor_tf.data.decode import check_images
-from braintumor_tf.data.discover import CLASS_NAMES, discover_images
+from braintumor_tf.data.discover import CLASS_NAMES, ImageRecord, discover_images
 from braintumor_tf.data.pipeline import image_dataset
+from braintumor_tf.data.splits import read_manifest
 from braintumor_tf.export.runtimes import load_runtime
 from braintumor_tf.plots import plot_confusion_matrix
 from braintumor_tf.training.metrics import classification_report, format_report
@@ -52,12 +53,33 @@ def evaluate_records(model_path, paths, labels, out_dir=None, batch_size: int = 
     return report
 
 
-def evaluate(model_path, data_paths, json_path=None, out_dir=None, batch_size: int = 32) -> dict:
-    """Every labelled, decodable image under ``data_paths`` is evaluated; broken files reported."""
+def _manifest_records(path: Path, split: str | None) -> list[ImageRecord]:
+    rows = read_manifest(path)
+    if split is not None:
+        known = sorted({row["split"] for row in rows})
+        rows = [row for row in rows if row["split"] == split]
+        if not rows:
+            raise ValueError(f"no rows with split {split!r} in {path}; it has {', '.join(known)}")
+    return [ImageRecord(path=row["path"], label=int(row["label"]), source=str(path)) for row in rows]
+
+
+def evaluate(model_path, data_paths, json_path=None, out_dir=None, batch_size: int = 32,
+             split: str | None = None) -> dict:
+    """Every labelled, decodable image under ``data_paths`` is evaluated; broken files reported.
+
+    A ``split_manifest.csv`` written by a training run may stand in for a folder, so the
+    run's own test split can be re-scored by any exported form of the model.
+    """
     model_path = Path(model_path)
     if not model_path.exists():
         raise FileNotFoundError(f"model not found: {model_path}")
-    records = discover_images([Path(p) for p in data_paths])
+    records = []
+    folders = [Path(p) for p in data_paths if not str(p).endswith(".csv")]
+    for path in data_paths:
+        if str(path).endswith(".csv"):
+            records += _manifest_records(Path(path), split)
+    if folders:
+        records += discover_images(folders)
     good, bad = check_images([r.path for r in records])
     if bad:
         print(f"skipped {len(bad)} unreadable files: "

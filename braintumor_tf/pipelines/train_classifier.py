@@ -62,9 +62,28 @@ def prepare_data(config: Config, run_dir: Path):
     return splits_lib.read_manifest(manifest_path)
 
 
-def _split_arrays(rows, name):
+def _split_arrays(rows, name, max_per_group=None, seed=0):
     chosen = [row for row in rows if row["split"] == name]
+    if max_per_group is not None:
+        chosen = cap_per_group(chosen, max_per_group, seed)
     return [row["path"] for row in chosen], [int(row["label"]) for row in chosen]
+
+
+def cap_per_group(rows, max_per_group: int, seed: int = 0):
+    """At most ``max_per_group`` copies of each duplicate group, chosen at random but reproducibly.
+
+    Groups of dozens of copies of one slice otherwise dominate an epoch; capping spends the
+    compute on distinct slices instead.
+    """
+    order = np.random.default_rng(seed).permutation(len(rows))
+    taken: dict[str, int] = {}
+    keep = []
+    for index in order:
+        group = str(rows[index]["group"])
+        if taken.get(group, 0) < max_per_group:
+            taken[group] = taken.get(group, 0) + 1
+            keep.append(index)
+    return [rows[index] for index in sorted(keep)]
 
 
 def _check_resumable(config: Config, run_dir: Path) -> None:
@@ -117,7 +136,8 @@ def train_classifier(config: Config, run_dir: str | Path) -> dict:
          f"{strategy.num_replicas_in_sync} replica(s)")
 
     rows = prepare_data(config, run_dir)
-    train_paths, train_labels = _split_arrays(rows, "train")
+    train_paths, train_labels = _split_arrays(rows, "train", config.data.train_max_per_group,
+                                              config.data.split_seed)
     val_paths, val_labels = _split_arrays(rows, "val")
     test_paths, test_labels = _split_arrays(rows, "test")
     _log(f"split: {len(train_paths)} train / {len(val_paths)} val / {len(test_paths)} test "
