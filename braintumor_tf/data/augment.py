@@ -1,8 +1,13 @@
-"""Label-preserving augmentation for classification, run on batches inside tf.data."""
+"""Label-preserving augmentation run on batches inside tf.data: Keras random layers for
+classification, one shared geometric transform for image/mask pairs in segmentation."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import keras
+import tensorflow as tf
 
 
 def make_augmenter(augment_config, seed: int = 0) -> keras.Sequential | None:
@@ -32,3 +37,157 @@ def make_augmenter(augment_config, seed: int = 0) -> keras.Sequential | None:
     if not steps:
         return None
     return keras.Sequential(steps, name="augment")
+
+
+# ----------------------------------------------------------------------------- segmentation
+
+
+@dataclasses.dataclass(frozen=True)
+class JointAugmentParams:
+    """Geometric fields move image and mask together; intensity fields touch the image only.
+
+    rotation, zoom and translation are fractions (of a full turn, of the size), as in
+    AugmentConfig; gamma g draws the exponent from exp(U(-g, g)); noise is the largest
+    Gaussian standard deviation as a fraction of 255.
+    """
+
+    horizontal_flip: bool = True
+    vertical_flip: bool = False
+    rotate90: bool = False
+    rotation: float = 0.0
+    zoom: float = 0.0
+    translation: float = 0.0
+    contrast: float = 0.0
+    brightness: float = 0.0
+    gamma: float = 0.0
+    noise: float = 0.0
+
+    def __post_init__(self):
+        for name in ("rotation", "zoom", "translation", "contrast", "brightness", "gamma", "noise"):
+            value = getattr(self, name)
+            if not 0.0 <= float(value) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+
+    @classmethod
+    def from_config(cls, config) -> JointAugmentParams:
+        """Any config-like object (AugmentConfig, a dict): absent fields keep their default."""
+        get = config.get if isinstance(config, dict) else lambda k, d: getattr(config, k, d)
+        return cls(**{f.name: get(f.name, f.default) for f in dataclasses.fields(cls)})
+
+    @property
+    def geometric(self) -> bool:
+        return bool(self.horizontal_flip or self.vertical_flip or self.rotate90 or self.rotation
+                    or self.zoom or self.translation)
+
+    @property
+    def intensity(self) -> bool:
+        return bool(self.contrast or self.brightness or self.gamma or self.noise)
+
+
+def _inverse_transforms(params: JointAugmentParams, seeds, batch, height, width):
+    """[B, 8] projective rows mapping each output pixel to the input pixel it samples.
+
+    Built as one matrix per example (dihedral part, then rotation/zoom about the centre, then a
+    shift), so the image and the mask are resampled through exactly the same map.
+    """
+    def uniform(k, low=0.0, high=1.0):
+        return tf.random.stateless_uniform([batch], seeds[k], low, high)
+
+    zeros, ones = tf.zeros([batch]), tf.ones([batch])
+    flip_x = tf.where(uniform(0) < 0.5, -ones, ones) if params.horizontal_flip else ones
+    flip_y = tf.where(uniform(1) < 0.5, -ones, ones) if params.vertical_flip else ones
+    quarter = (tf.floor(uniform(2, 0.0, 4.0)) if params.rotate90 else zeros) * (math.pi / 2)
+    angle = quarter + (uniform(3, -1.0, 1.0) * params.rotation * 2 * math.pi if params.rotation
+                       else zeros)
+    scale = (1.0 + uniform(4, -1.0, 1.0) * params.zoom) if params.zoom else ones  # > 1 zooms in
+    shift_x = uniform(5, -1.0, 1.0) * params.translation * width if params.translation else zeros
+    shift_y = uniform(6, -1.0, 1.0) * params.translation * height if params.translation else zeros
+    cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
+    # input - centre = F @ R @ (output - centre - shift), F = diag(flip_x, flip_y).
+    a0, a1 = flip_x * cos, -flip_x * sin
+    b0, b1 = flip_y * sin, flip_y * cos
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    ox, oy = -cx - shift_x, -cy - shift_y
+    a2 = a0 * ox + a1 * oy + cx
+    b2 = b0 * ox + b1 * oy + cy
+    # Rounding keeps pure flips/quarter turns exact, so the image is not blurred by them.
+    rows = [a0, a1, a2, b0, b1, b2]
+    rows = [tf.where(tf.abs(r - tf.round(r)) < 1e-4, tf.round(r), r) for r in rows]
+    return tf.stack(rows + [zeros, zeros], axis=1)
+
+
+def _warp(images, transforms, interpolation: str):
+    shape = tf.shape(images)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=shape[1:3],
+        fill_value=tf.constant(0.0, images.dtype), interpolation=interpolation,
+        fill_mode="CONSTANT")
+
+
+def _intensity(params: JointAugmentParams, images, seeds, batch):
+    def uniform(k, low, high):
+        return tf.random.stateless_uniform([batch, 1, 1, 1], seeds[k], low, high)
+
+    if params.gamma:
+        exponent = tf.exp(uniform(7, -params.gamma, params.gamma))
+        images = 255.0 * tf.pow(tf.clip_by_value(images / 255.0, 0.0, 1.0), exponent)
+    if params.contrast:
+        mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
+        images = (images - mean) * uniform(8, 1.0 - params.contrast, 1.0 + params.contrast) + mean
+    if params.brightness:
+        images = images + 255.0 * uniform(9, -params.brightness, params.brightness)
+    if params.noise:
+        sigma = 255.0 * uniform(10, 0.0, params.noise)
+        images = images + sigma * tf.random.stateless_normal(tf.shape(images), seeds[11])
+    return tf.clip_by_value(images, 0.0, 255.0)
+
+
+def augment_image_and_mask(image, mask, seed, params: JointAugmentParams):
+    """One random draw per example, applied to image (bilinear) and mask (nearest) alike.
+
+    Works on single examples ([H, W, C] / [H, W, 1]) or batches, eagerly or inside tf.data.map.
+    ``seed`` is a stateless seed (shape [2] integers), so a pipeline that zips in
+    ``tf.data.Dataset.random`` is reproducible whatever its parallelism. Image values are
+    0..255 float; the mask comes back float32 0/1. Square inputs assumed for quarter turns
+    (a non-square image would be cropped by them).
+    """
+    image = tf.convert_to_tensor(image)
+    mask = tf.convert_to_tensor(mask)
+    single = image.shape.rank == 3
+    if single:
+        image, mask = image[None], mask[None]
+    image = tf.cast(image, tf.float32)
+    mask = tf.cast(mask, tf.float32)
+    seeds = tf.unstack(tf.random.experimental.stateless_split(
+        tf.cast(seed, tf.int64), num=12), axis=0)
+    batch = tf.shape(image)[0]
+    if params.geometric:
+        shape = tf.shape(image)
+        transforms = _inverse_transforms(params, seeds, batch, tf.cast(shape[1], tf.float32),
+                                         tf.cast(shape[2], tf.float32))
+        image = _warp(image, transforms, "BILINEAR")
+        mask = _warp(mask, transforms, "NEAREST")
+    if params.intensity:
+        image = _intensity(params, image, seeds, batch)
+    mask = tf.cast(mask > 0.5, tf.float32)
+    if single:
+        image, mask = image[0], mask[0]
+    return image, mask
+
+
+def make_joint_augmenter(params, seed: int = 0):
+    """``fn(image, mask, element_seed) -> (image, mask)`` for tf.data, or None if all off.
+
+    ``params`` may be a JointAugmentParams or any config-like object; ``seed`` is folded into
+    every element seed so two runs with different seeds see different augmentations.
+    """
+    if not isinstance(params, JointAugmentParams):
+        params = JointAugmentParams.from_config(params)
+    if not (params.geometric or params.intensity):
+        return None
+
+    def augment(image, mask, element_seed):
+        element_seed = tf.cast(element_seed, tf.int64) + tf.constant([0, seed], tf.int64)
+        return augment_image_and_mask(image, mask, element_seed, params)
+
+    return augment

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import tensorflow as tf
 
-from braintumor_tf.data.augment import make_augmenter
-from braintumor_tf.data.decode import make_tf_loader
+from braintumor_tf.data.augment import make_augmenter, make_joint_augmenter
+from braintumor_tf.data.decode import make_tf_loader, read_image
+from braintumor_tf.data.masks import read_mask, resize_mask
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -57,4 +60,84 @@ def classification_dataset(
         if augmenter is not None:
             dataset = dataset.map(lambda x, y: (augmenter(x, training=True), y),
                                   num_parallel_calls=AUTOTUNE)
+    return dataset.prefetch(AUTOTUNE)
+
+
+MaskSource = Sequence[str | os.PathLike] | Callable[[str], np.ndarray]
+
+
+def _pair_loader(masks: MaskSource, channels: int, image_size: int):
+    """numpy loader for (image path, mask path or "") -> (float32 image, uint8 [S, S, 1] mask).
+
+    The mask is kept uint8 until after the cache: a quarter of the memory of float32.
+    """
+    mask_fn = masks if callable(masks) else None
+
+    def load(image_path, mask_path):
+        image_path = image_path.decode("utf-8") if isinstance(image_path, bytes) else str(image_path)
+        image = read_image(image_path, channels, image_size)
+        if mask_fn is not None:
+            mask = resize_mask(np.asarray(mask_fn(image_path), np.uint8), image_size)
+        else:
+            mask_path = mask_path.decode("utf-8") if isinstance(mask_path, bytes) else str(mask_path)
+            mask = read_mask(mask_path, image_size)
+        return image, (mask > 0).astype(np.uint8)[:, :, None]
+
+    return load
+
+
+def segmentation_dataset(
+    image_paths: Sequence[str],
+    masks: MaskSource,
+    image_size: int,
+    channels: int,
+    batch_size: int,
+    training: bool,
+    augment=None,
+    cache: bool = True,
+    seed: int = 0,
+) -> tf.data.Dataset:
+    """(image float32 [B, S, S, C] 0..255, mask float32 [B, S, S, 1] 0/1) batches.
+
+    ``masks`` is either one mask file per image (masks.pair_images_with_masks) or a callable
+    image path -> uint8 [H, W] mask (coco.coco_mask_fn). Images are decoded exactly as for
+    classification; masks are resized with nearest so they stay 0/1. ``augment`` (training
+    only) is a JointAugmentParams or config-like object; augmentation runs on whole batches with
+    one stateless seed per batch from ``seed``, so runs repeat exactly.
+    """
+    image_paths = [os.fspath(p) for p in image_paths]
+    if not image_paths:
+        raise ValueError("no images to build a dataset from")
+    if callable(masks):
+        mask_paths = [""] * len(image_paths)
+    else:
+        mask_paths = [os.fspath(p) for p in masks]
+        if len(mask_paths) != len(image_paths):
+            raise ValueError(f"got {len(image_paths)} images but {len(mask_paths)} masks")
+    load_np = _pair_loader(masks, channels, image_size)
+
+    def load(image_path, mask_path):
+        image, mask = tf.numpy_function(load_np, [image_path, mask_path], [tf.float32, tf.uint8],
+                                        stateful=False)
+        image.set_shape([image_size, image_size, channels])
+        mask.set_shape([image_size, image_size, 1])
+        return image, mask
+
+    dataset = tf.data.Dataset.from_tensor_slices((image_paths, mask_paths))
+    dataset = dataset.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
+    dataset = dataset.ignore_errors()  # same last guard as classification_dataset
+    if cache:
+        dataset = dataset.cache()
+    if training:
+        dataset = dataset.shuffle(min(len(image_paths), 4096), seed=seed,
+                                  reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size, drop_remainder=False)
+    dataset = dataset.map(lambda image, mask: (image, tf.cast(mask, tf.float32)),
+                          num_parallel_calls=AUTOTUNE)
+    augmenter = make_joint_augmenter(augment, seed=seed) if training and augment is not None else None
+    if augmenter is not None:
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        dataset = tf.data.Dataset.zip((dataset, seeds))
+        dataset = dataset.map(lambda pair, batch_seed: augmenter(pair[0], pair[1], batch_seed),
+                              num_parallel_calls=AUTOTUNE)
     return dataset.prefetch(AUTOTUNE)

@@ -257,8 +257,12 @@ def random_split(
 # ----------------------------------------------------------------------------- manifest
 
 
-def write_manifest(path, records: Sequence[ImageRecord], groups, splits) -> None:
-    """One row per image so a run can be repeated on exactly the same split."""
+def write_manifest(path, records: Sequence[ImageRecord], groups, splits,
+                   class_names: Sequence[str] = CLASS_NAMES) -> None:
+    """One row per image so a run can be repeated on exactly the same split.
+
+    ``class_names`` names the labels in the class_name column (SEGMENTATION_LABELS for
+    segmentation records)."""
     groups = np.asarray(groups).ravel()
     splits = np.asarray(splits).ravel()
     if not len(records) == len(groups) == len(splits):
@@ -268,7 +272,7 @@ def write_manifest(path, records: Sequence[ImageRecord], groups, splits) -> None
         writer = csv.writer(f)
         writer.writerow(MANIFEST_COLUMNS)
         for rec, g, s in zip(records, groups, splits, strict=True):
-            name = CLASS_NAMES[rec.label] if 0 <= rec.label < len(CLASS_NAMES) else ""
+            name = class_names[rec.label] if 0 <= rec.label < len(class_names) else ""
             writer.writerow([rec.path, rec.label, name, int(g), str(s)])
 
 
@@ -294,6 +298,20 @@ def read_manifest(path) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- convenience
+
+
+# Segmentation images are stratified by whether they show a tumour at all.
+SEGMENTATION_LABELS = ("empty", "tumour")
+
+
+def segmentation_records(image_paths: Sequence[str], has_tumour: Sequence[bool],
+                         source: str = "") -> list[ImageRecord]:
+    """ImageRecords for make_split: label 1 when the mask is non-empty, so train/val/test get
+    the same share of tumour-free slices (write the manifest with SEGMENTATION_LABELS)."""
+    if len(image_paths) != len(has_tumour):
+        raise ValueError(f"got {len(image_paths)} images but {len(has_tumour)} tumour flags")
+    return [ImageRecord(path=os.fspath(p), label=int(bool(t)), source=source)
+            for p, t in zip(image_paths, has_tumour, strict=True)]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,418 @@
+"""COCO segmentation splits as Roboflow exports them: a folder of images plus
+``_annotations.coco.json``.
+
+The JSON is validated once at load time, so a bad field is reported with its path in the file
+instead of surfacing as a shape error mid-epoch. Masks are rasterised lazily, per image, because
+eagerly holding ~1,700 full-size masks would cost hundreds of MB for data read once per run.
+Kept free of TensorFlow, like discover.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+import cv2
+import numpy as np
+
+ANNOTATION_FILE = "_annotations.coco.json"
+_POLYGON_SHIFT = 4  # fixed-point bits given to cv2.fillPoly, so fractional vertices are kept
+
+
+@dataclass(frozen=True, eq=False)
+class CocoShape:
+    """One annotation's geometry, already parsed: polygons ([N, 2] x/y arrays) or RLE runs."""
+
+    category_id: int
+    polygons: tuple[np.ndarray, ...] = ()
+    rle_counts: np.ndarray | None = None  # alternating 0/1 run lengths, column-major
+
+
+@dataclass(frozen=True, eq=False)
+class SegRecord:
+    image_path: str
+    image_id: int
+    file_name: str
+    height: int
+    width: int
+    shapes: tuple[CocoShape, ...] = ()
+
+    @property
+    def has_annotation(self) -> bool:
+        return bool(self.shapes)
+
+
+@dataclass(frozen=True, eq=False)
+class CocoSplit:
+    folder: str
+    records: list[SegRecord]
+    missing: list[str]  # listed in the JSON, not on disk: skipped
+    categories: dict[int, str]
+    _by_path: dict[str, SegRecord] = field(default_factory=dict, repr=False)
+
+    def record_for(self, image_path: str | os.PathLike) -> SegRecord:
+        key = os.path.abspath(os.fspath(image_path))
+        try:
+            return self._by_path[key]
+        except KeyError:
+            raise KeyError(f"{image_path} is not an image of the COCO split {self.folder}") from None
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _fail(where: str, message: str, json_path: Path) -> ValueError:
+    return ValueError(f"{json_path}: {where}: {message}")
+
+
+def _checked_file_name(name, where: str, json_path: Path) -> str:
+    """Reject names that would read outside the split folder, on either OS's rules."""
+    if not isinstance(name, str) or not name.strip():
+        raise _fail(where, f"expected a non-empty string, got {_short(name)}", json_path)
+    if PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() \
+            or PureWindowsPath(name).drive or name.startswith(("/", "\\")):
+        raise _fail(where, f"file_name {name!r} is an absolute path; COCO file names must be "
+                    "relative to the split folder", json_path)
+    depth = 0
+    for part in name.replace("\\", "/").split("/"):
+        if part == "..":
+            depth -= 1
+        elif part not in ("", "."):
+            depth += 1
+        if depth < 0:
+            raise _fail(where, f"file_name {name!r} climbs out of the split folder ('..')", json_path)
+    return name
+
+
+def _parse_polygons(seg: list, where: str, json_path: Path) -> tuple[np.ndarray, ...]:
+    polygons = []
+    for k, poly in enumerate(seg):
+        here = f"{where}[{k}]"
+        if not isinstance(poly, list) or not all(_is_number(v) for v in poly):
+            raise _fail(here, f"expected a polygon as a flat list of numbers [x1, y1, x2, y2, ...], "
+                        f"got {_short(poly)}", json_path)
+        if len(poly) % 2 or len(poly) < 6:
+            raise _fail(here, f"a polygon needs an even count of at least 6 numbers (3 points), "
+                        f"got {len(poly)}", json_path)
+        polygons.append(np.asarray(poly, np.float64).reshape(-1, 2))
+    return tuple(polygons)
+
+
+def decode_rle_string(counts: str) -> np.ndarray:
+    """COCO's compressed RLE: run lengths as 5-bit groups in characters offset by 48, bit 6
+    meaning "more groups follow", sign taken from the last group's top bit, and from the third
+    run on each value stored as a difference to the run two before."""
+    runs: list[int] = []
+    pos, n = 0, len(counts)
+    while pos < n:
+        value, shift, more = 0, 0, True
+        while more:
+            if pos >= n:
+                raise ValueError("compressed RLE ends in the middle of a number")
+            code = ord(counts[pos]) - 48
+            if not 0 <= code < 64:
+                raise ValueError(f"compressed RLE has an invalid character {counts[pos]!r}")
+            value |= (code & 0x1F) << shift
+            more = bool(code & 0x20)
+            pos += 1
+            shift += 5
+            if not more and code & 0x10:
+                value -= 1 << shift  # sign-extend
+        if len(runs) > 2:
+            value += runs[-2]
+        runs.append(value)
+    return np.asarray(runs, np.int64)
+
+
+def _parse_rle(seg: dict, where: str, size: tuple[int, int], json_path: Path) -> np.ndarray:
+    if "size" not in seg:
+        raise _fail(f"{where}.size", "missing (an RLE needs size [height, width])", json_path)
+    rle_size = seg["size"]
+    if not (isinstance(rle_size, list) and len(rle_size) == 2 and all(_is_int(v) for v in rle_size)):
+        raise _fail(f"{where}.size", f"expected [height, width], got {_short(rle_size)}", json_path)
+    if tuple(rle_size) != size:
+        raise _fail(f"{where}.size", f"{rle_size} does not match the image's [height, width] "
+                    f"{list(size)}", json_path)
+    if "counts" not in seg:
+        raise _fail(f"{where}.counts", "missing", json_path)
+    counts = seg["counts"]
+    if isinstance(counts, str):
+        try:
+            runs = decode_rle_string(counts)
+        except ValueError as exc:
+            raise _fail(f"{where}.counts", str(exc), json_path) from None
+    elif isinstance(counts, list) and all(_is_int(v) for v in counts):
+        runs = np.asarray(counts, np.int64)
+    else:
+        raise _fail(f"{where}.counts", f"expected a list of run lengths or a compressed string, "
+                    f"got {_short(counts)}", json_path)
+    if runs.size and runs.min() < 0:
+        raise _fail(f"{where}.counts", "negative run length", json_path)
+    if int(runs.sum()) != size[0] * size[1]:
+        raise _fail(f"{where}.counts", f"run lengths add up to {int(runs.sum())}, expected "
+                    f"height*width = {size[0] * size[1]}", json_path)
+    return runs
+
+
+def _parse_segmentation(seg, where: str, size: tuple[int, int], json_path: Path):
+    if isinstance(seg, list):
+        return _parse_polygons(seg, where, json_path), None
+    if isinstance(seg, dict):
+        return (), _parse_rle(seg, where, size, json_path)
+    raise _fail(where, f"expected a list of polygons or an RLE dict, got {_short(seg)}", json_path)
+
+
+def _require(obj: dict, key: str, check, expected: str, where: str, json_path: Path):
+    if key not in obj:
+        raise _fail(f"{where}.{key}", "missing", json_path)
+    value = obj[key]
+    if not check(value):
+        raise _fail(f"{where}.{key}", f"expected {expected}, got {_short(value)}", json_path)
+    return value
+
+
+def _header_size(path: str) -> tuple[int, int] | None:
+    """(height, width) from the file header only: decoding every image just to check sizes
+    would cost seconds per split. None when the header is unreadable (check_images reports it)."""
+    from PIL import Image  # a dependency of matplotlib; imported here so listing stays light
+
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except (OSError, ValueError, SyntaxError):
+        return None
+    return height, width
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_coco_split(folder: str | os.PathLike, category_ids: Iterable[int] | None = None,
+                    check_sizes: bool = True) -> CocoSplit:
+    """Records joined by ``image_id``; with ``category_ids`` only those annotations are kept.
+
+    Images listed but absent are returned in ``missing`` and skipped, so one lost file does
+    not stop a run; anything wrong in the JSON itself raises, since guessing would train on
+    wrong masks.
+    """
+    folder_path = Path(folder)
+    json_path = folder_path / ANNOTATION_FILE
+    if not json_path.is_file():
+        raise FileNotFoundError(f"no {ANNOTATION_FILE} in {folder}: not a COCO split folder")
+    try:
+        with open(json_path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{json_path}: not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise _fail("top level", f"expected an object, got {type(data).__name__}", json_path)
+
+    categories: dict[int, str] = {}
+    raw_categories = data.get("categories", [])
+    if not isinstance(raw_categories, list):
+        raise _fail("categories", f"expected a list, got {_short(raw_categories)}", json_path)
+    for k, cat in enumerate(raw_categories):
+        where = f"categories[{k}]"
+        if not isinstance(cat, dict):
+            raise _fail(where, f"expected an object, got {_short(cat)}", json_path)
+        cat_id = _require(cat, "id", _is_int, "an integer", where, json_path)
+        categories[cat_id] = str(cat.get("name", cat_id))
+
+    wanted = None
+    if category_ids is not None:
+        wanted = {int(c) for c in category_ids}
+        unknown = sorted(wanted - set(categories))
+        if unknown:
+            raise ValueError(f"{json_path}: category_ids {unknown} not among the categories "
+                             f"{categories}")
+
+    images = data.get("images")
+    if not isinstance(images, list):
+        raise _fail("images", f"expected a list, got {_short(images)}", json_path)
+    image_info: dict[int, tuple[str, int, int]] = {}
+    seen_names: dict[str, int] = {}
+    for k, img in enumerate(images):
+        where = f"images[{k}]"
+        if not isinstance(img, dict):
+            raise _fail(where, f"expected an object, got {_short(img)}", json_path)
+        image_id = _require(img, "id", _is_int, "an integer", where, json_path)
+        if image_id in image_info:
+            raise _fail(f"{where}.id", f"duplicate image id {image_id}", json_path)
+        if "file_name" not in img:
+            raise _fail(f"{where}.file_name", "missing", json_path)
+        name = _checked_file_name(img["file_name"], f"{where}.file_name", json_path)
+        if name in seen_names:
+            raise _fail(f"{where}.file_name", f"{name!r} is listed twice (also images"
+                        f"[{seen_names[name]}])", json_path)
+        seen_names[name] = k
+        positive = lambda v: _is_int(v) and v > 0  # noqa: E731
+        height = _require(img, "height", positive, "a positive integer", where, json_path)
+        width = _require(img, "width", positive, "a positive integer", where, json_path)
+        image_info[image_id] = (name, height, width)
+
+    annotations = data.get("annotations", [])
+    if not isinstance(annotations, list):
+        raise _fail("annotations", f"expected a list, got {_short(annotations)}", json_path)
+    shapes: dict[int, list[CocoShape]] = {}
+    for k, ann in enumerate(annotations):
+        where = f"annotations[{k}]"
+        if not isinstance(ann, dict):
+            raise _fail(where, f"expected an object, got {_short(ann)}", json_path)
+        image_id = _require(ann, "image_id", _is_int, "an integer", where, json_path)
+        if image_id not in image_info:
+            raise _fail(f"{where}.image_id", f"no image has id {image_id}", json_path)
+        cat_id = _require(ann, "category_id", _is_int, "an integer", where, json_path)
+        if categories and cat_id not in categories:
+            raise _fail(f"{where}.category_id", f"{cat_id} is not a listed category", json_path)
+        if "segmentation" not in ann:
+            raise _fail(f"{where}.segmentation", "missing", json_path)
+        _, height, width = image_info[image_id]
+        polygons, rle = _parse_segmentation(ann["segmentation"], f"{where}.segmentation",
+                                            (height, width), json_path)
+        if wanted is not None and cat_id not in wanted:
+            continue  # validated all the same: a bad file is bad whatever is asked of it
+        shapes.setdefault(image_id, []).append(CocoShape(cat_id, polygons, rle))
+
+    records: list[SegRecord] = []
+    missing: list[str] = []
+    mismatched: list[str] = []
+    for image_id, (name, height, width) in image_info.items():
+        path = str(folder_path / name)
+        if not os.path.isfile(path):
+            missing.append(path)
+            continue
+        if check_sizes:
+            actual = _header_size(path)
+            if actual is not None and actual != (height, width):
+                mismatched.append(f"{name}: JSON says {height}x{width}, file is "
+                                  f"{actual[0]}x{actual[1]}")
+        records.append(SegRecord(path, image_id, name, height, width,
+                                 tuple(shapes.get(image_id, ()))))
+    if mismatched:
+        more = f" (and {len(mismatched) - 5} more)" if len(mismatched) > 5 else ""
+        raise ValueError(f"{json_path}: image sizes differ from the JSON's height/width, so the "
+                         f"annotations would not line up: {'; '.join(mismatched[:5])}{more}")
+    if missing:
+        print(f"{json_path}: {len(missing)} listed image(s) not found, skipped: "
+              f"{', '.join(os.path.basename(m) for m in missing[:5])}", file=sys.stderr)
+    by_path = {os.path.abspath(r.image_path): r for r in records}
+    return CocoSplit(str(folder_path), records, missing, categories, by_path)
+
+
+def find_coco_splits(root: str | os.PathLike) -> list[Path]:
+    """A split folder itself, or every split folder below ``root`` (e.g. train/valid/test)."""
+    root_path = Path(root)
+    if not root_path.is_dir():
+        raise FileNotFoundError(f"data folder not found: {root}")
+    if (root_path / ANNOTATION_FILE).is_file():
+        return [root_path]
+    found = sorted(p.parent for p in root_path.rglob(ANNOTATION_FILE) if p.is_file())
+    if not found:
+        raise ValueError(f"no {ANNOTATION_FILE} in {root} or any folder below it: expected a COCO "
+                         "split folder (images + _annotations.coco.json) or a folder of them")
+    return found
+
+
+# ----------------------------------------------------------------------------- rasterising
+
+
+def rle_to_mask(runs: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Runs alternate background/foreground starting with background, over column-major pixels."""
+    values = np.zeros(len(runs), np.uint8)
+    values[1::2] = 1
+    flat = np.repeat(values, np.asarray(runs, np.int64))
+    return flat.reshape((height, width), order="F")
+
+
+def _shape_mask(shape: CocoShape, height: int, width: int) -> np.ndarray:
+    mask = np.zeros((height, width), np.uint8)
+    if shape.polygons:
+        scale = 1 << _POLYGON_SHIFT
+        points = [np.round(p * scale).astype(np.int32) for p in shape.polygons]
+        # One call per polygon: fillPoly with several polygons applies even-odd filling, which
+        # would cut holes where a tumour's parts overlap; the union is what is meant.
+        for pts in points:
+            cv2.fillPoly(mask, [pts], 1, lineType=cv2.LINE_8, shift=_POLYGON_SHIFT)
+    if shape.rle_counts is not None:
+        mask |= rle_to_mask(shape.rle_counts, height, width)
+    return mask
+
+
+def coco_mask(record: SegRecord, category_ids: Iterable[int] | None = None) -> np.ndarray:
+    """Union of every shape (of the given categories) as uint8 0/1 at the JSON's image size.
+
+    Polygons follow cv2.fillPoly, which includes boundary pixels: an integer box from x0 to x1
+    covers columns x0..x1 inclusive.
+    """
+    wanted = None if category_ids is None else {int(c) for c in category_ids}
+    mask = np.zeros((record.height, record.width), np.uint8)
+    for shape in record.shapes:
+        if wanted is None or shape.category_id in wanted:
+            mask |= _shape_mask(shape, record.height, record.width)
+    return mask
+
+
+def coco_category_masks(record: SegRecord, category_ids: Sequence[int]) -> np.ndarray:
+    """[H, W, K] uint8 0/1 stack, channel k for category_ids[k], for multi-class targets."""
+    category_ids = [int(c) for c in category_ids]
+    out = np.zeros((record.height, record.width, len(category_ids)), np.uint8)
+    for shape in record.shapes:
+        if shape.category_id in category_ids:
+            k = category_ids.index(shape.category_id)
+            out[:, :, k] |= _shape_mask(shape, record.height, record.width)
+    return out
+
+
+def coco_mask_fn(splits: CocoSplit | Sequence[CocoSplit], category_ids: Iterable[int] | None = None
+                 ) -> Callable[[str], np.ndarray]:
+    """image path -> mask, for segmentation_dataset; looks records up across several splits."""
+    if isinstance(splits, CocoSplit):
+        splits = [splits]
+    by_path: dict[str, SegRecord] = {}
+    for split in splits:
+        by_path.update(split._by_path)
+    wanted = None if category_ids is None else tuple(int(c) for c in category_ids)
+
+    def mask_for(image_path) -> np.ndarray:
+        if isinstance(image_path, bytes | np.bytes_):
+            image_path = image_path.decode("utf-8")
+        key = os.path.abspath(os.fspath(image_path))
+        if key not in by_path:
+            raise KeyError(f"{image_path} is not an image of the given COCO split(s)")
+        return coco_mask(by_path[key], wanted)
+
+    return mask_for
+
+
+def polygon_area(polygon: np.ndarray) -> float:
+    """Shoelace area of an [N, 2] polygon (what COCO's ``area`` means for polygons)."""
+    x, y = polygon[:, 0], polygon[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
+def is_axis_aligned_box(polygon: np.ndarray, tolerance: float = 1e-6) -> bool:
+    """True when the polygon fills its bounding box: how the pkdarabi "polygons" were found
+    to be boxes."""
+    width = np.ptp(polygon[:, 0])
+    height = np.ptp(polygon[:, 1])
+    box = float(width * height)
+    return box > 0 and abs(polygon_area(polygon) - box) <= tolerance * max(box, 1.0)

@@ -1,0 +1,239 @@
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from braintumor_tf.data.coco import (
+    ANNOTATION_FILE,
+    coco_category_masks,
+    coco_mask,
+    coco_mask_fn,
+    decode_rle_string,
+    find_coco_splits,
+    is_axis_aligned_box,
+    load_coco_split,
+    polygon_area,
+    rle_to_mask,
+)
+
+H, W = 40, 50
+
+
+def _write_image(path, height=H, width=W):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.full((height, width), 90, np.uint8))
+
+
+def _box(x0, y0, x1, y1):
+    return [x0, y0, x1, y0, x1, y1, x0, y1]
+
+
+def _write_split(folder, images, annotations, categories=None, write_files=True):
+    folder.mkdir(parents=True, exist_ok=True)
+    for img in images:
+        if write_files:
+            _write_image(folder / img["file_name"], img["height"], img["width"])
+    data = {"images": images, "annotations": annotations,
+            "categories": categories or [{"id": 1, "name": "tumour"}, {"id": 2, "name": "other"}]}
+    (folder / ANNOTATION_FILE).write_text(json.dumps(data))
+    return folder
+
+
+def _image(image_id, name, height=H, width=W):
+    return {"id": image_id, "file_name": name, "height": height, "width": width}
+
+
+def _ann(ann_id, image_id, segmentation, category_id=1):
+    return {"id": ann_id, "image_id": image_id, "category_id": category_id,
+            "segmentation": segmentation, "iscrowd": 0}
+
+
+@pytest.fixture
+def split_folder(tmp_path):
+    images = [_image(10, "a.jpg"), _image(11, "b.png"), _image(12, "empty.jpg")]
+    annotations = [
+        # Annotation ids are chosen to clash with image ids: id 11 belongs to image 10, so a
+        # loader joining by annotation id would draw this box on b.png.
+        _ann(11, 10, [_box(2, 3, 12, 10), _box(30, 20, 40, 30)]),  # two polygons, one annotation
+        _ann(10, 11, [_box(0, 0, 5, 5)]),
+        _ann(12, 11, [_box(20, 20, 25, 30)], category_id=2),  # second annotation, same image
+    ]
+    return _write_split(tmp_path / "train", images, annotations)
+
+
+def _box_pixels(x0, y0, x1, y1):
+    # cv2.fillPoly includes boundary pixels.
+    return (x1 - x0 + 1) * (y1 - y0 + 1)
+
+
+def test_every_polygon_is_rasterised_and_joined_by_image_id(split_folder):
+    split = load_coco_split(split_folder)
+    by_name = {r.file_name: r for r in split.records}
+    assert set(by_name) == {"a.jpg", "b.png", "empty.jpg"}
+    assert split.missing == []
+    assert split.categories == {1: "tumour", 2: "other"}
+
+    a = coco_mask(by_name["a.jpg"])
+    assert a.shape == (H, W) and a.dtype == np.uint8 and set(np.unique(a)) == {0, 1}
+    assert a.sum() == _box_pixels(2, 3, 12, 10) + _box_pixels(30, 20, 40, 30)
+    assert a[3:11, 2:13].all() and a[20:31, 30:41].all()
+    assert a[0:2].sum() == 0  # image 10 does not get image 11's box at the origin
+
+    b = coco_mask(by_name["b.png"])
+    assert b.sum() == _box_pixels(0, 0, 5, 5) + _box_pixels(20, 20, 25, 30)
+    assert b[0:6, 0:6].all() and b[20:31, 20:26].all()
+
+
+def test_image_without_annotation_gets_empty_mask(split_folder):
+    record = next(r for r in load_coco_split(split_folder).records if r.file_name == "empty.jpg")
+    assert not record.has_annotation
+    mask = coco_mask(record)
+    assert mask.shape == (H, W) and mask.sum() == 0
+
+
+def test_category_filter_and_stack(split_folder):
+    split = load_coco_split(split_folder)
+    b = next(r for r in split.records if r.file_name == "b.png")
+    only_1 = coco_mask(b, category_ids=[1])
+    assert only_1.sum() == _box_pixels(0, 0, 5, 5)
+    stack = coco_category_masks(b, [1, 2])
+    assert stack.shape == (H, W, 2)
+    assert stack[..., 0].sum() == _box_pixels(0, 0, 5, 5)
+    assert stack[..., 1].sum() == _box_pixels(20, 20, 25, 30)
+
+    filtered = load_coco_split(split_folder, category_ids=[2])
+    by_name = {r.file_name: r for r in filtered.records}
+    assert coco_mask(by_name["a.jpg"]).sum() == 0
+    assert coco_mask(by_name["b.png"]).sum() == _box_pixels(20, 20, 25, 30)
+    with pytest.raises(ValueError, match=r"category_ids \[7\]"):
+        load_coco_split(split_folder, category_ids=[7])
+
+
+def test_overlapping_polygons_are_a_union(tmp_path):
+    folder = _write_split(tmp_path / "s", [_image(0, "x.jpg")],
+                          [_ann(5, 0, [_box(5, 5, 20, 20), _box(10, 10, 30, 30)])])
+    mask = coco_mask(load_coco_split(folder).records[0])
+    assert mask[12, 12] == 1  # the overlap is not cut out (no even-odd hole)
+    assert mask.sum() == _box_pixels(5, 5, 20, 20) + _box_pixels(10, 10, 30, 30) \
+        - _box_pixels(10, 10, 20, 20)
+
+
+def test_uncompressed_rle_is_column_major(tmp_path):
+    # 3 background pixels then 4 foreground, down the first column and into the second.
+    counts = [3, 4, H * W - 7]
+    folder = _write_split(tmp_path / "s", [_image(0, "x.jpg")],
+                          [_ann(0, 0, {"counts": counts, "size": [H, W]})])
+    mask = coco_mask(load_coco_split(folder).records[0])
+    assert mask.sum() == 4
+    assert mask[3:7, 0].all()
+
+
+def test_compressed_rle_string_matches_hand_encoding():
+    # Runs [5, 40, 3, 20, 32] encoded by hand: 5 -> '5'; 40 -> 5-bit groups 8 (+32 "more")
+    # and 1 -> 'X1'; 3 -> '3'; 20 is stored as 20 - 40 = -20 -> groups 12 (+32) and 31 ->
+    # '\\O'; 32 is stored as 32 - 3 = 29, whose bit 4 would read as a sign, so it takes an
+    # extra group: 29 + 32 and 0 -> 'm0'.
+    assert decode_rle_string("5X13\\Om0").tolist() == [5, 40, 3, 20, 32]
+    expected = np.zeros(100, np.uint8)
+    expected[5:45] = 1
+    expected[48:68] = 1
+    np.testing.assert_array_equal(rle_to_mask(np.array([5, 40, 3, 20, 32]), 10, 10),
+                                  expected.reshape(10, 10, order="F"))
+
+
+def test_compressed_rle_in_json(tmp_path):
+    folder = _write_split(tmp_path / "s", [_image(0, "x.jpg", 10, 10)],
+                          [_ann(0, 0, {"counts": "5X13\\Om0", "size": [10, 10]})])
+    mask = coco_mask(load_coco_split(folder).records[0])
+    assert mask.sum() == 60
+    assert mask[5:10, 0].all() and mask[:, 1:4].all() and mask[:5, 4].all() and mask[8:, 4].all()
+
+
+def test_rle_that_does_not_cover_the_image_is_rejected(tmp_path):
+    folder = _write_split(tmp_path / "s", [_image(0, "x.jpg")],
+                          [_ann(0, 0, {"counts": [3, 4], "size": [H, W]})])
+    with pytest.raises(ValueError, match=r"annotations\[0\]\.segmentation\.counts"):
+        load_coco_split(folder)
+
+
+@pytest.mark.parametrize("name", ["../outside.jpg", "sub/../../outside.jpg", "..\\outside.jpg",
+                                  "/etc/passwd", "C:\\data\\x.jpg"])
+def test_file_name_outside_the_folder_is_rejected(tmp_path, name):
+    folder = _write_split(tmp_path / "s", [_image(0, name)], [], write_files=False)
+    with pytest.raises(ValueError) as info:
+        load_coco_split(folder)
+    assert repr(name) in str(info.value) and "images[0].file_name" in str(info.value)
+
+
+def test_subfolder_file_name_is_fine(tmp_path):
+    folder = _write_split(tmp_path / "s", [_image(0, "sub/../sub/x.jpg")], [],
+                          write_files=False)
+    _write_image(folder / "sub" / "x.jpg")
+    assert len(load_coco_split(folder).records) == 1
+
+
+@pytest.mark.parametrize("segmentation, field", [
+    ("not a polygon", r"annotations\[1\]\.segmentation: expected a list of polygons or an RLE"),
+    ([[1, 2, 3, 4]], r"annotations\[1\]\.segmentation\[0\]: a polygon needs"),
+    ([[1, 2, "x", 4, 5, 6]], r"annotations\[1\]\.segmentation\[0\]: expected a polygon"),
+    ({"counts": [H * W]}, r"annotations\[1\]\.segmentation\.size"),
+    ({"counts": 7, "size": [H, W]}, r"annotations\[1\]\.segmentation\.counts"),
+])
+def test_malformed_segmentation_names_the_field(tmp_path, segmentation, field):
+    folder = _write_split(tmp_path / "s", [_image(0, "x.jpg")],
+                          [_ann(0, 0, [_box(1, 1, 5, 5)]), _ann(1, 0, segmentation)])
+    with pytest.raises(ValueError, match=field):
+        load_coco_split(folder)
+
+
+def test_malformed_image_and_annotation_fields(tmp_path):
+    folder = _write_split(tmp_path / "a", [{"id": 0, "file_name": "x.jpg", "width": W}], [],
+                          write_files=False)
+    with pytest.raises(ValueError, match=r"images\[0\]\.height: missing"):
+        load_coco_split(folder)
+    folder = _write_split(tmp_path / "b", [_image(0, "x.jpg")], [_ann(0, 3, [_box(1, 1, 5, 5)])])
+    with pytest.raises(ValueError, match=r"annotations\[0\]\.image_id: no image has id 3"):
+        load_coco_split(folder)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / ANNOTATION_FILE).write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_coco_split(tmp_path / "c")
+
+
+def test_size_mismatch_between_json_and_file(tmp_path):
+    folder = _write_split(tmp_path / "s", [_image(0, "x.jpg")], [], write_files=False)
+    _write_image(folder / "x.jpg", 20, 20)
+    with pytest.raises(ValueError, match=r"x\.jpg: JSON says 40x50, file is 20x20"):
+        load_coco_split(folder)
+
+
+def test_missing_image_is_reported_and_skipped(split_folder):
+    (split_folder / "b.png").unlink()
+    split = load_coco_split(split_folder)
+    assert [r.file_name for r in split.records] == ["a.jpg", "empty.jpg"]
+    assert split.missing == [str(split_folder / "b.png")]
+
+
+def test_find_splits_and_mask_fn(tmp_path, split_folder):
+    other = _write_split(tmp_path / "valid", [_image(0, "v.jpg")], [_ann(0, 0, [_box(1, 1, 3, 3)])])
+    assert find_coco_splits(tmp_path) == [split_folder, other]
+    assert find_coco_splits(other) == [other]
+    with pytest.raises(ValueError, match="no _annotations.coco.json"):
+        find_coco_splits(_empty(tmp_path))
+    fn = coco_mask_fn([load_coco_split(p) for p in find_coco_splits(tmp_path)])
+    assert fn(str(other / "v.jpg")).sum() == 9
+    assert fn(str(split_folder / "a.jpg").encode()).sum() > 0
+
+
+def _empty(tmp_path):
+    folder = tmp_path / "nothing"
+    folder.mkdir()
+    return folder
+
+
+def test_polygon_helpers():
+    box = np.array(_box(2, 3, 12, 10), float).reshape(-1, 2)
+    assert polygon_area(box) == 70
+    assert is_axis_aligned_box(box)
+    assert not is_axis_aligned_box(np.array([[0, 0], [10, 0], [0, 10]], float))
