@@ -37,6 +37,17 @@ def _default_run_dir(config_path) -> Path:
     return Path("runs") / stem
 
 
+def _train(config, run_dir) -> dict:
+    """The task in the config picks the pipeline."""
+    if config.task == "segmentation":
+        from braintumor_tf.pipelines.train_segmenter import train_segmenter
+
+        return train_segmenter(config, run_dir)
+    from braintumor_tf.pipelines.train_classifier import train_classifier
+
+    return train_classifier(config, run_dir)
+
+
 @main.command("train")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="YAML config (default: configs/classification.yaml).")
@@ -48,7 +59,7 @@ def _default_run_dir(config_path) -> Path:
               help="Override a config value, e.g. --set train.epochs=3 (repeatable).")
 @_friendly_errors
 def train_command(config_path, data_root, run_dir, overrides):
-    """Train a classifier; everything lands in the run directory."""
+    """Train a classifier or a segmenter (config task); everything lands in the run directory."""
     from braintumor_tf.config import load_config
 
     overrides = list(overrides)
@@ -59,9 +70,7 @@ def train_command(config_path, data_root, run_dir, overrides):
         overrides.append(f"data.root={data_root}")
     config = load_config(config_path, overrides)
     run_dir = Path(run_dir) if run_dir else _default_run_dir(config_path)
-    from braintumor_tf.pipelines.train_classifier import train_classifier
-
-    summary = train_classifier(config, run_dir)
+    summary = _train(config, run_dir)
     click.echo(json.dumps(summary, indent=2))
     click.echo(f"run directory: {run_dir}")
 
@@ -70,24 +79,31 @@ def train_command(config_path, data_root, run_dir, overrides):
 @click.option("--model", "model_path", required=True,
               help=".keras file, SavedModel dir, TF Serving base dir or .tflite file.")
 @click.option("--data", "data_paths", required=True, multiple=True,
-              help="Labelled data root (folder-per-class), or a run's split_manifest.csv; repeatable.")
+              help="Classifier: labelled data root (folder-per-class) or a run's split_manifest.csv. "
+                   "Segmenter: a COCO split folder or a folder of them (or images with --masks). "
+                   "Repeatable.")
+@click.option("--masks", "masks_dir", default=None,
+              help="Segmenter: expert mask folder (matched by file stem, searched recursively).")
 @click.option("--split", "split_name", default=None,
               help="With a split_manifest.csv: evaluate only this split (train, val or test).")
 @click.option("--json", "json_path", default=None, help="Write the metrics JSON here.")
-@click.option("--out", "out_dir", default=None, help="Write confusion matrix and predictions here.")
+@click.option("--out", "out_dir", default=None,
+              help="Write predictions and plots here (confusion matrix; segmenter: overlays).")
 @click.option("--batch-size", default=32, show_default=True)
 @_friendly_errors
-def evaluate_command(model_path, data_paths, split_name, json_path, out_dir, batch_size):
-    """Evaluate a saved classifier on every labelled image under --data."""
+def evaluate_command(model_path, data_paths, masks_dir, split_name, json_path, out_dir, batch_size):
+    """Evaluate a saved classifier or segmenter on every image under --data."""
     for path in data_paths:
         if not Path(path).exists():
             raise FileNotFoundError(f"data folder not found: {path}")
+    if masks_dir is not None and not Path(masks_dir).is_dir():
+        raise FileNotFoundError(f"mask folder not found: {masks_dir}")
     if not Path(model_path).exists():
         raise FileNotFoundError(f"model not found: {model_path}")
     from braintumor_tf.pipelines.evaluate import evaluate
 
     evaluate(model_path, data_paths, json_path=json_path, out_dir=out_dir, batch_size=batch_size,
-             split=split_name)
+             split=split_name, masks=masks_dir)
 
 
 @main.group("data")

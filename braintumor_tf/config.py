@@ -20,6 +20,9 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adopt")
 SCHEDULES = ("warmup_cosine_floor", "constant")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 HEADS = ("flatten", "global_average")
+TASKS = ("classification", "segmentation")
+SEGMENTATION_TARGETS = ("annotations", "masks")
+SEGMENTATION_LOSSES = ("bce", "dice", "bce_dice")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -157,6 +160,64 @@ class ScheduleConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class JointAugmentConfig:
+    """Segmentation augmentation (data.augment.JointAugmentParams): geometry moves image and mask
+    together, intensity changes touch the image only; all off disables it."""
+
+    horizontal_flip: bool = True
+    vertical_flip: bool = False
+    rotate90: bool = False
+    rotation: float = 0.0  # fraction of a full turn, either way
+    zoom: float = 0.0
+    translation: float = 0.0
+    contrast: float = 0.0
+    brightness: float = 0.0
+    gamma: float = 0.0  # exponent drawn from exp(U(-gamma, gamma))
+    noise: float = 0.0  # largest Gaussian sigma as a fraction of 255
+
+    def __post_init__(self):
+        for name in ("rotation", "zoom", "translation", "contrast", "brightness", "gamma", "noise"):
+            value = getattr(self, name)
+            _check(isinstance(value, int | float) and not isinstance(value, bool) and 0.0 <= value < 1.0,
+                   f"segmentation.augment.{name} must be in [0, 1), got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentationConfig:
+    """Read only when ``task: segmentation``; ``model`` stays the classifier's section.
+
+    ``targets``: ``annotations`` (the COCO shapes next to the images) or ``masks`` (mask files
+    under ``mask_root`` matched by file stem). With ``data.root: null`` the phantoms bring their
+    own masks. ``use_split_folders``: when the data root holds train/valid/test folders, keep
+    them as the split (false pools them and splits group-aware like a single folder).
+    """
+
+    targets: str = "annotations"
+    mask_root: str | None = None
+    encoder_weights: str = "imagenet"  # imagenet | none | path of a ResNet50 weights file
+    decoder_filters: tuple[int, ...] = (256, 128, 64, 32, 16)
+    freeze_encoder: bool = False
+    loss: str = "bce_dice"
+    use_split_folders: bool = True
+    threshold: float = 0.5
+    augment: JointAugmentConfig = dataclasses.field(default_factory=JointAugmentConfig)
+
+    def __post_init__(self):
+        _check(self.targets in SEGMENTATION_TARGETS,
+               f"segmentation.targets must be one of {SEGMENTATION_TARGETS}, got {self.targets!r}")
+        _check(self.loss in SEGMENTATION_LOSSES,
+               f"segmentation.loss must be one of {SEGMENTATION_LOSSES}, got {self.loss!r}")
+        _check(isinstance(self.encoder_weights, str) and bool(self.encoder_weights),
+               "segmentation.encoder_weights must be 'imagenet', 'none' or the path of a weights "
+               f"file, got {self.encoder_weights!r}")
+        _check(len(self.decoder_filters) == 5 and all(
+            isinstance(f, int) and not isinstance(f, bool) and f >= 1 for f in self.decoder_filters),
+            f"segmentation.decoder_filters must be 5 positive integers, got {list(self.decoder_filters)}")
+        _check(0.0 < self.threshold < 1.0,
+               f"segmentation.threshold must be in (0, 1), got {self.threshold!r}")
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     batch_size: int = 32
     epochs: int = 12
@@ -167,6 +228,8 @@ class TrainConfig:
     monitor: str = "val_accuracy"
     steps_per_epoch: int | None = None  # None: one pass over the training split
     verbose: int = 1
+    # Skips graph tracing (~45 s for a ResNet50-UNet); only worth it for tiny test runs.
+    run_eagerly: bool = False
 
     def __post_init__(self):
         _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size!r}")
@@ -187,12 +250,33 @@ class Config:
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    segmentation: SegmentationConfig = dataclasses.field(default_factory=SegmentationConfig)
 
     def __post_init__(self):
-        _check(self.task == "classification", f"task must be 'classification', got {self.task!r}")
+        _check(self.task in TASKS, f"task must be one of {TASKS}, got {self.task!r}")
+        if self.task == "segmentation":
+            self._check_segmentation()
+
+    def _check_segmentation(self) -> None:
+        """Cross-section rules: the encoder downsamples 32x and the run is judged by Dice."""
+        size = self.data.image_size
+        _check(size >= 32 and size % 32 == 0,
+               f"data.image_size must be a multiple of 32 for segmentation (the ResNet50 encoder "
+               f"downsamples 32x), got {size!r}")
+        monitors = ("val_dice", "val_iou", "val_loss", "dice", "iou", "loss")
+        _check(self.train.monitor in monitors,
+               f"train.monitor must be one of {monitors} for segmentation, got {self.train.monitor!r}")
+        seg = self.segmentation
+        _check(not (seg.targets == "masks" and seg.mask_root is None and self.data.root is not None),
+               "segmentation.targets is 'masks' but segmentation.mask_root is null; set "
+               "segmentation.mask_root to the mask folder (or use targets: annotations)")
 
     def to_dict(self) -> dict:
-        return _to_plain(dataclasses.asdict(self))
+        tree = _to_plain(dataclasses.asdict(self))
+        # Classification configs (and their saved run configs) stay as they were.
+        if self.task != "segmentation" and self.segmentation == SegmentationConfig():
+            del tree["segmentation"]
+        return tree
 
     def replace(self, **overrides) -> Config:
         """A copy with dotted-key overrides, validated again: ``replace(**{"train.epochs": 2})``."""

@@ -287,3 +287,34 @@ def plot_reliability(
     bottom.set_ylabel("samples")
     figure.tight_layout()
     return _save(figure, path)
+
+
+_TRUTH_COLOUR = np.array([0.1, 0.9, 0.2])
+_PREDICTION_COLOUR = np.array([1.0, 0.15, 0.1])
+
+
+def _tinted(image, mask, colour, alpha: float = 0.45) -> np.ndarray:
+    pixels, grey = _displayable(image)
+    rgb = np.repeat(pixels[..., None], 3, axis=-1) if grey else pixels[..., :3]
+    weight = alpha * (np.asarray(mask).reshape(rgb.shape[:2]) > 0.5)[..., None]
+    return rgb * (1.0 - weight) + colour * weight
+
+
+def plot_segmentation_cases(
+    cases: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, str]],
+    path: str | os.PathLike,
+    threshold: float = 0.5,
+) -> Path:
+    """One row per case: the image, the truth (green) and the thresholded prediction (red) on it.
+
+    A case is (image 0..255 [H, W(, 1)], truth 0/1 [H, W(, 1)], probabilities [H, W(, 1)], caption).
+    """
+    if not cases:
+        return _placeholder(path, "no cases to show")
+    images, titles = [], []
+    for image, truth, probabilities, caption in cases:
+        predicted = np.asarray(probabilities) > threshold
+        images += [image, _tinted(image, truth, _TRUTH_COLOUR),
+                   _tinted(image, predicted, _PREDICTION_COLOUR)]
+        titles += [caption, "truth", "prediction"]
+    return plot_image_grid(images, titles, path, columns=3)

@@ -19,8 +19,12 @@ _ACCEPTED = (
 )
 
 
+TASKS = ("classification", "segmentation")
+
+
 class Runtime:
-    """A loaded model that maps raw pixels [N, S, S, C] in 0..255 to probabilities [N, K]."""
+    """A loaded model that maps raw pixels [N, S, S, C] in 0..255 to probabilities: [N, K] for a
+    classifier, a tumour probability per pixel [N, S, S, 1] for a segmenter (``task``)."""
 
     kind = "base"
 
@@ -32,7 +36,14 @@ class Runtime:
         num_classes: int,
         class_names: Sequence[str] | None,
         batch_size: int = 64,
+        task: str = "classification",
     ):
+        if task not in TASKS:
+            raise ValueError(f"{path}: unknown model task {task!r}; expected one of {TASKS}")
+        self.task = task
+        if task == "segmentation":
+            # One sigmoid channel: the classifier's class names do not apply, whoever passed them.
+            class_names = ("tumour",)
         if class_names is None:
             # Formats without stored names get placeholders rather than a guess.
             class_names = tuple(f"class_{i}" for i in range(num_classes))
@@ -62,6 +73,8 @@ class Runtime:
                 f"0..255, got shape {pixels.shape}"
             )
         if len(pixels) == 0:
+            if self.task == "segmentation":
+                return np.zeros((0, self.image_size, self.image_size, 1), np.float32)
             return np.zeros((0, len(self.class_names)), np.float32)
         chunks = [
             self._predict_batch(pixels[i : i + self.batch_size])
@@ -79,10 +92,15 @@ class _KerasRuntime(Runtime):
     def __init__(self, path: Path, class_names, batch_size: int):
         import keras
 
+        # Registers the segmenter's custom layers and losses so its .keras files load.
+        import braintumor_tf.models.unet  # noqa: F401
+        import braintumor_tf.training.losses  # noqa: F401
+
         self._model = keras.models.load_model(path, compile=False)
         shape = tuple(self._model.input_shape)
         super().__init__(
-            path, shape[1], shape[3], int(self._model.output_shape[-1]), class_names, batch_size
+            path, shape[1], shape[3], int(self._model.output_shape[-1]), class_names, batch_size,
+            task=_task_from_output_rank(len(self._model.output_shape)),
         )
 
     @property
@@ -106,18 +124,21 @@ class _SavedModelRuntime(Runtime):
             raise ValueError(f"{path}: SavedModel has no 'predict_pixels' signature")
         self._signature = self._loaded.signatures["predict_pixels"]
         meta = _savedmodel_metadata(path, self._loaded)
+        task = meta.get("task", "classification")
+        self._output_key = "mask_probability" if task == "segmentation" else "probabilities"
         stored = meta["class_names"]
-        if class_names is not None and tuple(class_names) != tuple(stored):
+        if task == "classification" and class_names is not None \
+                and tuple(class_names) != tuple(stored):
             raise ValueError(
                 f"{path}: class names {tuple(class_names)} differ from the exported {tuple(stored)}"
             )
         super().__init__(
-            path, meta["image_size"], meta["channels"], len(stored), stored, batch_size
+            path, meta["image_size"], meta["channels"], len(stored), stored, batch_size, task=task
         )
 
     def _predict_batch(self, pixels):
         out = self._signature(pixels=self._tf.constant(pixels))
-        return out["probabilities"].numpy()
+        return out[self._output_key].numpy()
 
 
 def _savedmodel_metadata(path: Path, loaded) -> dict:
@@ -127,6 +148,7 @@ def _savedmodel_metadata(path: Path, loaded) -> dict:
             "class_names": [n.decode() for n in loaded.class_names.numpy()],
             "image_size": int(loaded.image_size.numpy()),
             "channels": int(loaded.channels.numpy()),
+            "task": loaded.task.numpy().decode() if hasattr(loaded, "task") else "classification",
         }
     meta_file = path / "assets.extra" / "braintumor_tf.json"
     if meta_file.is_file():
@@ -150,7 +172,8 @@ class _TFLiteRuntime(Runtime):
         self._dynamic_batch = len(signature) > 0 and int(signature[0]) == -1
         self._batch = int(shape[0])
         super().__init__(
-            path, shape[1], shape[3], int(self._output["shape"][-1]), class_names, batch_size
+            path, shape[1], shape[3], int(self._output["shape"][-1]), class_names, batch_size,
+            task=_task_from_output_rank(len(self._output["shape"])),
         )
 
     def _resize(self, n: int) -> None:
@@ -180,6 +203,11 @@ class _TFLiteRuntime(Runtime):
             return self._run(pixels)
         # A fixed-batch model (batch 1 in practice) is fed one image at a time.
         return np.concatenate([self._run(pixels[i : i + 1]) for i in range(len(pixels))])
+
+
+def _task_from_output_rank(rank: int) -> str:
+    """[N, K] is a classifier, [N, S, S, 1] a segmenter."""
+    return "segmentation" if rank == 4 else "classification"
 
 
 def _resolve_serving_base(path: Path) -> Path | None:

@@ -1,4 +1,4 @@
-"""Self-contained SavedModel export for the classifier.
+"""Self-contained SavedModel export for the classifier and the segmenter.
 
 The signatures carry decoding, channel conversion and resizing, so a client
 (TF Serving, another language, a notebook) needs only TensorFlow and the
@@ -144,6 +144,90 @@ class ClassifierModule(tf.Module):
         return self._outputs(images)
 
 
+class SegmenterModule(ClassifierModule):
+    """Same inputs and checks as the classifier's module; outputs a tumour mask at the input's size.
+
+    ``mask_probability`` is float32 [N, H, W, 1] (bilinear back from the model's size), ``mask``
+    uint8 0/1 at ``threshold``. Encoded images in one request must share a size, so that the masks
+    stack into one tensor.
+    """
+
+    def __init__(self, model, threshold: float = 0.5):
+        tf.Module.__init__(self, name="braintumor_segmenter")
+        size, channels = model_geometry(model)
+        if tuple(model.output_shape[1:]) != (size, size, 1):
+            raise ValueError(f"segmenter output must be [N, {size}, {size}, 1], got {model.output_shape}")
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold!r}")
+        self.model = model
+        self._size = size
+        self._channels = channels
+        self._threshold = float(threshold)
+        self.class_names = tf.Variable(["tumour"], dtype=tf.string, trainable=False)
+        self.image_size = tf.Variable(size, dtype=tf.int32, trainable=False)
+        self.channels = tf.Variable(channels, dtype=tf.int32, trainable=False)
+        self.task = tf.Variable("segmentation", dtype=tf.string, trainable=False)
+        self.threshold = tf.Variable(self._threshold, dtype=tf.float32, trainable=False)
+
+    def _masks(self, images: tf.Tensor, height_width: tf.Tensor) -> dict[str, tf.Tensor]:
+        probability = tf.cast(self.model(images, training=False), tf.float32)
+        probability = tf.image.resize(probability, height_width, method="bilinear")
+        return {"mask_probability": probability,
+                "mask": tf.cast(probability > self._threshold, tf.uint8)}
+
+    def _decode_with_size(self, data: tf.Tensor):
+        image = self._decode_one_full(data)
+        return resize_to(image[tf.newaxis], self._size)[0], tf.shape(image)[:2]
+
+    def _decode_one_full(self, data: tf.Tensor) -> tf.Tensor:
+        known = tf.reduce_any(
+            tf.stack([tf.equal(tf.strings.substr(data, 0, len(p)), p) for p in _MAGIC_PREFIXES])
+        )
+        check = tf.debugging.Assert(
+            known, ["images: expected encoded JPEG, PNG, BMP or GIF bytes"], summarize=1
+        )
+        with tf.control_dependencies([check]):
+            image = tf.io.decode_image(data, channels=3, dtype=tf.float32, expand_animations=False)
+        return to_channels(image[tf.newaxis] * 255.0, self._channels)[0]
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+    def serve_images(self, images):
+        pixels, sizes = tf.map_fn(
+            self._decode_with_size, images,
+            fn_output_signature=(tf.TensorSpec([self._size, self._size, self._channels], tf.float32),
+                                 tf.TensorSpec([2], tf.int32)))
+        same = tf.debugging.Assert(
+            tf.reduce_all(tf.equal(sizes, sizes[:1])),
+            ["images: every image in one request must have the same height and width"])
+        with tf.control_dependencies([same]):
+            height_width = tf.identity(sizes[0])
+        return self._masks(pixels, height_width)
+
+    @tf.function(input_signature=[tf.TensorSpec(None, tf.float32, name="pixels")])
+    def predict_pixels(self, pixels):
+        rank_ok = tf.debugging.Assert(
+            tf.equal(tf.rank(pixels), 4),
+            ["pixels: expected rank 4 [N, H, W, C] float32 in 0..255, got rank", tf.rank(pixels)],
+        )
+        with tf.control_dependencies([rank_ok]):
+            shape = tf.concat([tf.shape(pixels), [1, 1, 1, 1]], axis=0)[:4]
+        pixels = tf.reshape(pixels, shape)
+        pixels.set_shape([None, None, None, None])
+        checks = [
+            tf.debugging.Assert(
+                tf.logical_or(tf.equal(shape[3], 1), tf.equal(shape[3], 3)),
+                ["pixels: expected 1 or 3 channels, got", shape[3]],
+            ),
+            tf.debugging.Assert(
+                tf.logical_and(shape[1] > 0, shape[2] > 0),
+                ["pixels: expected non-empty height and width, got", shape[1:3]],
+            ),
+        ]
+        with tf.control_dependencies(checks):
+            images = resize_to(to_channels(tf.identity(pixels), self._channels), self._size)
+        return self._masks(images, shape[1:3])
+
+
 def next_version_dir(base_dir: str | os.PathLike) -> Path:
     """TF Serving serves the highest integer sub-directory, so a new export goes one above."""
     base = Path(base_dir)
@@ -154,6 +238,13 @@ def next_version_dir(base_dir: str | os.PathLike) -> Path:
 
 def _verify(path: Path, size: int, channels: int, num_classes: int) -> None:
     loaded = tf.saved_model.load(str(path))
+    if num_classes == 0:  # a segmenter: a mask at the input's size
+        zeros = tf.zeros([1, size + 8, size + 8, channels], tf.float32)
+        probability = loaded.signatures["predict_pixels"](pixels=zeros)["mask_probability"].numpy()
+        if probability.shape != (1, size + 8, size + 8, 1) or not np.all(np.isfinite(probability)):
+            raise RuntimeError(f"exported segmenter failed its reload check: got shape "
+                               f"{probability.shape}")
+        return
     zeros = tf.zeros([1, size, size, channels], tf.float32)
     probabilities = loaded.signatures["predict_pixels"](pixels=zeros)["probabilities"].numpy()
     if probabilities.shape != (1, num_classes) or not np.all(np.isfinite(probabilities)):
@@ -173,10 +264,20 @@ def _open_permissions(root: Path) -> None:
 
 def export_classifier(model, out_dir: str | os.PathLike, class_names: Sequence[str]) -> Path:
     """Write atomically: a half-written directory would look servable to TF Serving."""
+    return _export(ClassifierModule(model, class_names), model, out_dir,
+                   {"task": "classification", "class_names": list(class_names)}, len(class_names))
+
+
+def export_segmenter(model, out_dir: str | os.PathLike, threshold: float = 0.5) -> Path:
+    """The segmenter's SavedModel: ``serving_default`` (encoded images) and ``predict_pixels``."""
+    return _export(SegmenterModule(model, threshold), model, out_dir,
+                   {"task": "segmentation", "class_names": ["tumour"], "threshold": threshold}, 0)
+
+
+def _export(module, model, out_dir, metadata: dict, num_classes: int) -> Path:
     out = Path(out_dir)
     if out.exists():
         raise FileExistsError(f"export directory already exists, not overwriting: {out}")
-    module = ClassifierModule(model, class_names)
     size, channels = model_geometry(model)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -188,14 +289,9 @@ def export_classifier(model, out_dir: str | os.PathLike, class_names: Sequence[s
         tf.saved_model.save(module, str(tmp), signatures=signatures)
         meta_dir = tmp / METADATA_DIR
         meta_dir.mkdir(exist_ok=True)
-        metadata = {
-            "task": "classification",
-            "class_names": list(class_names),
-            "image_size": size,
-            "channels": channels,
-        }
+        metadata = {**metadata, "image_size": size, "channels": channels}
         (meta_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-        _verify(tmp, size, channels, len(class_names))
+        _verify(tmp, size, channels, num_classes)
         if out.exists():
             raise FileExistsError(f"export directory appeared while exporting: {out}")
         _open_permissions(tmp)

@@ -1,4 +1,5 @@
-"""Evaluate a saved classifier (any format) on a labelled folder or an explicit list of images."""
+"""Evaluate a saved model (any format) on a labelled folder or an explicit list of images;
+segmenters are handed to evaluate_segmenter."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ def predict_paths(runtime, paths, batch_size: int = 32) -> np.ndarray:
 
 
 def evaluate_records(model_path, paths, labels, out_dir=None, batch_size: int = 32,
-                     json_path=None, verbose: bool = True) -> dict:
-    runtime = load_runtime(model_path, class_names=CLASS_NAMES)
+                     json_path=None, verbose: bool = True, runtime=None) -> dict:
+    runtime = runtime or load_runtime(model_path, class_names=CLASS_NAMES)
     class_names = list(runtime.class_names)
     probabilities = predict_paths(runtime, paths, batch_size)
     report = classification_report(np.asarray(labels), probabilities, class_names)
@@ -64,15 +65,24 @@ def _manifest_records(path: Path, split: str | None) -> list[ImageRecord]:
 
 
 def evaluate(model_path, data_paths, json_path=None, out_dir=None, batch_size: int = 32,
-             split: str | None = None) -> dict:
+             split: str | None = None, masks=None) -> dict:
     """Every labelled, decodable image under ``data_paths`` is evaluated; broken files reported.
 
     A ``split_manifest.csv`` written by a training run may stand in for a folder, so the
-    run's own test split can be re-scored by any exported form of the model.
+    run's own test split can be re-scored by any exported form of the model. The task is read
+    from the model itself (a segmenter outputs [N, S, S, 1]), so one command serves both.
     """
     model_path = Path(model_path)
     if not model_path.exists():
         raise FileNotFoundError(f"model not found: {model_path}")
+    runtime = load_runtime(model_path, class_names=CLASS_NAMES, batch_size=batch_size)
+    if runtime.task == "segmentation":
+        from braintumor_tf.pipelines.evaluate_segmenter import evaluate_segmenter
+
+        return evaluate_segmenter(runtime, data_paths, masks=masks, json_path=json_path,
+                                  out_dir=out_dir, batch_size=batch_size)
+    if masks is not None:
+        raise ValueError(f"--masks is for segmentation models; {model_path} is a classifier")
     records = []
     folders = [Path(p) for p in data_paths if not str(p).endswith(".csv")]
     for path in data_paths:
@@ -88,7 +98,8 @@ def evaluate(model_path, data_paths, json_path=None, out_dir=None, batch_size: i
     good_set = set(good)
     kept = [r for r in records if r.path in good_set]
     report = evaluate_records(model_path, [r.path for r in kept], [r.label for r in kept],
-                              out_dir=out_dir, batch_size=batch_size, json_path=json_path)
+                              out_dir=out_dir, batch_size=batch_size, json_path=json_path,
+                              runtime=runtime)
     report["skipped_files"] = bad
     if json_path is not None:
         Path(json_path).write_text(json.dumps(report, indent=2))

@@ -1,4 +1,4 @@
-"""Export a trained classifier for TF Serving (versioned SavedModel) and the edge (TFLite).
+"""Export a trained classifier or segmenter for TF Serving (versioned SavedModel) and the edge (TFLite).
 
 Layout of ``out_base`` (what TF Serving's ``base_path`` points at)::
 
@@ -20,7 +20,12 @@ from braintumor_tf.data.decode import DecodeError, read_image
 from braintumor_tf.data.discover import CLASS_NAMES, discover_images
 from braintumor_tf.export.parity import tflite_parity
 from braintumor_tf.export.runtimes import load_runtime
-from braintumor_tf.export.savedmodel import export_classifier, model_geometry, next_version_dir
+from braintumor_tf.export.savedmodel import (
+    export_classifier,
+    export_segmenter,
+    model_geometry,
+    next_version_dir,
+)
 from braintumor_tf.export.tflite import TFLITE_VARIANTS, convert_to_tflite
 
 
@@ -126,12 +131,17 @@ def export_model(
     """
     import keras
 
+    # Registers the segmenter's custom layers and losses so its .keras files load.
+    import braintumor_tf.models.unet  # noqa: F401
+    import braintumor_tf.training.losses  # noqa: F401
+
     out_base = Path(out_base)
     variants = parse_variants(tflite_variants)
     keras_path = resolve_keras_model(model_path, run_dir)
     target = version_dir(out_base, version)
     model = keras.models.load_model(keras_path, compile=False)
     image_size, channels = model_geometry(model)
+    segmenter = len(model.output_shape) == 4
 
     calibration = validation = None
     if "int8" in variants:
@@ -143,7 +153,7 @@ def export_model(
             raise ValueError("--tflite int8 needs --representative-data DATA_FOLDER (training "
                              "images) or --run RUN_DIR")
         calibration, _ = load_pixels(rows, image_size, channels, calibration_images)
-    if variants:
+    if variants and not segmenter:
         if run_dir is not None:
             rows = _manifest_rows(Path(run_dir), "val")
         elif validation_data is not None or representative_data is not None:
@@ -153,19 +163,23 @@ def export_model(
         if rows:
             validation = load_pixels(rows, image_size, channels, parity_images, seed=1)
 
-    saved = export_classifier(model, target, CLASS_NAMES)
+    saved = export_segmenter(model, target) if segmenter else export_classifier(model, target, CLASS_NAMES)
     log(f"SavedModel version {saved.name} written to {saved}")
+    names = {"task": "segmentation"} if segmenter else {"class_names": list(CLASS_NAMES)}
     summary: dict = {"model": str(keras_path), "savedmodel": str(saved), "version": int(saved.name),
                      "tflite": {}, "parity": None}
     for variant in variants:
         path = convert_to_tflite(
             model, out_base / f"{out_base.name}_{variant}.tflite", variant,
             representative_images=calibration, int8_io=int8_io, overwrite=True,
-            metadata={"source_version": int(saved.name), "class_names": list(CLASS_NAMES),
+            metadata={"source_version": int(saved.name), **names,
                       "image_size": image_size, "channels": channels})
         summary["tflite"][variant] = str(path)
         log(f"TFLite {variant}: {path} ({path.stat().st_size / 1024:.1f} KB)")
-    if variants and validation is None:
+    if variants and segmenter:
+        log("the TFLite parity report covers classifiers only: segmenter variants are not gated "
+            "(score them with braintumor-tf evaluate --model FILE.tflite)")
+    elif variants and validation is None:
         log("no validation images (give --validation-data or --representative-data): "
             "parity report skipped")
     elif variants:

@@ -13,7 +13,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from braintumor_tf.config import Config, save_config
+from braintumor_tf.config import Config
 from braintumor_tf.data import splits as splits_lib
 from braintumor_tf.data.decode import write_bad_file_report
 from braintumor_tf.data.discover import CLASS_NAMES, class_counts, discover_images
@@ -22,15 +22,14 @@ from braintumor_tf.data.pipeline import classification_dataset
 from braintumor_tf.export.savedmodel import export_classifier
 from braintumor_tf.models.classifier import build_classifier, count_macs
 from braintumor_tf.pipelines.evaluate import evaluate_records
-from braintumor_tf.plots import plot_history, plot_learning_rate
+from braintumor_tf.pipelines.run_dir import log as _log
+from braintumor_tf.pipelines.run_dir import start_run, write_learning_rate_plot
+from braintumor_tf.plots import plot_history
+from braintumor_tf.training.callbacks import read_history, run_callbacks
 from braintumor_tf.training.distribute import make_strategy
 from braintumor_tf.training.optimizers import make_optimizer
 from braintumor_tf.training.precision import apply_precision
-from braintumor_tf.training.schedules import make_schedule, schedule_values
-
-
-def _log(message: str) -> None:
-    print(f"[braintumor_tf] {message}", flush=True)
+from braintumor_tf.training.schedules import make_schedule
 
 
 def prepare_data(config: Config, run_dir: Path):
@@ -86,49 +85,11 @@ def cap_per_group(rows, max_per_group: int, seed: int = 0):
     return [rows[index] for index in sorted(keep)]
 
 
-def _check_resumable(config: Config, run_dir: Path) -> None:
-    saved = run_dir / "config.yaml"
-    if saved.exists():
-        from braintumor_tf.config import load_config
-
-        previous = load_config(saved)
-        if previous.to_dict() != config.to_dict():
-            raise ValueError(
-                f"{run_dir} holds a run with a different config; resume it with the same "
-                "settings or choose a new --out directory")
-
-
-class _EpochTimer(keras.callbacks.Callback):
-    """Adds images/s to the logs so the CSV history shows throughput per epoch."""
-
-    def __init__(self, batch_size):
-        super().__init__()
-        self.batch_size = batch_size
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-        self._batches = 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._batches += 1
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            seconds = time.perf_counter() - self._start
-            logs["epoch_seconds"] = seconds
-            logs["images_per_second"] = self._batches * self.batch_size / max(seconds, 1e-9)
-
-
 def train_classifier(config: Config, run_dir: str | Path) -> dict:
     """Train, keep the best checkpoint, export, and evaluate on the held-out test split."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _check_resumable(config, run_dir)
-    if (run_dir / "summary.json").exists():
-        _log(f"{run_dir} already holds a finished run (summary.json); choose a new --out to train "
-             "again")
-        return json.loads((run_dir / "summary.json").read_text())
-    save_config(config, run_dir / "config.yaml")
+    run_dir, finished = start_run(config, run_dir)
+    if finished is not None:
+        return finished
     keras.utils.set_random_seed(config.train.seed)
     policy = apply_precision(config.train.precision)
     strategy = make_strategy(config.train.distribute)
@@ -165,6 +126,7 @@ def train_classifier(config: Config, run_dir: str | Path) -> dict:
             optimizer=optimizer,
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
             metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+            run_eagerly=train.run_eagerly,
         )
     macs = count_macs(model)
     summary = {"parameters": int(model.count_params()), "macs_per_image": macs,
@@ -173,26 +135,16 @@ def train_classifier(config: Config, run_dir: str | Path) -> dict:
                "steps_per_epoch": steps_per_epoch, "epochs": train.epochs}
     _log(f"model {model.name}: {summary['parameters']:,} parameters, "
          f"{macs / 1e9:.3f} GMAC per image; {steps_per_epoch} steps/epoch x {train.epochs} epochs")
-    plot_learning_rate(schedule_values(schedule, total_steps) if not isinstance(schedule, float)
-                       else np.full(total_steps, schedule), run_dir / "learning_rate.png",
-                       steps_per_epoch=steps_per_epoch)
+    write_learning_rate_plot(schedule, total_steps, steps_per_epoch, run_dir)
 
-    callbacks = [
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
-        _EpochTimer(train.batch_size),
-        keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor=train.monitor,
-                                        mode="max" if "acc" in train.monitor else "min",
-                                        save_best_only=True),
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
-        keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False),
-    ]
+    callbacks = run_callbacks(run_dir, train.batch_size, train.monitor)
     start = time.perf_counter()
     model.fit(train_dataset, validation_data=val_dataset, epochs=train.epochs,
               steps_per_epoch=steps_per_epoch if train.steps_per_epoch else None,
               callbacks=callbacks, verbose=train.verbose)
     summary["fit_seconds"] = time.perf_counter() - start
 
-    history = _read_history(run_dir / "history.csv")
+    history = read_history(run_dir / "history.csv")
     plot_history(history, run_dir / "training_curves.png")
     best = keras.models.load_model(run_dir / "best.keras") if (run_dir / "best.keras").exists() \
         else model
@@ -212,19 +164,3 @@ def train_classifier(config: Config, run_dir: str | Path) -> dict:
     _log(f"saved {run_dir / 'model.keras'} and SavedModel {export_dir}")
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
-
-
-def _read_history(path: Path) -> dict[str, list[float]]:
-    import csv
-
-    history: dict[str, list[float]] = {}
-    if not path.exists():
-        return history
-    with open(path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            for key, value in row.items():
-                if key == "epoch" or value in (None, ""):
-                    continue
-                history.setdefault(key, []).append(float(value))
-    return history
-

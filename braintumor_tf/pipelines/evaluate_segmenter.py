@@ -1,0 +1,173 @@
+"""Score a saved segmenter (any format) against COCO annotations and/or expert masks.
+
+Scored at the model's input size: images are decoded exactly as in training and the truth is
+resized with nearest, as the training data pipeline does. Each truth gets its own block in the
+report because the public annotations (boxes) and the expert outlines disagree a lot.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from braintumor_tf.data.decode import check_images, read_image
+from braintumor_tf.data.pipeline import image_dataset
+from braintumor_tf.data.segmentation import SegmentationSource, find_segmentation_images, mask_at_size
+from braintumor_tf.plots import plot_segmentation_cases
+from braintumor_tf.training.seg_metrics import (
+    THRESHOLD,
+    SegmentationAccumulator,
+    format_segmentation_report,
+)
+
+SUMMARY_KEYS = ("n", "micro_iou", "mean_iou", "mean_dice", "median_dice", "fraction_dice_below_0_1",
+                "pixel_accuracy", "n_empty_truth", "n_empty_prediction")
+OVERLAY_CASES = 6
+
+
+def _truths(source: SegmentationSource) -> dict[str, tuple]:
+    """report key -> (mask reader, images that have this truth)."""
+    truths = {}
+    if source.has_annotations:
+        truths["vs_annotations"] = (source.mask_reader("annotations"), None)
+    if source.has_masks:
+        truths["vs_masks"] = (source.mask_reader("masks"), set(source.mask_paths))
+    if not truths:
+        raise ValueError("no truth to score against: the data has no COCO annotations "
+                         "(_annotations.coco.json) and no mask folder was given (--masks DIR)")
+    return truths
+
+
+def evaluate_segmentation_images(runtime, image_paths: Sequence[str], source: SegmentationSource,
+                                 out_dir=None, json_path=None, threshold: float = THRESHOLD,
+                                 batch_size: int = 32, verbose: bool = True) -> dict:
+    """One pass over the images; every truth is accumulated alongside, overlays re-predict only the
+    few cases shown, so nothing of split size is held in memory."""
+    if runtime.task != "segmentation":
+        raise ValueError(f"{runtime.path} is a {runtime.task} model, not a segmenter")
+    truths = _truths(source)
+    image_paths = [os.fspath(p) for p in image_paths]
+    if not image_paths:
+        raise ValueError("no images to evaluate")
+    size = runtime.image_size
+    accumulators = {key: SegmentationAccumulator(threshold) for key in truths}
+    scored: dict[str, list[int]] = {key: [] for key in truths}  # image indices per truth
+    index = 0
+    for batch in image_dataset(image_paths, size, runtime.channels, batch_size):
+        probabilities = np.asarray(runtime.predict(batch.numpy()))[..., 0]
+        paths = image_paths[index:index + len(probabilities)]
+        for key, (reader, has_truth) in truths.items():
+            keep = [k for k, p in enumerate(paths) if has_truth is None or p in has_truth]
+            if keep:
+                truth = np.stack([mask_at_size(reader, paths[k], size) for k in keep])
+                accumulators[key].update(truth, probabilities[keep])
+                scored[key] += [index + k for k in keep]
+        index += len(probabilities)
+
+    report: dict = {"n": len(image_paths), "model": str(runtime.path), "model_kind": runtime.kind,
+                    "image_size": size, "threshold": threshold}
+    per_image = {}
+    for key, accumulator in accumulators.items():
+        if accumulator.n == 0:
+            continue
+        full = accumulator.report()
+        report[key] = {k: full[k] for k in SUMMARY_KEYS}
+        per_image[key] = (scored[key], full["per_image_iou"], full["per_image_dice"])
+        if verbose:
+            print(f"{key.replace('_', ' ')}:\n{format_segmentation_report(full)}", flush=True)
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+        _write_per_image(out_dir / "predictions.csv", image_paths, per_image)
+        for key, (indices, _, dice) in per_image.items():
+            report.setdefault("overlays", {})[key] = _write_overlays(
+                runtime, image_paths, indices, dice, truths[key][0], out_dir, key.replace("vs_", ""),
+                threshold)
+        (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+    if json_path is not None:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _write_per_image(path: Path, image_paths, per_image) -> None:
+    columns = {i: {} for i in range(len(image_paths))}
+    for key, (indices, iou, dice) in per_image.items():
+        for i, image_iou, image_dice in zip(indices, iou, dice, strict=True):
+            columns[i][f"iou_{key}"] = f"{image_iou:.6f}"
+            columns[i][f"dice_{key}"] = f"{image_dice:.6f}"
+    names = [f"{metric}_{key}" for key in per_image for metric in ("iou", "dice")]
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", *names])
+        for i, image_path in enumerate(image_paths):
+            writer.writerow([image_path, *(columns[i].get(name, "") for name in names)])
+
+
+def _write_overlays(runtime, image_paths, indices, dice, reader, out_dir: Path, name: str,
+                    threshold: float) -> list[str]:
+    """Best and worst cases by Dice (ties broken by order), each as image / truth / prediction."""
+    order = np.argsort(np.asarray(dice), kind="stable")
+    count = min(OVERLAY_CASES, len(order))
+    written = []
+    for label, chosen in (("worst", order[:count]), ("best", order[::-1][:count])):
+        paths = [image_paths[indices[k]] for k in chosen]
+        pixels = np.stack([read_image(p, runtime.channels, runtime.image_size) for p in paths])
+        probabilities = np.asarray(runtime.predict(pixels))[..., 0]
+        cases = [(pixels[j], mask_at_size(reader, p, runtime.image_size), probabilities[j],
+                  f"{Path(p).name[:18]} Dice {dice[k]:.2f}")
+                 for j, (p, k) in enumerate(zip(paths, chosen, strict=True))]
+        target = out_dir / f"overlays_{name}_{label}.png"
+        plot_segmentation_cases(cases, target, threshold)
+        written.append(str(target))
+    return written
+
+
+def _merge(sources: Sequence[SegmentationSource]) -> SegmentationSource:
+    merged = SegmentationSource([], [])
+    for source in sources:
+        merged.image_paths += source.image_paths
+        merged.folder_splits += source.folder_splits
+        merged.coco_splits += source.coco_splits
+        merged.mask_paths.update(source.mask_paths)
+        merged.without_mask += source.without_mask
+        merged.mask_root = merged.mask_root or source.mask_root
+    if any(s.has_annotations for s in sources) and not all(s.has_annotations for s in sources):
+        raise ValueError("some --data folders have COCO annotations and some do not; evaluate them "
+                         "separately")
+    return merged
+
+
+def evaluate_segmenter(runtime, data_paths: Sequence[str | os.PathLike], masks=None, json_path=None,
+                       out_dir=None, batch_size: int = 32, threshold: float = THRESHOLD) -> dict:
+    """Every decodable image under ``data_paths`` (COCO split folders, or plain image folders when
+    ``masks`` is given); unreadable files are reported and skipped."""
+    sources = []
+    for path in data_paths:
+        if str(path).endswith(".csv"):
+            raise ValueError("a split manifest cannot be evaluated for segmentation yet: pass the data "
+                             "folder (and --masks)")
+        sources.append(find_segmentation_images(path, masks, log=lambda m: print(m, flush=True)))
+    source = _merge(sources)
+    candidates = source.image_paths
+    if not source.has_annotations:
+        candidates = [p for p in candidates if p in source.mask_paths]
+    good, bad = check_images(candidates)
+    if bad:
+        print(f"skipped {len(bad)} unreadable files: "
+              + "; ".join(f"{b['path']} ({b['reason']})" for b in bad[:5])
+              + (" ..." if len(bad) > 5 else ""), flush=True)
+    report = evaluate_segmentation_images(runtime, good, source, out_dir=out_dir, json_path=None,
+                                          threshold=threshold, batch_size=batch_size)
+    report["skipped_files"] = bad
+    report["images_without_mask"] = len(source.without_mask) if masks is not None else None
+    if json_path is not None:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(report, indent=2))
+    return report

@@ -1,0 +1,46 @@
+"""The run-directory contract shared by every training pipeline: same config to resume,
+summary.json marks a finished run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from braintumor_tf.config import Config, load_config, save_config
+from braintumor_tf.plots import plot_learning_rate
+from braintumor_tf.training.schedules import schedule_values
+
+
+def log(message: str) -> None:
+    print(f"[braintumor_tf] {message}", flush=True)
+
+
+def check_resumable(config: Config, run_dir: Path) -> None:
+    saved = run_dir / "config.yaml"
+    if saved.exists():
+        previous = load_config(saved)
+        if previous.to_dict() != config.to_dict():
+            raise ValueError(
+                f"{run_dir} holds a run with a different config; resume it with the same "
+                "settings or choose a new --out directory")
+
+
+def start_run(config: Config, run_dir: str | Path) -> tuple[Path, dict | None]:
+    """(run_dir, summary of an already finished run or None); writes config.yaml for a new one."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    check_resumable(config, run_dir)
+    if (run_dir / "summary.json").exists():
+        log(f"{run_dir} already holds a finished run (summary.json); choose a new --out to train "
+            "again")
+        return run_dir, json.loads((run_dir / "summary.json").read_text())
+    save_config(config, run_dir / "config.yaml")
+    return run_dir, None
+
+
+def write_learning_rate_plot(schedule, total_steps: int, steps_per_epoch: int, run_dir: Path) -> None:
+    values = (schedule_values(schedule, total_steps) if not isinstance(schedule, float)
+              else np.full(total_steps, schedule))
+    plot_learning_rate(values, run_dir / "learning_rate.png", steps_per_epoch=steps_per_epoch)

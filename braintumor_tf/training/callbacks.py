@@ -1,0 +1,66 @@
+"""The callbacks every training run uses, so classifier and segmenter runs leave the same files."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import keras
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Adds images/s to the logs so the CSV history shows throughput per epoch."""
+
+    def __init__(self, batch_size):
+        super().__init__()
+        self.batch_size = batch_size
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+        self._batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._batches += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            seconds = time.perf_counter() - self._start
+            logs["epoch_seconds"] = seconds
+            logs["images_per_second"] = self._batches * self.batch_size / max(seconds, 1e-9)
+
+
+def monitor_mode(monitor: str) -> str:
+    """Losses fall, every other monitored number (accuracy, Dice, IoU) rises."""
+    return "min" if monitor.endswith("loss") else "max"
+
+
+def run_callbacks(run_dir: str | Path, batch_size: int, monitor: str) -> list[keras.callbacks.Callback]:
+    """Resume (backup/), throughput, best checkpoint (best.keras), history.csv, TensorBoard (logs/).
+
+    BackupAndRestore comes first so a resumed run restores before anything else sees an epoch.
+    """
+    run_dir = Path(run_dir)
+    return [
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+        EpochTimer(batch_size),
+        keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor=monitor,
+                                        mode=monitor_mode(monitor), save_best_only=True),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+        keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False),
+    ]
+
+
+def read_history(path: str | Path) -> dict[str, list[float]]:
+    """history.csv back to lists per metric (the CSV survives resumes; Keras' History does not)."""
+    path = Path(path)
+    history: dict[str, list[float]] = {}
+    if not path.exists():
+        return history
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            for key, value in row.items():
+                if key == "epoch" or value in (None, ""):
+                    continue
+                history.setdefault(key, []).append(float(value))
+    return history

@@ -1,0 +1,234 @@
+"""Segmentation as a user runs it: configs, a tiny CLI training on phantom masks, evaluate on COCO."""
+
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from braintumor_tf.config import CONFIG_DIR, load_config
+
+SEG_CONFIG = CONFIG_DIR / "segmentation.yaml"
+TINY = [
+    "--config", str(SEG_CONFIG),
+    "--set", "data.phantom_images_per_class=8", "--set", "data.phantom_image_size=64",
+    "--set", "data.image_size=64", "--set", "segmentation.decoder_filters=[16, 8, 8, 4, 4]",
+    "--set", "train.batch_size=8", "--set", "train.precision=float32",
+    "--set", "train.run_eagerly=true", "--set", "train.verbose=2",
+]
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def run(*args):
+    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600,
+                            env=ENV)
+    if result.returncode != 0:
+        raise AssertionError(f"{args} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize("name", ["segmentation.yaml", "segmentation_seed.yaml"])
+def test_segmentation_configs_load(name):
+    config = load_config(CONFIG_DIR / name)
+    assert config.task == "segmentation"
+    assert config.train.monitor == "val_dice"
+    assert config.data.image_size % 32 == 0
+    assert "segmentation" in config.to_dict()
+
+
+def test_seed_config_is_the_study():
+    config = load_config(CONFIG_DIR / "segmentation_seed.yaml")
+    assert (config.data.image_size, config.data.channels) == (224, 1)
+    assert (config.train.batch_size, config.train.epochs) == (64, 30)
+    assert (config.optimizer.name, config.optimizer.learning_rate) == ("adam", 0.001)
+    assert config.segmentation.loss == "bce" and config.segmentation.encoder_weights == "imagenet"
+    schedule = config.schedule
+    assert (schedule.warmup_fraction, schedule.decay_fraction, schedule.floor_factor) == (0.2, 0.3, 0.1)
+
+
+def test_classification_config_has_no_segmentation_section():
+    assert "segmentation" not in load_config().to_dict()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("segmentation.loss=focal", "segmentation.loss"),
+    ("segmentation.targets=boxes", "segmentation.targets"),
+    ("segmentation.decoder_filters=[8, 8]", "decoder_filters"),
+    ("segmentation.augment.zoom=1.5", "segmentation.augment.zoom"),
+    ("segmentation.augment.shear=0.1", "unknown config key.*segmentation.augment.shear"),
+    ("segmentation.encoder=none", "unknown config key.*segmentation.encoder"),
+    ("segmentation.threshold=1", "segmentation.threshold"),
+    ("data.image_size=100", "multiple of 32"),
+    ("train.monitor=val_accuracy", "train.monitor"),
+    ("task=detection", "task must be one of"),
+])
+def test_bad_segmentation_values_give_clear_errors(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(SEG_CONFIG, [override])
+
+
+def test_mask_targets_need_a_mask_folder_for_real_data():
+    with pytest.raises(ValueError, match="mask_root"):
+        load_config(SEG_CONFIG, ["segmentation.targets=masks", "data.root=/data"])
+    config = load_config(SEG_CONFIG, ["segmentation.targets=masks", "data.root=/data",
+                                      "segmentation.mask_root=/masks"])
+    assert config.segmentation.mask_root == "/masks"
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@pytest.fixture(scope="module")
+def seg_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("seg") / "run"
+    run("-m", "braintumor_tf.train", "--out", str(run_dir), *TINY, "--set", "train.epochs=3")
+    return run_dir
+
+
+def test_cli_training_writes_the_run_directory(seg_run):
+    for name in ("config.yaml", "split_manifest.csv", "bad_files.csv", "history.csv",
+                 "training_curves.png", "learning_rate.png", "best.keras", "model.keras",
+                 "summary.json", "test/metrics.json", "test/predictions.csv",
+                 "test/overlays_masks_best.png", "test/overlays_masks_worst.png"):
+        assert (seg_run / name).exists(), name
+    assert any((seg_run / "logs").rglob("*tfevents*"))
+    assert load_config(seg_run / "config.yaml").task == "segmentation"
+    summary = json.loads((seg_run / "summary.json").read_text())
+    assert summary["task"] == "segmentation" and summary["targets"] == "masks"
+    assert summary["parameters"] > 0 and summary["macs_per_image"] > 0
+    test = summary["test"]
+    assert test["n"] == summary["test_images"] > 0
+    for key in ("micro_iou", "mean_iou", "mean_dice"):
+        assert 0.0 <= test["vs_masks"][key] <= 1.0
+    assert "vs_annotations" not in test  # phantoms come with masks only
+    manifest = (seg_run / "split_manifest.csv").read_text()
+    assert ",tumour," in manifest and ",empty," in manifest
+
+
+def test_cli_training_lowers_the_loss(seg_run):
+    from braintumor_tf.training.callbacks import read_history
+
+    history = read_history(seg_run / "history.csv")
+    assert len(history["loss"]) == 3
+    assert history["loss"][-1] < history["loss"][0], history["loss"]
+    assert "val_dice" in history
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def _png(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), array)
+
+
+def _write_coco_and_masks(root, masks_root, size=80):
+    """Two split folders of grey images with a bright disc: COCO boxes around it, masks of it."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 3), ("valid", 3)):
+        images, annotations = [], []
+        for k in range(count):
+            name = f"{split}_{k}.jpg"
+            image = rng.normal(60, 8, (size, size)).clip(0, 255).astype(np.uint8)
+            mask = np.zeros((size, size), np.uint8)
+            if k:  # the first image of each split has no tumour and no annotation
+                centre, radius = (20 + 15 * k, 40), 8 + 2 * k
+                cv2.circle(image, centre, radius, 220, -1)
+                cv2.circle(mask, centre, radius, 255, -1)
+                x0, y0 = centre[0] - radius, centre[1] - radius
+                x1, y1 = centre[0] + radius, centre[1] + radius
+                annotations.append({"id": len(annotations) + 1, "image_id": k, "category_id": 1,
+                                    "segmentation": [[x0, y0, x1, y0, x1, y1, x0, y1]]})
+            _png(root / split / name, image)
+            _png(masks_root / split / f"{split}_{k}.png", mask)
+            images.append({"id": k, "file_name": name, "height": size, "width": size})
+        coco = {"images": images, "annotations": annotations,
+                "categories": [{"id": 1, "name": "tumour"}]}
+        (root / split / "_annotations.coco.json").write_text(json.dumps(coco))
+
+
+def test_evaluate_scores_annotations_and_masks_and_writes_overlays(seg_run, tmp_path):
+    data, masks = tmp_path / "coco", tmp_path / "masks"
+    _write_coco_and_masks(data, masks)
+    out_json, out_dir = tmp_path / "seg.json", tmp_path / "eval"
+    run("-m", "braintumor_tf", "evaluate", "--model", str(seg_run / "model.keras"),
+        "--data", str(data), "--masks", str(masks), "--json", str(out_json), "--out", str(out_dir))
+    report = json.loads(out_json.read_text())
+    assert report["n"] == 6
+    for key in ("vs_annotations", "vs_masks"):
+        assert report[key]["n"] == 6
+        for metric in ("micro_iou", "mean_iou", "mean_dice"):
+            assert 0.0 <= report[key][metric] <= 1.0, (key, metric)
+    for name in ("annotations", "masks"):
+        for which in ("best", "worst"):
+            assert (out_dir / f"overlays_{name}_{which}.png").stat().st_size > 0
+
+
+def test_evaluate_pipeline_matches_hand_scores_for_a_perfect_model(tmp_path):
+    """A stand-in runtime that returns the truth itself scores 1 everywhere vs masks, and the boxes
+    (which contain the discs) score below 1 vs annotations."""
+    from braintumor_tf.data.segmentation import find_segmentation_images, mask_at_size
+    from braintumor_tf.pipelines.evaluate_segmenter import evaluate_segmentation_images
+
+    data, masks = tmp_path / "coco", tmp_path / "masks"
+    _write_coco_and_masks(data, masks)
+    source = find_segmentation_images(data, masks)
+    reader = source.mask_reader("masks")
+
+    class TruthRuntime:
+        task, kind, path, image_size, channels = "segmentation", "stub", "truth", 64, 1
+
+        def __init__(self):
+            self.queue = []
+
+        def predict(self, pixels):
+            out = np.stack([mask_at_size(reader, p, 64) for p in self.queue[:len(pixels)]])
+            self.queue = self.queue[len(pixels):]
+            return out[..., None].astype(np.float32)
+
+    runtime = TruthRuntime()
+    runtime.queue = list(source.image_paths)
+    report = evaluate_segmentation_images(runtime, source.image_paths, source, batch_size=16,
+                                          verbose=False)
+    assert report["vs_masks"]["mean_dice"] == pytest.approx(1.0)
+    assert report["vs_masks"]["micro_iou"] == pytest.approx(1.0)
+    assert report["vs_masks"]["n_empty_truth"] == 2
+    assert 0.5 < report["vs_annotations"]["micro_iou"] < 1.0
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def test_savedmodel_export_matches_keras_and_serves_masks_at_the_input_size(seg_run, tmp_path):
+    import tensorflow as tf
+
+    from braintumor_tf.data.discover import CLASS_NAMES
+    from braintumor_tf.export.runtimes import load_runtime
+    from braintumor_tf.export.savedmodel import export_segmenter
+
+    keras_runtime = load_runtime(seg_run / "model.keras", class_names=CLASS_NAMES)
+    assert keras_runtime.task == "segmentation" and keras_runtime.image_size == 64
+    export_segmenter(keras_runtime.keras_model, tmp_path / "sm")
+    saved_runtime = load_runtime(tmp_path / "sm")
+    assert saved_runtime.task == "segmentation"
+    pixels = np.random.default_rng(0).uniform(0, 255, (3, 64, 64, 1)).astype(np.float32)
+    expected = keras_runtime.predict(pixels)
+    assert expected.shape == (3, 64, 64, 1)
+    np.testing.assert_allclose(saved_runtime.predict(pixels), expected, atol=1e-4)
+
+    loaded = tf.saved_model.load(str(tmp_path / "sm"))
+    image = np.random.default_rng(1).integers(0, 255, (80, 96), dtype=np.uint8)
+    encoded = cv2.imencode(".png", image)[1].tobytes()
+    served = loaded.signatures["serving_default"](images=tf.constant([encoded, encoded]))
+    assert tuple(served["mask_probability"].shape) == (2, 80, 96, 1)
+    assert served["mask"].dtype == tf.uint8
+    by_pixels = loaded.signatures["predict_pixels"](pixels=tf.constant(image[None, :, :, None],
+                                                                        tf.float32))
+    np.testing.assert_allclose(by_pixels["mask_probability"].numpy()[0],
+                               served["mask_probability"].numpy()[0], atol=1e-4)
