@@ -62,6 +62,35 @@ def resize_to(images: tf.Tensor, size: int) -> tf.Tensor:
     )
 
 
+def checked_pixels(pixels: tf.Tensor, channels: int, size: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Validate a pixel batch with messages a client can act on, then convert and resize it.
+
+    Returns the model-ready batch and the input's [N, H, W, C] shape.
+    """
+    rank_ok = tf.debugging.Assert(
+        tf.equal(tf.rank(pixels), 4),
+        ["pixels: expected rank 4 [N, H, W, C] float32 in 0..255, got rank", tf.rank(pixels)],
+    )
+    # tf.ensure_shape would fail before the assertion runs, with a vaguer message; a
+    # reshape to a length-4 shape gives the static rank 4 that the model needs.
+    with tf.control_dependencies([rank_ok]):
+        shape = tf.concat([tf.shape(pixels), [1, 1, 1, 1]], axis=0)[:4]
+    pixels = tf.reshape(pixels, shape)
+    pixels.set_shape([None, None, None, None])
+    checks = [
+        tf.debugging.Assert(
+            tf.logical_or(tf.equal(shape[3], 1), tf.equal(shape[3], 3)),
+            ["pixels: expected 1 or 3 channels, got", shape[3]],
+        ),
+        tf.debugging.Assert(
+            tf.logical_and(shape[1] > 0, shape[2] > 0),
+            ["pixels: expected non-empty height and width, got", shape[1:3]],
+        ),
+    ]
+    with tf.control_dependencies(checks):
+        return resize_to(to_channels(tf.identity(pixels), channels), size), shape
+
+
 class ClassifierModule(tf.Module):
     """Holds the Keras model plus what a client needs to interpret its output."""
 
@@ -119,28 +148,7 @@ class ClassifierModule(tf.Module):
     # a static rank of 4 the rank assertion would be folded away, leaving an obscure slice error.
     @tf.function(input_signature=[tf.TensorSpec(None, tf.float32, name="pixels")])
     def predict_pixels(self, pixels):
-        rank_ok = tf.debugging.Assert(
-            tf.equal(tf.rank(pixels), 4),
-            ["pixels: expected rank 4 [N, H, W, C] float32 in 0..255, got rank", tf.rank(pixels)],
-        )
-        # tf.ensure_shape would fail before the assertion runs, with a vaguer message; a
-        # reshape to a length-4 shape gives the static rank 4 that the model needs.
-        with tf.control_dependencies([rank_ok]):
-            shape = tf.concat([tf.shape(pixels), [1, 1, 1, 1]], axis=0)[:4]
-        pixels = tf.reshape(pixels, shape)
-        pixels.set_shape([None, None, None, None])
-        checks = [
-            tf.debugging.Assert(
-                tf.logical_or(tf.equal(shape[3], 1), tf.equal(shape[3], 3)),
-                ["pixels: expected 1 or 3 channels, got", shape[3]],
-            ),
-            tf.debugging.Assert(
-                tf.logical_and(shape[1] > 0, shape[2] > 0),
-                ["pixels: expected non-empty height and width, got", shape[1:3]],
-            ),
-        ]
-        with tf.control_dependencies(checks):
-            images = resize_to(to_channels(tf.identity(pixels), self._channels), self._size)
+        images, _ = checked_pixels(pixels, self._channels, self._size)
         return self._outputs(images)
 
 
@@ -205,26 +213,7 @@ class SegmenterModule(ClassifierModule):
 
     @tf.function(input_signature=[tf.TensorSpec(None, tf.float32, name="pixels")])
     def predict_pixels(self, pixels):
-        rank_ok = tf.debugging.Assert(
-            tf.equal(tf.rank(pixels), 4),
-            ["pixels: expected rank 4 [N, H, W, C] float32 in 0..255, got rank", tf.rank(pixels)],
-        )
-        with tf.control_dependencies([rank_ok]):
-            shape = tf.concat([tf.shape(pixels), [1, 1, 1, 1]], axis=0)[:4]
-        pixels = tf.reshape(pixels, shape)
-        pixels.set_shape([None, None, None, None])
-        checks = [
-            tf.debugging.Assert(
-                tf.logical_or(tf.equal(shape[3], 1), tf.equal(shape[3], 3)),
-                ["pixels: expected 1 or 3 channels, got", shape[3]],
-            ),
-            tf.debugging.Assert(
-                tf.logical_and(shape[1] > 0, shape[2] > 0),
-                ["pixels: expected non-empty height and width, got", shape[1:3]],
-            ),
-        ]
-        with tf.control_dependencies(checks):
-            images = resize_to(to_channels(tf.identity(pixels), self._channels), self._size)
+        images, shape = checked_pixels(pixels, self._channels, self._size)
         return self._masks(images, shape[1:3])
 
 

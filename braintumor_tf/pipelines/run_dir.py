@@ -40,6 +40,21 @@ def start_run(config: Config, run_dir: str | Path) -> tuple[Path, dict | None]:
     return run_dir, None
 
 
+def setup_training(config: Config):
+    """Seed, dtype policy and distribution strategy, in that order, for either task."""
+    import keras
+
+    from braintumor_tf.training.distribute import make_strategy
+    from braintumor_tf.training.precision import apply_precision
+
+    keras.utils.set_random_seed(config.train.seed)
+    policy = apply_precision(config.train.precision)
+    strategy = make_strategy(config.train.distribute)
+    log(f"precision policy {policy}; strategy {type(strategy).__name__} with "
+        f"{strategy.num_replicas_in_sync} replica(s)")
+    return policy, strategy
+
+
 def write_learning_rate_plot(schedule, total_steps: int, steps_per_epoch: int, run_dir: Path) -> None:
     values = (schedule_values(schedule, total_steps) if not isinstance(schedule, float)
               else np.full(total_steps, schedule))

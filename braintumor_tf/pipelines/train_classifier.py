@@ -23,12 +23,10 @@ from braintumor_tf.export.savedmodel import export_classifier
 from braintumor_tf.models.classifier import build_classifier, count_macs
 from braintumor_tf.pipelines.evaluate import evaluate_records
 from braintumor_tf.pipelines.run_dir import log as _log
-from braintumor_tf.pipelines.run_dir import start_run, write_learning_rate_plot
+from braintumor_tf.pipelines.run_dir import setup_training, start_run, write_learning_rate_plot
 from braintumor_tf.plots import plot_history
 from braintumor_tf.training.callbacks import read_history, run_callbacks
-from braintumor_tf.training.distribute import make_strategy
 from braintumor_tf.training.optimizers import make_optimizer
-from braintumor_tf.training.precision import apply_precision
 from braintumor_tf.training.schedules import make_schedule
 
 
@@ -90,11 +88,7 @@ def train_classifier(config: Config, run_dir: str | Path) -> dict:
     run_dir, finished = start_run(config, run_dir)
     if finished is not None:
         return finished
-    keras.utils.set_random_seed(config.train.seed)
-    policy = apply_precision(config.train.precision)
-    strategy = make_strategy(config.train.distribute)
-    _log(f"precision policy {policy}; strategy {type(strategy).__name__} with "
-         f"{strategy.num_replicas_in_sync} replica(s)")
+    policy, strategy = setup_training(config)
 
     rows = prepare_data(config, run_dir)
     train_paths, train_labels = _split_arrays(rows, "train", config.data.train_max_per_group,

@@ -23,14 +23,12 @@ from braintumor_tf.data.pipeline import segmentation_dataset
 from braintumor_tf.data.segmentation import SegmentationSource, find_segmentation_images
 from braintumor_tf.models.unet import build_resnet50_unet, count_macs_nested
 from braintumor_tf.pipelines.evaluate_segmenter import evaluate_segmentation_images
-from braintumor_tf.pipelines.run_dir import log, start_run, write_learning_rate_plot
+from braintumor_tf.pipelines.run_dir import log, setup_training, start_run, write_learning_rate_plot
 from braintumor_tf.pipelines.train_classifier import cap_per_group
 from braintumor_tf.plots import plot_history
 from braintumor_tf.training.callbacks import read_history, run_callbacks
-from braintumor_tf.training.distribute import make_strategy
 from braintumor_tf.training.losses import DiceCoefficient, make_segmentation_loss
 from braintumor_tf.training.optimizers import make_optimizer
-from braintumor_tf.training.precision import apply_precision
 from braintumor_tf.training.schedules import make_schedule
 
 
@@ -124,11 +122,7 @@ def train_segmenter(config: Config, run_dir: str | Path) -> dict:
     run_dir, finished = start_run(config, run_dir)
     if finished is not None:
         return finished
-    keras.utils.set_random_seed(config.train.seed)
-    policy = apply_precision(config.train.precision)
-    strategy = make_strategy(config.train.distribute)
-    log(f"precision policy {policy}; strategy {type(strategy).__name__} with "
-        f"{strategy.num_replicas_in_sync} replica(s)")
+    policy, strategy = setup_training(config)
 
     source, targets = segmentation_source(config, run_dir)
     rows = prepare_segmentation_data(config, run_dir, source, targets)
