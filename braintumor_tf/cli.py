@@ -143,18 +143,23 @@ def audit_command(paths, out_dir, threshold):
               help="Data folder of training images for int8 calibration (with --model).")
 @click.option("--validation-data", default=None,
               help="Labelled folder for the parity report (default with --model: the "
-                   "representative data; with --run: the run's validation split).")
+                   "representative data; with --run: the run's validation split). Segmenter: a "
+                   "COCO split folder, or an image folder with --masks; without truth the Dice "
+                   "is against the Keras model's own masks only.")
+@click.option("--masks", "masks_dir", default=None,
+              help="Segmenter: truth mask folder for --validation-data (matched by file stem).")
 @click.option("--int8-io", type=click.Choice(["int8", "float32"]), default="int8", show_default=True,
               help="Input/output type of the int8 variant.")
 @_friendly_errors
 def export_command(model_path, run_dir, out_base, version, tflite_variants, representative_data,
-                   validation_data, int8_io):
-    """Write a versioned SavedModel for TF Serving and, optionally, TFLite variants."""
+                   validation_data, masks_dir, int8_io):
+    """Write a versioned SavedModel for TF Serving and, optionally, TFLite variants with a parity
+    report (classifier: top-1 agreement; segmenter: Dice drop <= 0.01)."""
     from braintumor_tf.pipelines.export import export_model
 
     summary = export_model(out_base, model_path=model_path, run_dir=run_dir, version=version,
                            tflite_variants=tflite_variants, representative_data=representative_data,
-                           validation_data=validation_data, int8_io=int8_io,
+                           validation_data=validation_data, int8_io=int8_io, masks=masks_dir,
                            log=lambda m: click.echo(m))
     if summary.get("parity_passed") is False:
         raise click.ClickException("a TFLite variant failed its agreement gate (see tflite_parity.md)")
@@ -169,17 +174,24 @@ def export_command(model_path, run_dir, out_base, version, tflite_variants, repr
 @click.option("--json", "json_path", default=None, help="Write the predictions as JSON.")
 @click.option("--csv", "csv_path", default=None, help="Write the predictions as CSV.")
 @click.option("--explain", "explain_dir", default=None,
-              help="Write Grad-CAM overlays (PNG) here; .keras models only.")
+              help="Classifier: write Grad-CAM overlays (PNG) here, .keras models only. "
+                   "Segmenter: write the images with the predicted tumour tinted and outlined "
+                   "(any model form).")
+@click.option("--masks-out", "masks_dir", default=None,
+              help="Segmenter: folder for the masks (<image stem>_mask.png, 0/255, at the "
+                   "image's original size). Default: <stem>_masks/ beside the --json/--csv file, "
+                   "else ./masks/.")
 @click.option("--batch-size", default=32, show_default=True)
 @_friendly_errors
 def predict_command(inputs, model_path, server, model_name, json_path, csv_path, explain_dir,
-                    batch_size):
-    """Class and probabilities for image files and folders; unreadable files are reported."""
+                    masks_dir, batch_size):
+    """Classifier: class and probabilities. Segmenter: tumour area (pixels at the original size and
+    fraction of the image) and a mask PNG per file. Unreadable files are reported, the rest predicted."""
     from braintumor_tf.pipelines.predict import predict
 
     predict(list(inputs), model_path=model_path, server=server, model_name=model_name,
             json_path=json_path, csv_path=csv_path, explain_dir=explain_dir, batch_size=batch_size,
-            log=lambda m: click.echo(m))
+            masks_dir=masks_dir, log=lambda m: click.echo(m))
 
 
 @main.command("benchmark")

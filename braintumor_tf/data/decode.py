@@ -75,6 +75,11 @@ def _resize(img: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+def resize_image(img: np.ndarray, size: int) -> np.ndarray:
+    """The training resize, for callers that also need the image at its original size."""
+    return _resize(np.asarray(img, np.float32), size)
+
+
 def decode_bytes(
     data: bytes, channels: int, image_size: int | None = None, name: str = "<bytes>"
 ) -> np.ndarray:

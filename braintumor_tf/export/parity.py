@@ -2,6 +2,8 @@
 
 Agreement with the float Keras model (not accuracy) is the gate: quantisation should change
 nothing a user sees, and agreement catches that even on a validation set the model gets wrong.
+For a segmenter agreement is the mean Dice of the variant's mask against the Keras model's own
+thresholded mask; with truth masks the Dice drop against the truth is gated too.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 from braintumor_tf.export.runtimes import Runtime, load_runtime
 
 AGREEMENT_GATES = {"dynamic": 0.995, "int8": 0.99}
+MAX_DICE_DROP = 0.01  # every segmenter variant
 LATENCY_THREADS = (1, 2)
 PARITY_JSON = "tflite_parity.json"
 PARITY_MARKDOWN = "tflite_parity.md"
@@ -85,7 +88,100 @@ def tflite_parity(
     return report
 
 
+def segmentation_parity(
+    reference: Runtime,
+    tflite_files: Mapping[str, str | os.PathLike],
+    pixels: np.ndarray,
+    truth_masks: np.ndarray | None = None,
+    out_dir: str | os.PathLike | None = None,
+    latency_repeats: int = 20,
+    max_dice_drop: float = MAX_DICE_DROP,
+) -> dict:
+    """Mean-Dice parity of each segmenter variant with ``reference`` (the float Keras model).
+
+    ``truth_masks`` [N, S, S] at the model's size, optional; without them only agreement with the
+    Keras masks is gated. Fewer latency repeats than the classifier: a UNet call is slow on CPU.
+    """
+    from braintumor_tf.training.seg_metrics import THRESHOLD, mean_dice
+
+    pixels = np.asarray(pixels, np.float32)
+    if len(pixels) == 0:
+        raise ValueError("parity needs at least one validation image")
+    want = reference.predict(pixels)[..., 0]
+    want_mask = (want > THRESHOLD).astype(np.float32)
+    truth = None if truth_masks is None else np.asarray(truth_masks)
+    reference_dice = None if truth is None else mean_dice(truth, want)
+    report: dict = {
+        "task": "segmentation",
+        "reference": str(reference.path),
+        "images": int(len(pixels)),
+        "threshold": THRESHOLD,
+        "reference_dice": reference_dice,
+        "gates": {"max_dice_drop": max_dice_drop},
+        "variants": {},
+    }
+    for variant, path in tflite_files.items():
+        runtime = load_runtime(path, num_threads=2)
+        got = runtime.predict(pixels)[..., 0]
+        agreement = mean_dice(want_mask, got)
+        entry = {
+            "file": str(path),
+            "size_bytes": int(Path(path).stat().st_size),
+            "dice_vs_reference": agreement,
+            "dice_drop_vs_reference": 1.0 - agreement,
+            "dice_vs_truth": None if truth is None else mean_dice(truth, got),
+            "latency_batch1": {},
+            "gate": max_dice_drop,
+        }
+        entry["dice_delta_vs_truth"] = (None if truth is None
+                                        else entry["dice_vs_truth"] - reference_dice)
+        for threads in LATENCY_THREADS:
+            timed = load_runtime(path, num_threads=threads)
+            entry["latency_batch1"][f"{threads}_threads"] = latency_per_image(
+                timed, pixels, latency_repeats)
+        drops = [entry["dice_drop_vs_reference"]]
+        if truth is not None:
+            drops.append(-entry["dice_delta_vs_truth"])
+        entry["passed"] = bool(max(drops) <= max_dice_drop)
+        report["variants"][variant] = entry
+    report["passed"] = all(v["passed"] for v in report["variants"].values())
+    if out_dir is not None:
+        write_parity_report(report, out_dir)
+    return report
+
+
+def _format_segmentation_markdown(report: dict) -> str:
+    lines = [
+        "# TFLite parity (segmenter)",
+        "",
+        f"Reference: `{report['reference']}` (float Keras), {report['images']} validation images, "
+        f"masks at probability > {report['threshold']}"
+        + ("" if report["reference_dice"] is None
+           else f", reference mean Dice vs truth {report['reference_dice']:.4f}") + ".",
+        "Agreement: mean Dice of the variant's mask against the Keras model's mask (1 = identical). "
+        f"Gate: Dice drop <= {report['gates']['max_dice_drop']} (against the Keras masks and, "
+        "when given, against the truth).",
+        "Latency: one image per call (batch 1), LiteRT with 1 and 2 threads, mean of repeated calls.",
+        "",
+        "| variant | size (KB) | Dice vs Keras | Dice delta vs truth | result "
+        "| ms/image 1 thread | ms/image 2 threads |",
+        "|---|---:|---:|---:|---|---:|---:|",
+    ]
+    for variant, entry in report["variants"].items():
+        delta = "-" if entry["dice_delta_vs_truth"] is None else f"{entry['dice_delta_vs_truth']:+.4f}"
+        latency = entry["latency_batch1"]
+        lines.append(
+            f"| {variant} | {entry['size_bytes'] / 1024:.1f} | {entry['dice_vs_reference']:.4f} "
+            f"| {delta} | {'pass' if entry['passed'] else '**FAIL**'} "
+            f"| {latency['1_threads']['mean_ms']:.2f} | {latency['2_threads']['mean_ms']:.2f} |"
+        )
+    lines += ["", f"Overall: {'pass' if report['passed'] else 'FAIL'}", ""]
+    return "\n".join(lines)
+
+
 def format_parity_markdown(report: dict) -> str:
+    if report.get("task") == "segmentation":
+        return _format_segmentation_markdown(report)
     lines = [
         "# TFLite parity",
         "",

@@ -18,7 +18,7 @@ import numpy as np
 from braintumor_tf.data import splits as splits_lib
 from braintumor_tf.data.decode import DecodeError, read_image
 from braintumor_tf.data.discover import CLASS_NAMES, discover_images
-from braintumor_tf.export.parity import tflite_parity
+from braintumor_tf.export.parity import segmentation_parity, tflite_parity
 from braintumor_tf.export.runtimes import load_runtime
 from braintumor_tf.export.savedmodel import (
     export_classifier,
@@ -111,6 +111,59 @@ def load_pixels(rows: Sequence[tuple[str, int]], image_size: int, channels: int,
     return np.stack(images).astype(np.float32), np.asarray(labels)
 
 
+def _sample(items: list, limit: int, seed: int) -> list:
+    if len(items) <= limit:
+        return items
+    chosen = np.random.default_rng(seed).choice(len(items), size=limit, replace=False)
+    return [items[i] for i in sorted(chosen)]
+
+
+def segmenter_validation(image_size: int, channels: int, limit: int, run_dir=None,
+                         validation_data=None, masks=None, representative_data=None,
+                         seed: int = 1) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """Validation pixels and, when the data has them, truth masks at the model's size (nearest,
+    as training sees them). Truth is optional: agreement with the Keras masks needs none."""
+    from braintumor_tf.data.segmentation import find_segmentation_images, mask_at_size
+
+    reader, with_truth = None, set()
+    if run_dir is not None:
+        from braintumor_tf.config import load_config
+        from braintumor_tf.pipelines.train_segmenter import segmentation_source
+
+        paths = [path for path, _ in _manifest_rows(Path(run_dir), "val")]
+        config_file = Path(run_dir) / "config.yaml"
+        if config_file.is_file():
+            source, targets = segmentation_source(load_config(config_file), Path(run_dir))
+            by_abs = {os.path.abspath(p): p for p in source.images_with(targets)}
+            # Manifest paths may be relative to where training ran; the reader wants the source's.
+            paths = [by_abs.get(os.path.abspath(p), p) for p in paths]
+            reader, with_truth = source.mask_reader(targets), set(by_abs.values())
+    elif validation_data is not None:
+        source = find_segmentation_images(validation_data, masks)
+        targets = "masks" if source.has_masks else "annotations" if source.has_annotations else None
+        if targets is None:
+            paths = list(source.image_paths)
+        else:
+            paths = source.images_with(targets)
+            reader, with_truth = source.mask_reader(targets), set(paths)
+    elif representative_data is not None:
+        paths = [path for path, _ in _folder_rows(representative_data)]
+    else:
+        return None
+    images, truths = [], []
+    for path in _sample(paths, limit, seed):
+        try:
+            images.append(read_image(path, channels, image_size))
+        except (DecodeError, OSError):
+            continue
+        truths.append(mask_at_size(reader, path, image_size) if path in with_truth else None)
+    if not images:
+        raise ValueError(f"none of the {min(len(paths), limit)} selected validation images could be read")
+    if any(t is None for t in truths):
+        return np.stack(images).astype(np.float32), None
+    return np.stack(images).astype(np.float32), np.stack(truths)
+
+
 def export_model(
     out_base: str | os.PathLike,
     model_path=None,
@@ -122,12 +175,16 @@ def export_model(
     int8_io: str = "int8",
     calibration_images: int = 200,
     parity_images: int = 1000,
+    masks=None,
+    segmenter_calibration_images: int = 32,
+    segmenter_parity_images: int = 100,
     log: Callable[[str], None] = print,
 ) -> dict:
     """SavedModel version, then TFLite variants, then the parity report.
 
     Data for calibration and parity is read before anything is written, so a missing or
-    empty folder fails without leaving a version behind.
+    empty folder fails without leaving a version behind. A UNet is slow to calibrate and to
+    run on CPU, so segmenters use fewer calibration and parity images.
     """
     import keras
 
@@ -152,7 +209,11 @@ def export_model(
         else:
             raise ValueError("--tflite int8 needs --representative-data DATA_FOLDER (training "
                              "images) or --run RUN_DIR")
-        calibration, _ = load_pixels(rows, image_size, channels, calibration_images)
+        count = segmenter_calibration_images if segmenter else calibration_images
+        calibration, _ = load_pixels(rows, image_size, channels, count)
+    if variants and segmenter:
+        validation = segmenter_validation(image_size, channels, segmenter_parity_images, run_dir,
+                                          validation_data, masks, representative_data)
     if variants and not segmenter:
         if run_dir is not None:
             rows = _manifest_rows(Path(run_dir), "val")
@@ -176,9 +237,19 @@ def export_model(
                       "image_size": image_size, "channels": channels})
         summary["tflite"][variant] = str(path)
         log(f"TFLite {variant}: {path} ({path.stat().st_size / 1024:.1f} KB)")
-    if variants and segmenter:
-        log("the TFLite parity report covers classifiers only: segmenter variants are not gated "
-            "(score them with braintumor-tf evaluate --model FILE.tflite)")
+    if variants and segmenter and validation is not None:
+        pixels, truth = validation
+        report = segmentation_parity(load_runtime(keras_path), summary["tflite"], pixels, truth,
+                                     out_dir=out_base)
+        summary["parity"] = {v: {"dice_vs_reference": e["dice_vs_reference"],
+                                 "dice_delta_vs_truth": e["dice_delta_vs_truth"],
+                                 "passed": e["passed"]} for v, e in report["variants"].items()}
+        summary["parity_passed"] = report["passed"]
+        log(f"parity on {len(pixels)} images ({'with' if truth is not None else 'without'} truth "
+            "masks): " + ", ".join(f"{v} Dice vs Keras {e['dice_vs_reference']:.4f} "
+                                   f"({'pass' if e['passed'] else 'FAIL'})"
+                                   for v, e in report["variants"].items())
+            + f"; written to {out_base / 'tflite_parity.md'}")
     elif variants and validation is None:
         log("no validation images (give --validation-data or --representative-data): "
             "parity report skipped")

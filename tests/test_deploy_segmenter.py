@@ -1,0 +1,152 @@
+"""Deployment of the segmenter: predict with masks at the original size, mask overlays, TFLite
+parity gated on Dice, benchmark. One tiny UNet per module: its graph traces are the slow part."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import keras
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from braintumor_tf.cli import main
+from braintumor_tf.export.runtimes import load_runtime
+from braintumor_tf.models.unet import build_resnet50_unet
+from braintumor_tf.pipelines.benchmark import benchmark
+from braintumor_tf.pipelines.export import export_model
+
+SIZE = 64
+
+
+def discs(n: int, seed: int, size: int = SIZE):
+    """Dark noisy slices with one bright disc (the tumour) in most of them."""
+    rng = np.random.default_rng(seed)
+    images = rng.normal(50, 10, (n, size, size)).clip(0, 255)
+    masks = np.zeros((n, size, size), np.uint8)
+    for i in range(n):
+        if i % 4 == 0:
+            continue  # some slices without a tumour
+        centre = tuple(int(c) for c in rng.integers(size // 4, 3 * size // 4, 2))
+        radius = int(rng.integers(size // 10, size // 5))
+        cv2.circle(masks[i], centre, radius, 1, -1)
+        images[i][masks[i] > 0] = 210 + rng.normal(0, 10, int(masks[i].sum()))
+    return np.round(images.clip(0, 255)).astype(np.float32)[..., None], masks
+
+
+@pytest.fixture(scope="module")
+def seg(tmp_path_factory):
+    root = tmp_path_factory.mktemp("segdeploy")
+    x, y = discs(64, 0)
+    keras.utils.set_random_seed(0)
+    model = build_resnet50_unet(SIZE, 1, encoder_weights="none", decoder_filters=(16, 8, 8, 4, 4))
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="binary_crossentropy")
+    model.fit(x, y[..., None].astype(np.float32), batch_size=16, epochs=6, verbose=0)
+    model.save(root / "seg.keras")
+    val_x, val_y = discs(12, 1)
+    images, masks = root / "val", root / "val_masks"
+    images.mkdir()
+    masks.mkdir()
+    for i, (image, mask) in enumerate(zip(val_x, val_y, strict=True)):
+        cv2.imwrite(str(images / f"v{i:02d}.png"), image.astype(np.uint8))
+        cv2.imwrite(str(masks / f"v{i:02d}.png"), mask * 255)
+    return {"root": root, "model": model, "path": root / "seg.keras", "val": images,
+            "val_masks": masks, "val_x": val_x}
+
+
+@pytest.fixture(scope="module")
+def exported(seg):
+    out = seg["root"] / "savedmodels" / "segmenter"
+    summary = export_model(out, model_path=seg["path"], tflite_variants="dynamic",
+                           validation_data=seg["val"], masks=seg["val_masks"], log=lambda m: None)
+    return out, summary
+
+
+@pytest.fixture
+def incoming(seg, tmp_path):
+    """Images of other sizes and channel counts than the model's, plus one broken file."""
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    big, _ = discs(2, 5, size=96)
+    cv2.imwrite(str(folder / "a_grey.png"), cv2.resize(big[0], (120, 96)).astype(np.uint8))
+    cv2.imwrite(str(folder / "b_rgb.jpg"), np.repeat(big[1], 3, axis=2).astype(np.uint8))
+    cv2.imwrite(str(folder / "c_model_size.png"), seg["val_x"][1].astype(np.uint8))
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    return folder
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_trained_segmenter_is_not_constant(seg):
+    probability = seg["model"].predict(seg["val_x"], verbose=0)
+    foreground = (probability > 0.5).mean(axis=(1, 2, 3))
+    assert probability.std() > 0.05 and 0 < foreground.mean() < 0.8, foreground
+
+
+def test_predict_writes_masks_at_the_original_size(seg, incoming, tmp_path):
+    out = tmp_path / "pred.json"
+    result = cli("predict", "--model", seg["path"], incoming, "--json", out,
+                 "--explain", tmp_path / "overlays")
+    assert result.exit_code == 0, result.output
+    assert "3 predicted, 1 unreadable" in result.output
+    records = {Path(r["path"]).name: r for r in json.loads(out.read_text())}
+    assert records["broken.png"]["error"] == "truncated PNG (no IEND chunk)"
+    assert records["broken.png"]["mask"] is None
+    sizes = {"a_grey.png": (96, 120), "b_rgb.jpg": (96, 96), "c_model_size.png": (SIZE, SIZE)}
+    for name, (height, width) in sizes.items():
+        record = records[name]
+        mask = cv2.imread(record["mask"], cv2.IMREAD_UNCHANGED)
+        assert Path(record["mask"]).parent == tmp_path / "pred_masks"  # default: beside the JSON
+        assert mask.shape == (height, width) and set(np.unique(mask)) <= {0, 255}
+        assert (record["height"], record["width"]) == (height, width)
+        assert record["tumour_area_pixels"] == int(np.count_nonzero(mask))
+        assert record["tumour_fraction"] == pytest.approx(record["tumour_area_pixels"] / mask.size)
+        overlay = cv2.imread(record["explanation"])
+        assert overlay.shape == (height, width, 3)
+    # At the model's size the mask is the Keras model's own thresholded output.
+    want = seg["model"].predict(seg["val_x"][1:2], verbose=0)[0, ..., 0] > 0.5
+    got = cv2.imread(records["c_model_size.png"]["mask"], cv2.IMREAD_UNCHANGED) > 0
+    assert np.mean(got == want) > 0.999
+    assert sorted(p.name for p in (tmp_path / "overlays").iterdir()) == [
+        "a_grey_overlay.png", "b_rgb_overlay.png", "c_model_size_overlay.png"]
+
+
+def test_predict_csv_with_tflite_and_explicit_masks_dir(seg, exported, incoming, tmp_path):
+    out_base, summary = exported
+    csv_path, masks = tmp_path / "p.csv", tmp_path / "m"
+    result = cli("predict", "--model", summary["tflite"]["dynamic"], incoming, "--csv", csv_path,
+                 "--masks-out", masks)
+    assert result.exit_code == 0, result.output
+    lines = csv_path.read_text().splitlines()
+    assert lines[0] == "path,height,width,tumour_area_pixels,tumour_fraction,mask,error"
+    assert len(lines) == 5 and sorted(p.name for p in masks.iterdir()) == [
+        "a_grey_mask.png", "b_rgb_mask.png", "c_model_size_mask.png"]
+
+
+def test_segmenter_tflite_dynamic_passes_the_dice_gate(seg, exported):
+    out_base, summary = exported
+    assert summary["parity_passed"] is True
+    report = json.loads((out_base / "tflite_parity.json").read_text())
+    assert report["task"] == "segmentation" and report["images"] == 12
+    entry = report["variants"]["dynamic"]
+    assert entry["dice_drop_vs_reference"] <= 0.01 and entry["passed"]
+    assert entry["dice_vs_truth"] is not None and entry["dice_delta_vs_truth"] >= -0.01
+    assert set(entry["latency_batch1"]) == {"1_threads", "2_threads"}
+    assert entry["size_bytes"] == Path(entry["file"]).stat().st_size
+    assert "Dice vs Keras" in (out_base / "tflite_parity.md").read_text()
+    runtime = load_runtime(entry["file"])
+    assert runtime.kind == "tflite" and runtime.task == "segmentation"
+    assert runtime.predict(seg["val_x"][:2]).shape == (2, SIZE, SIZE, 1)
+
+
+def test_benchmark_on_a_segmenter(seg, exported):
+    out_base, _ = exported
+    results = benchmark([seg["path"], out_base], images=2, batch_sizes=(1, 2), log=lambda m: None)
+    assert set(results["backends"]) == {"keras (seg.keras)", "savedmodel (segmenter)",
+                                        "tflite segmenter_dynamic"}
+    for rows in results["backends"].values():
+        assert all(r["images_per_second"] > 0 for r in rows)
