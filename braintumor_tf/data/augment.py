@@ -9,6 +9,8 @@ import math
 import keras
 import tensorflow as tf
 
+from braintumor_tf.config import JointAugmentConfig
+
 
 def make_augmenter(augment_config, seed: int = 0) -> keras.Sequential | None:
     """Batch-wise Keras random layers in float32 (whatever the model policy); ``None`` if all off."""
@@ -43,30 +45,11 @@ def make_augmenter(augment_config, seed: int = 0) -> keras.Sequential | None:
 
 
 @dataclasses.dataclass(frozen=True)
-class JointAugmentParams:
-    """Geometric fields move image and mask together; intensity fields touch the image only.
+class JointAugmentParams(JointAugmentConfig):
+    """The config's fields (one definition, validated there) plus what the augmenter derives.
 
-    rotation, zoom and translation are fractions (of a full turn, of the size), as in
-    AugmentConfig; gamma g draws the exponent from exp(U(-g, g)); noise is the largest
-    Gaussian standard deviation as a fraction of 255.
+    Geometric fields move image and mask together; intensity fields touch the image only.
     """
-
-    horizontal_flip: bool = True
-    vertical_flip: bool = False
-    rotate90: bool = False
-    rotation: float = 0.0
-    zoom: float = 0.0
-    translation: float = 0.0
-    contrast: float = 0.0
-    brightness: float = 0.0
-    gamma: float = 0.0
-    noise: float = 0.0
-
-    def __post_init__(self):
-        for name in ("rotation", "zoom", "translation", "contrast", "brightness", "gamma", "noise"):
-            value = getattr(self, name)
-            if not 0.0 <= float(value) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {value!r}")
 
     @classmethod
     def from_config(cls, config) -> JointAugmentParams:
