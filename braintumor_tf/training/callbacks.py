@@ -42,7 +42,8 @@ def run_callbacks(run_dir: str | Path, batch_size: int, monitor: str) -> list[ke
     """
     run_dir = Path(run_dir)
     return [
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+        # double_checkpoint: a kill during the save falls back to the previous epoch's backup.
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True),
         EpochTimer(batch_size),
         keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor=monitor,
                                         mode=monitor_mode(monitor), save_best_only=True),
