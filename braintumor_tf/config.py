@@ -197,6 +197,7 @@ class SegmentationConfig:
     encoder_weights: str = "imagenet"  # imagenet | none | path of a ResNet50 weights file
     decoder_filters: tuple[int, ...] = (256, 128, 64, 32, 16)
     freeze_encoder: bool = False
+    encoder_bn_momentum: float | None = None  # None keeps Keras' 0.99; 0.9 suits a fresh encoder
     loss: str = "bce_dice"
     use_split_folders: bool = True
     threshold: float = 0.5
@@ -215,6 +216,9 @@ class SegmentationConfig:
             f"segmentation.decoder_filters must be 5 positive integers, got {list(self.decoder_filters)}")
         _check(0.0 < self.threshold < 1.0,
                f"segmentation.threshold must be in (0, 1), got {self.threshold!r}")
+        _check(self.encoder_bn_momentum is None or 0.0 < self.encoder_bn_momentum < 1.0,
+               "segmentation.encoder_bn_momentum must be in (0, 1) or null, "
+               f"got {self.encoder_bn_momentum!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,6 +234,9 @@ class TrainConfig:
     verbose: int = 1
     # Skips graph tracing (~45 s for a ResNet50-UNet); only worth it for tiny test runs.
     run_eagerly: bool = False
+    # Start from these weights (a .keras model or .weights.h5 of the same architecture) instead of
+    # a fresh initialisation: fine-tuning a finished run, or an in-domain pretrained model.
+    initial_weights: str | None = None
 
     def __post_init__(self):
         _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size!r}")

@@ -152,7 +152,22 @@ def test_imagenet_offline_fails_fast_with_one_clear_message():
     (dict(decoder_filters=(64, 32, 16, 8)), "decoder_filters"),
     (dict(encoder_weights="imagnet"), "no such file"),
     (dict(encoder_weights=None), "encoder_weights"),
+    (dict(encoder_bn_momentum=1.0), "encoder_bn_momentum"),
 ])
 def test_constructor_rejects_bad_arguments(bad, message):
     with pytest.raises(ValueError, match=message):
         build_resnet50_unet(**{"image_size": SIZE, "encoder_weights": "none", **bad})
+
+
+def _encoder_bn_momenta(model):
+    encoder = model.get_layer("encoder")
+    return {layer.momentum for layer in encoder.layers
+            if isinstance(layer, keras.layers.BatchNormalization)}
+
+
+def test_encoder_bn_momentum_applies_to_every_encoder_norm_and_survives_saving(scratch_unet, tmp_path):
+    assert _encoder_bn_momenta(scratch_unet) == {0.99}  # Keras' ResNet50 default when not set
+    model = build_resnet50_unet(SIZE, channels=1, encoder_weights="none", encoder_bn_momentum=0.9)
+    assert _encoder_bn_momenta(model) == {0.9}
+    model.save(tmp_path / "unet.keras")
+    assert _encoder_bn_momenta(keras.models.load_model(tmp_path / "unet.keras")) == {0.9}

@@ -71,7 +71,10 @@ class CaffePreprocessing(layers.Layer):
         return {**super().get_config(), "means": list(self.means)}
 
 
-def _validate(image_size, channels, encoder_weights, decoder_filters):
+def _validate(image_size, channels, encoder_weights, decoder_filters, encoder_bn_momentum=None):
+    if encoder_bn_momentum is not None and not 0.0 < encoder_bn_momentum < 1.0:
+        raise ValueError(f"encoder_bn_momentum must be in (0, 1) or None (Keras' 0.99), "
+                         f"got {encoder_bn_momentum!r}")
     if not isinstance(image_size, int) or image_size < 32 or image_size % 32:
         raise ValueError(f"image_size must be a positive multiple of 32 (the encoder downsamples 32x), "
                          f"got {image_size!r}")
@@ -120,9 +123,19 @@ def _resnet50(image_size, weights):
         ) from error
 
 
-def build_encoder(image_size: int, weights="none", freeze: bool = False) -> keras.Model:
-    """ResNet50 as a multi-output model: the four skip features, then the bottleneck."""
+def build_encoder(image_size: int, weights="none", freeze: bool = False,
+                  bn_momentum: float | None = None) -> keras.Model:
+    """ResNet50 as a multi-output model: the four skip features, then the bottleneck.
+
+    ``bn_momentum``: Keras' ResNet50 uses 0.99, made for millions of ImageNet steps; an encoder
+    trained from scratch for a few thousand steps changes faster than such running statistics
+    follow, and validation (which uses them) swings from epoch to epoch.
+    """
     resnet = _resnet50(image_size, weights)
+    if bn_momentum is not None:
+        for layer in resnet.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.momentum = float(bn_momentum)
     outputs = [resnet.get_layer(name).output for name in (*SKIP_LAYERS, BOTTLENECK_LAYER)]
     encoder = keras.Model(resnet.inputs, outputs, name="encoder")
     encoder.trainable = not freeze
@@ -149,15 +162,16 @@ def build_resnet50_unet(
     encoder_weights="imagenet",
     decoder_filters: Sequence[int] = (256, 128, 64, 32, 16),
     freeze_encoder: bool = False,
+    encoder_bn_momentum: float | None = None,
     name: str = "resnet50_unet",
 ) -> keras.Model:
     """UNet: ResNet50 features at 1/2 .. 1/32 scale, five x2 decoder stages, sigmoid mask [N, S, S, 1].
 
     ``encoder_weights``: ``"imagenet"`` (downloaded by Keras), ``"none"`` (random init) or the path
     of a weights file for ``ResNet50(include_top=False)`` (``.weights.h5``, or Keras' legacy
-    ``..._notop.h5``).
+    ``..._notop.h5``). ``encoder_bn_momentum``: see ``build_encoder`` (None keeps Keras' 0.99).
     """
-    _validate(image_size, channels, encoder_weights, decoder_filters)
+    _validate(image_size, channels, encoder_weights, decoder_filters, encoder_bn_momentum)
     pretrained = str(encoder_weights) != "none"
     inputs = keras.Input((image_size, image_size, channels), name="pixels", dtype="float32")
     # Preprocessing in float32: bfloat16 cannot hold 255 - 123.68 to better than ~0.5.
@@ -168,7 +182,7 @@ def build_resnet50_unet(
         x = GreyToRGB(name="grey_to_rgb", dtype="float32")(x)
     if pretrained:
         x = CaffePreprocessing(name="imagenet_preprocessing", dtype="float32")(x)
-    encoder = build_encoder(image_size, encoder_weights, freeze_encoder)
+    encoder = build_encoder(image_size, encoder_weights, freeze_encoder, encoder_bn_momentum)
     *skips, x = encoder(x)
     for index, filters in enumerate(decoder_filters):
         # Stages 1-4 join the skips from deep to shallow; stage 5 returns to full size without one.

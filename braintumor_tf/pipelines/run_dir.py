@@ -59,3 +59,39 @@ def write_learning_rate_plot(schedule, total_steps: int, steps_per_epoch: int, r
     values = (schedule_values(schedule, total_steps) if not isinstance(schedule, float)
               else np.full(total_steps, schedule))
     plot_learning_rate(values, run_dir / "learning_rate.png", steps_per_epoch=steps_per_epoch)
+
+
+def load_initial_weights(model, path) -> None:
+    """Copy weights from a ``.keras`` model or a ``.weights.h5`` file into a freshly built ``model``.
+
+    Layer by layer, so the error names the first layer whose shapes differ instead of Keras'
+    bare count mismatch. A resumed run is unaffected: the backup restored by ``fit`` comes later.
+    """
+    import keras
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"train.initial_weights: no such file {str(path)!r}")
+    if path.name.endswith(".weights.h5"):
+        model.load_weights(path)
+        log(f"initial weights loaded from {path}")
+        return
+    if path.suffix != ".keras":
+        raise ValueError("train.initial_weights must be a .keras model or a .weights.h5 file, "
+                         f"got {str(path)!r}")
+    import braintumor_tf.training.losses  # noqa: F401  registers the custom objects a .keras names
+
+    source = keras.models.load_model(path, compile=False)
+    target_weights, source_weights = model.weights, source.weights
+    if len(target_weights) != len(source_weights):
+        raise ValueError(f"train.initial_weights {str(path)!r} holds {len(source_weights)} weight "
+                         f"tensors but the configured model has {len(target_weights)}: "
+                         "not the same architecture")
+    for target, weight in zip(target_weights, source_weights, strict=True):
+        if tuple(target.shape) != tuple(weight.shape):
+            raise ValueError(f"train.initial_weights {str(path)!r}: weight {weight.path} has shape "
+                             f"{tuple(weight.shape)}, the configured model's {target.path} has "
+                             f"{tuple(target.shape)}")
+    for target, weight in zip(target_weights, source_weights, strict=True):
+        target.assign(weight)
+    log(f"initial weights loaded from {path}")

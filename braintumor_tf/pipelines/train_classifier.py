@@ -22,8 +22,13 @@ from braintumor_tf.data.pipeline import classification_dataset
 from braintumor_tf.export.savedmodel import export_classifier
 from braintumor_tf.models.classifier import build_classifier, count_macs
 from braintumor_tf.pipelines.evaluate import evaluate_records
+from braintumor_tf.pipelines.run_dir import (
+    load_initial_weights,
+    setup_training,
+    start_run,
+    write_learning_rate_plot,
+)
 from braintumor_tf.pipelines.run_dir import log as _log
-from braintumor_tf.pipelines.run_dir import setup_training, start_run, write_learning_rate_plot
 from braintumor_tf.plots import plot_history
 from braintumor_tf.training.callbacks import read_history, run_callbacks
 from braintumor_tf.training.optimizers import make_optimizer
@@ -114,6 +119,8 @@ def train_classifier(config: Config, run_dir: str | Path) -> dict:
 
     with strategy.scope():
         model = build_classifier(config.model, data.image_size, data.channels)
+        if train.initial_weights:
+            load_initial_weights(model, train.initial_weights)
         schedule = make_schedule(config.schedule, config.optimizer.learning_rate, total_steps)
         optimizer = make_optimizer(config.optimizer, schedule)
         model.compile(

@@ -23,7 +23,13 @@ from braintumor_tf.data.pipeline import segmentation_dataset
 from braintumor_tf.data.segmentation import SegmentationSource, find_segmentation_images
 from braintumor_tf.models.unet import build_resnet50_unet, count_macs_nested
 from braintumor_tf.pipelines.evaluate_segmenter import evaluate_segmentation_images
-from braintumor_tf.pipelines.run_dir import log, setup_training, start_run, write_learning_rate_plot
+from braintumor_tf.pipelines.run_dir import (
+    load_initial_weights,
+    log,
+    setup_training,
+    start_run,
+    write_learning_rate_plot,
+)
 from braintumor_tf.pipelines.train_classifier import cap_per_group
 from braintumor_tf.plots import plot_history
 from braintumor_tf.training.callbacks import read_history, run_callbacks
@@ -91,7 +97,8 @@ def build_segmenter(config: Config) -> keras.Model:
     """Built apart from compiling: the schedule needs the run's step count (compile_segmenter)."""
     seg = config.segmentation
     return build_resnet50_unet(config.data.image_size, config.data.channels, seg.encoder_weights,
-                               seg.decoder_filters, seg.freeze_encoder)
+                               seg.decoder_filters, seg.freeze_encoder,
+                               encoder_bn_momentum=seg.encoder_bn_momentum)
 
 
 def compile_segmenter(model: keras.Model, config: Config, total_steps: int):
@@ -148,11 +155,14 @@ def train_segmenter(config: Config, run_dir: str | Path) -> dict:
 
     with strategy.scope():
         model = build_segmenter(config)
+        if train.initial_weights:
+            load_initial_weights(model, train.initial_weights)
         schedule = compile_segmenter(model, config, total_steps)
     macs = count_macs_nested(model)
     summary = {"task": "segmentation", "targets": targets, "parameters": int(model.count_params()),
                "macs_per_image": macs, "precision_policy": policy,
                "encoder_weights": config.segmentation.encoder_weights,
+               "initial_weights": train.initial_weights,
                "train_images": len(train_paths), "val_images": len(val_paths),
                "test_images": len(test_paths), "steps_per_epoch": steps_per_epoch,
                "epochs": train.epochs}
