@@ -3,15 +3,10 @@ client against a stand-in that speaks TF Serving's JSON, predict with broken fil
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import os
-import re
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import cv2
@@ -20,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from click.testing import CliRunner
+from serving_standin import StandIn, serving_stand_in
 
 from braintumor_tf.cli import main
 from braintumor_tf.data.discover import CLASS_NAMES
@@ -278,53 +274,10 @@ def test_int8_with_float_io(trained, tmp_path):
 # ----------------------------------------------------------------------------- REST client
 
 
-class _StandIn(BaseHTTPRequestHandler):
-    """TF Serving's documented REST predict contract, over the exported SavedModel."""
-
-    models: dict = {}
-    requests: list = []
-
-    def log_message(self, *args):
-        pass
-
-    def _reply(self, status: int, body: dict):
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).requests.append(body)
-        match = re.fullmatch(r"/v1/models/([^/:]+)(?:/versions/\d+)?:predict", self.path)
-        if not match or match.group(1) not in self.models:
-            name = match.group(1) if match else self.path
-            return self._reply(404, {"error": f"Servable not found for request: Latest({name})"})
-        signature = self.models[match.group(1)].signatures[body.get("signature_name",
-                                                                    "serving_default")]
-        try:
-            # One named input: each instance is the value itself, binary as {"b64": ...}.
-            images = [base64.b64decode(item["b64"], validate=True) for item in body["instances"]]
-            outputs = signature(images=tf.constant(images))
-        except (KeyError, TypeError, binascii.Error, tf.errors.OpError) as error:
-            return self._reply(400, {"error": str(error).splitlines()[0]})
-        columns = {k: v.numpy().tolist() for k, v in outputs.items()}
-        rows = [{k: (col[i].decode() if isinstance(col[i], bytes) else col[i])
-                 for k, col in columns.items()} for i in range(len(images))]
-        return self._reply(200, {"predictions": rows})
-
-
 @pytest.fixture(scope="module")
 def server(full_export):
-    _StandIn.models = {"classifier": tf.saved_model.load(str(full_export / "1"))}
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _StandIn)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with serving_stand_in({"classifier": tf.saved_model.load(str(full_export / "1"))}) as url:
+        yield url
 
 
 @pytest.fixture
@@ -340,12 +293,13 @@ def images_with_broken(trained, tmp_path):
 
 def test_rest_client_round_trip(trained, server, images_with_broken):
     paths = sorted(str(p) for p in images_with_broken.iterdir())
-    _StandIn.requests.clear()
+    StandIn.requests.clear()
     results = rest_client.predict_files(server, "classifier", paths)
-    first = _StandIn.requests[0]
+    first = StandIn.requests[0]
     assert first["signature_name"] == "serving_default"
     assert all(set(item) == {"b64"} for item in first["instances"])
-    assert len(first["instances"]) == 4  # one batch, then retried file by file after the error
+    # The first file alone (to learn the model's kind), then the other three as one batch.
+    assert [len(r["instances"]) for r in StandIn.requests] == [1, 3]
     assert "error" in results[0] and "HTTP 400" in results[0]["error"]  # broken.png sorts first
     want = trained["model"].predict(trained["val"][0][:3], verbose=0)
     for row, result in zip(want, results[1:], strict=True):

@@ -17,6 +17,7 @@ from braintumor_tf.export.runtimes import load_runtime
 from braintumor_tf.models.unet import build_resnet50_unet
 from braintumor_tf.pipelines.benchmark import benchmark
 from braintumor_tf.pipelines.export import export_model
+from braintumor_tf.pipelines.predict import predict
 
 SIZE = 64
 
@@ -154,3 +155,28 @@ def test_benchmark_on_a_segmenter(seg, exported):
                                         "tflite segmenter_dynamic"}
     for rows in results["backends"].values():
         assert all(r["images_per_second"] > 0 for r in rows)
+
+
+def test_predict_from_a_served_segmenter_writes_the_same_masks(exported, incoming, tmp_path):
+    import tensorflow as tf
+    from serving_standin import StandIn, serving_stand_in
+
+    out_base, _ = exported
+    local = {Path(r["path"]).name: r for r in predict(
+        [incoming], model_path=out_base, masks_dir=tmp_path / "local", log=lambda m: None)}
+    with serving_stand_in({"segmenter": tf.saved_model.load(str(out_base / "1"))}) as url:
+        served = predict([incoming], server=url, model_name="segmenter",
+                         json_path=tmp_path / "served.json", log=lambda m: None)
+        # Images of different sizes cannot share a request: one file per request.
+        assert [len(r["instances"]) for r in StandIn.requests] == [1, 1, 1, 1]
+    served = {Path(r["path"]).name: r for r in served}
+    assert served["broken.png"]["error"] and served["broken.png"]["mask"] is None
+    for name in ("a_grey.png", "b_rgb.jpg", "c_model_size.png"):
+        got = cv2.imread(served[name]["mask"], cv2.IMREAD_UNCHANGED)
+        want = cv2.imread(local[name]["mask"], cv2.IMREAD_UNCHANGED)
+        assert Path(served[name]["mask"]).parent == tmp_path / "served_masks"
+        # The server decodes JPEG with TensorFlow's decoder, the local path with OpenCV's: a few
+        # pixels near the threshold may differ for the JPEG; PNG decoding is exact in both.
+        agreement = 0.99 if name.endswith(".jpg") else 0.999
+        assert got.shape == want.shape and np.mean(got == want) > agreement, (name, np.mean(got == want))
+        assert served[name]["tumour_area_pixels"] == int(np.count_nonzero(got))

@@ -12,7 +12,6 @@ from braintumor_tf.models.classifier import build_classifier
 from braintumor_tf.pipelines.run_dir import load_initial_weights
 
 
-
 def _small(filters=(8, 16)):
     model_config = ModelConfig(block_filters=filters, block_kernel_sizes=(3,) * len(filters),
                                block_downsample=(True,) * len(filters), dense_units=8)

@@ -7,7 +7,10 @@ input ``images``, binary values as base64)::
     {"signature_name": "serving_default", "instances": [{"b64": "..."}, ...]}
 
 Response for several named outputs: ``{"predictions": [{"probabilities": [...],
-"class_id": 2, "class_name": "notumor"}, ...]}``; on failure ``{"error": "..."}``.
+"class_id": 2, "class_name": "notumor"}, ...]}`` from the classifier, ``{"predictions":
+[{"mask_probability": [[[p], ...], ...], "mask": [[[0], ...], ...]}]}`` (at the image's size) from
+the segmenter; on failure ``{"error": "..."}``. The segmenter stacks the masks of one request into
+one tensor, so images of different sizes go one per request (``predict_files`` does this).
 """
 
 from __future__ import annotations
@@ -77,13 +80,32 @@ def _error_message(error: urllib.error.HTTPError) -> str:
 
 
 def _parse_prediction(item) -> dict:
-    if not isinstance(item, dict) or "probabilities" not in item:
-        raise ServingError("unexpected prediction: expected an object with 'probabilities', "
-                           f"'class_id' and 'class_name', got {item!r:.200}")
-    probabilities = np.asarray(item["probabilities"], np.float32)
-    class_id = int(item.get("class_id", int(probabilities.argmax())))
-    return {"probabilities": probabilities, "class_id": class_id,
-            "class_name": str(item.get("class_name", class_id))}
+    """Classifier rows become ``{"task": "classification", probabilities, class_id, class_name}``,
+    segmenter rows ``{"task": "segmentation", "mask": uint8 [H, W], "mask_probability": [H, W]}``."""
+    if isinstance(item, dict) and "probabilities" in item:
+        probabilities = np.asarray(item["probabilities"], np.float32)
+        class_id = int(item.get("class_id", int(probabilities.argmax())))
+        return {"task": "classification", "probabilities": probabilities, "class_id": class_id,
+                "class_name": str(item.get("class_name", class_id))}
+    if isinstance(item, dict) and "mask" in item:
+        mask = np.asarray(item["mask"], np.uint8)
+        probability = np.asarray(item.get("mask_probability", mask), np.float32)
+        if mask.ndim == 3 and mask.shape[-1] == 1:
+            mask, probability = mask[..., 0], probability[..., 0]
+        if mask.ndim != 2:
+            raise ServingError(f"unexpected mask: expected [H, W, 1], got shape {mask.shape}")
+        return {"task": "segmentation", "mask": mask, "mask_probability": probability}
+    raise ServingError("unexpected prediction: expected a classifier's 'probabilities' or a "
+                       f"segmenter's 'mask', got {item!r:.200}")
+
+
+def _predict_one(server, model_name, data: bytes, kwargs) -> dict:
+    try:
+        return predict_encoded(server, model_name, [data], **kwargs)[0]
+    except ServingError as error:
+        if str(error).startswith("cannot reach"):
+            raise
+        return {"error": str(error)}
 
 
 def predict_files(
@@ -96,7 +118,8 @@ def predict_files(
     """One result per path, in order: a prediction, or ``{"error": ...}`` for that file only.
 
     A failed batch is retried one file at a time, so a single broken upload costs its own
-    prediction and nothing else.
+    prediction and nothing else. The first file goes alone: if the model answers with a mask
+    (a segmenter), the rest go one per request too, as masks of different sizes cannot share one.
     """
     results: list[dict | None] = [None] * len(paths)
     blobs: list[tuple[int, bytes]] = []
@@ -106,19 +129,19 @@ def predict_files(
                 blobs.append((index, handle.read()))
         except OSError as error:
             results[index] = {"error": f"cannot read file: {error.strerror or error}"}
-    for start in range(0, len(blobs), batch_size):
-        chunk = blobs[start:start + batch_size]
+    start = 0
+    while start < len(blobs):
+        chunk = blobs[start:start + (1 if start == 0 else batch_size)]
+        start += len(chunk)
         try:
             outputs = predict_encoded(server, model_name, [data for _, data in chunk], **kwargs)
-        except ServingError:
-            outputs = []
-            for _, data in chunk:
-                try:
-                    outputs.append(predict_encoded(server, model_name, [data], **kwargs)[0])
-                except ServingError as error:
-                    if str(error).startswith("cannot reach"):
-                        raise
-                    outputs.append({"error": str(error)})
+        except ServingError as error:
+            if str(error).startswith("cannot reach"):
+                raise
+            outputs = [{"error": str(error)}] if len(chunk) == 1 else \
+                [_predict_one(server, model_name, data, kwargs) for _, data in chunk]
         for (index, _), output in zip(chunk, outputs, strict=True):
             results[index] = output
+        if any(output.get("task") == "segmentation" for output in outputs):
+            batch_size = 1
     return results  # type: ignore[return-value]

@@ -137,15 +137,43 @@ def _segment_local(runtime, paths, masks_dir, explain_dir, batch_size,
                 probability = cv2.resize(probability, (width, height), interpolation=cv2.INTER_LINEAR)
             mask = (probability > threshold).astype(np.uint8)
             name = _unique_name(Path(path).stem, used)
-            mask_file = masks_dir / f"{name}_mask.png"
-            if not cv2.imwrite(str(mask_file), mask * 255):
-                raise OSError(f"could not write {mask_file}")
+            mask_file = _write_mask(mask, masks_dir, name)
             records[path] = _segment_record(path, mask=mask, mask_file=mask_file)
             if explain_dir is not None:
                 out = Path(explain_dir) / f"{name}_overlay.png"
                 cv2.imwrite(str(out), cv2.cvtColor(mask_overlay(image, mask), cv2.COLOR_RGB2BGR))
                 records[path]["explanation"] = str(out)
     return [records[p] for p in paths]
+
+
+def _write_mask(mask: np.ndarray, masks_dir: Path, name: str) -> Path:
+    import cv2
+
+    mask_file = masks_dir / f"{name}_mask.png"
+    if not cv2.imwrite(str(mask_file), mask.astype(np.uint8) * 255):
+        raise OSError(f"could not write {mask_file}")
+    return mask_file
+
+
+def _server_records(paths, outputs, task, masks_dir) -> list[dict]:
+    """Records from TF Serving's answers; a segmenter's masks are written as PNGs like local ones."""
+    records, used = [], set()
+    if task == "segmentation":
+        Path(masks_dir).mkdir(parents=True, exist_ok=True)
+    for path, out in zip(paths, outputs, strict=True):
+        if "error" in out:
+            error_record = _segment_record if task == "segmentation" else \
+                lambda p, error: _record(p, CLASS_NAMES, error=error)
+            records.append(error_record(path, error=out["error"]))
+        elif task == "segmentation":
+            mask = out["mask"]
+            mask_file = _write_mask(mask, Path(masks_dir), _unique_name(Path(path).stem, used))
+            records.append(_segment_record(path, mask=mask, mask_file=mask_file))
+        else:
+            names = CLASS_NAMES if len(out["probabilities"]) == len(CLASS_NAMES) else \
+                tuple(f"class_{i}" for i in range(len(out["probabilities"])))
+            records.append(_record(path, names, out["probabilities"], out["class_id"]))
+    return records
 
 
 def default_masks_dir(json_path=None, csv_path=None) -> Path:
@@ -205,14 +233,11 @@ def predict(
 
         if not model_name:
             raise ValueError("--server needs --model-name (the name in models.config)")
-        records = []
-        for path, out in zip(paths, predict_files(server, model_name, paths), strict=True):
-            if "error" in out:
-                records.append(_record(path, CLASS_NAMES, error=out["error"]))
-            else:
-                names = CLASS_NAMES if len(out["probabilities"]) == len(CLASS_NAMES) else \
-                    tuple(f"class_{i}" for i in range(len(out["probabilities"])))
-                records.append(_record(path, names, out["probabilities"], out["class_id"]))
+        outputs = predict_files(server, model_name, paths, batch_size=batch_size)
+        if any(out.get("task") == "segmentation" for out in outputs):
+            task = "segmentation"
+            masks_dir = masks_dir if masks_dir is not None else default_masks_dir(json_path, csv_path)
+        records = _server_records(paths, outputs, task, masks_dir)
     else:
         runtime = load_runtime(model_path, class_names=CLASS_NAMES, batch_size=batch_size)
         task = runtime.task
