@@ -178,7 +178,10 @@ def test_saved_model_pb_declares_predict_signatures(full_export):
         assert [d.size for d in signature.outputs["probabilities"].tensor_shape.dim] == [-1, 4]
 
 
-def test_models_config_parses_as_tf_serving_text_proto():
+@pytest.mark.parametrize("file_name, names", [("models.config", ["classifier"]),
+                                               ("models_with_segmenter.config",
+                                                ["classifier", "segmenter"])])
+def test_models_config_parses_as_tf_serving_text_proto(file_name, names):
     """Parsed with a stand-in of TF Serving's ModelServerConfig (same field names)."""
     from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 
@@ -202,10 +205,10 @@ def test_models_config_parses_as_tf_serving_text_proto():
     pool.Add(file)
     config_class = message_factory.GetMessageClass(
         pool.FindMessageTypeByName("standin.ModelServerConfig"))
-    config_file = Path(__file__).resolve().parent.parent / "savedmodels" / "models.config"
+    config_file = Path(__file__).resolve().parent.parent / "savedmodels" / file_name
     config = text_format.Parse(config_file.read_text(), config_class())
     entries = [(c.name, c.base_path, c.model_platform) for c in config.model_config_list.config]
-    assert entries == [("classifier", "/models/classifier", "tensorflow")]
+    assert entries == [(name, f"/models/{name}", "tensorflow") for name in names]
 
 
 def test_export_from_run_directory_calibrates_on_its_train_split(trained, tmp_path):
