@@ -189,7 +189,8 @@ class SegmentationConfig:
     ``targets``: ``annotations`` (the COCO shapes next to the images) or ``masks`` (mask files
     under ``mask_root`` matched by file stem). With ``data.root: null`` the phantoms bring their
     own masks. ``use_split_folders``: when the data root holds train/valid/test folders, keep
-    them as the split (false pools them and splits group-aware like a single folder).
+    them as the split; the default (false) pools them and splits group-aware like a single folder,
+    because published folders often share near-duplicates (pkdarabi's share 13 groups).
     """
 
     targets: str = "annotations"
@@ -199,7 +200,7 @@ class SegmentationConfig:
     freeze_encoder: bool = False
     encoder_bn_momentum: float | None = None  # None keeps Keras' 0.99; 0.9 suits a fresh encoder
     loss: str = "bce_dice"
-    use_split_folders: bool = True
+    use_split_folders: bool = False
     threshold: float = 0.5
     augment: JointAugmentConfig = dataclasses.field(default_factory=JointAugmentConfig)
 

@@ -120,6 +120,58 @@ def test_cli_training_lowers_the_loss(seg_run):
     assert "val_dice" in history
 
 
+# ----------------------------------------------------------------------------- split
+
+
+def _split_folders_with_a_straddling_duplicate(root, masks_root, per_folder=12, size=64):
+    """train/valid/test folders of distinct random slices; test holds a mirrored copy of a
+    training slice, as the public pkdarabi folders do."""
+    rng = np.random.default_rng(3)
+    first_train = None
+    for split in ("train", "valid", "test"):
+        for k in range(per_folder):
+            image = cv2.GaussianBlur(rng.uniform(0, 255, (size, size)).astype(np.uint8), (0, 0), 3)
+            if split == "test" and k == 0:
+                image = first_train[:, ::-1]
+            elif split == "train" and k == 0:
+                first_train = image
+            mask = (image > np.median(image)).astype(np.uint8) * 255
+            _png(root / split / f"{split}_{k}.png", image)
+            _png(masks_root / split / f"{split}_{k}.png", mask)
+
+
+@pytest.mark.parametrize("use_split_folders", [False, True])
+def test_split_folders_are_pooled_group_aware_unless_asked_to_keep_them(tmp_path, use_split_folders):
+    from braintumor_tf.data.segmentation import find_segmentation_images
+    from braintumor_tf.pipelines.train_segmenter import prepare_segmentation_data
+
+    root, masks = tmp_path / "data", tmp_path / "masks"
+    _split_folders_with_a_straddling_duplicate(root, masks)
+    overrides = [f"data.root={root}", f"segmentation.mask_root={masks}", "segmentation.targets=masks"]
+    if use_split_folders:
+        overrides.append("segmentation.use_split_folders=true")
+    config = load_config(SEG_CONFIG, overrides)
+    assert config.segmentation.use_split_folders is use_split_folders  # default: pooled
+    source = find_segmentation_images(root, masks)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    rows = prepare_segmentation_data(config, run_dir, source, "masks")
+    split_of = {os.path.basename(row["path"]): row["split"] for row in rows}
+    assert len(rows) == 36
+    if use_split_folders:
+        assert {name: split_of[name] for name in ("train_0.png", "valid_3.png", "test_0.png")} == {
+            "train_0.png": "train", "valid_3.png": "val", "test_0.png": "test"}
+    else:
+        assert split_of["train_0.png"] == split_of["test_0.png"]  # the copy follows its original
+        moved = sum(split_of[name] != name.split("_")[0].replace("valid", "val") for name in split_of)
+        assert moved > 0  # really re-split, not the folders
+    groups = {}
+    for row in rows:
+        groups.setdefault(row["group"], set()).add(row["split"])
+    straddling = sum(len(splits) > 1 for splits in groups.values())
+    assert straddling == (1 if use_split_folders else 0)
+
+
 # ----------------------------------------------------------------------------- evaluate
 
 
