@@ -80,7 +80,8 @@ def train_command(config_path, data_root, run_dir, overrides):
               help=".keras file, SavedModel dir, TF Serving base dir or .tflite file.")
 @click.option("--data", "data_paths", required=True, multiple=True,
               help="Classifier: labelled data root (folder-per-class) or a run's split_manifest.csv. "
-                   "Segmenter: a COCO split folder or a folder of them (or images with --masks). "
+                   "Segmenter: a COCO split folder or a folder of them (or images with --masks), or a "
+                   "run's split_manifest.csv with --split. "
                    "Repeatable.")
 @click.option("--masks", "masks_dir", default=None,
               help="Segmenter: expert mask folder (matched by file stem, searched recursively).")

@@ -222,6 +222,25 @@ def test_evaluate_scores_annotations_and_masks_and_writes_overlays(seg_run, tmp_
             assert (out_dir / f"overlays_{name}_{which}.png").stat().st_size > 0
 
 
+def test_evaluate_takes_a_run_manifest_and_scores_only_its_split(seg_run, tmp_path):
+    data, masks = tmp_path / "coco", tmp_path / "masks"
+    _write_coco_and_masks(data, masks)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    lines = ["path,label,class_name,group,split"]
+    for group, (split, k) in enumerate([(s, k) for s in ("train", "valid") for k in range(3)]):
+        chosen = "test" if (split, k) in {("train", 1), ("valid", 2)} else "train"
+        # Relative to the run directory, as if training had been started from there.
+        lines.append(f"../coco/{split}/{split}_{k}.jpg,1,tumour,{group},{chosen}")
+    (run_dir / "split_manifest.csv").write_text("\n".join(lines) + "\n")
+    out_json = tmp_path / "seg.json"
+    run("-m", "braintumor_tf", "evaluate", "--model", str(seg_run / "model.keras"),
+        "--data", str(run_dir / "split_manifest.csv"), "--split", "test", "--masks", str(masks),
+        "--json", str(out_json))
+    report = json.loads(out_json.read_text())
+    assert report["n"] == 2 and report["vs_annotations"]["n"] == 2 and report["vs_masks"]["n"] == 2
+
+
 def test_evaluate_pipeline_matches_hand_scores_for_a_perfect_model(tmp_path):
     """A stand-in runtime that returns the truth itself scores 1 everywhere vs masks, and the boxes
     (which contain the discs) score below 1 vs annotations."""

@@ -80,7 +80,7 @@ def evaluate(model_path, data_paths, json_path=None, out_dir=None, batch_size: i
         from braintumor_tf.pipelines.evaluate_segmenter import evaluate_segmenter
 
         return evaluate_segmenter(runtime, data_paths, masks=masks, json_path=json_path,
-                                  out_dir=out_dir, batch_size=batch_size)
+                                  out_dir=out_dir, batch_size=batch_size, split=split)
     if masks is not None:
         raise ValueError(f"--masks is for segmentation models; {model_path} is a classifier")
     records = []

@@ -18,6 +18,7 @@ import numpy as np
 from braintumor_tf.data.decode import check_images, read_image
 from braintumor_tf.data.pipeline import image_dataset
 from braintumor_tf.data.segmentation import SegmentationSource, find_segmentation_images, mask_at_size
+from braintumor_tf.data.splits import read_manifest
 from braintumor_tf.plots import plot_segmentation_cases
 from braintumor_tf.training.seg_metrics import (
     THRESHOLD,
@@ -144,18 +145,46 @@ def _merge(sources: Sequence[SegmentationSource]) -> SegmentationSource:
     return merged
 
 
+def _manifest_paths(manifest: Path, split: str | None) -> list[str]:
+    """The images of ``split`` in a run's manifest; relative paths are tried from the current
+    folder, then from the manifest's (training may have started elsewhere)."""
+    rows = read_manifest(manifest)
+    if split is not None:
+        known = sorted({row["split"] for row in rows})
+        rows = [row for row in rows if row["split"] == split]
+        if not rows:
+            raise ValueError(f"no rows with split {split!r} in {manifest}; it has {', '.join(known)}")
+    paths = []
+    for row in rows:
+        path = Path(row["path"])
+        if not path.is_absolute() and not path.exists() and (manifest.parent / path).exists():
+            path = manifest.parent / path
+        paths.append(str(path))
+    return paths
+
+
 def evaluate_segmenter(runtime, data_paths: Sequence[str | os.PathLike], masks=None, json_path=None,
-                       out_dir=None, batch_size: int = 32, threshold: float = THRESHOLD) -> dict:
+                       out_dir=None, batch_size: int = 32, threshold: float = THRESHOLD,
+                       split: str | None = None) -> dict:
     """Every decodable image under ``data_paths`` (COCO split folders, or plain image folders when
-    ``masks`` is given); unreadable files are reported and skipped."""
-    sources = []
-    for path in data_paths:
-        if str(path).endswith(".csv"):
-            raise ValueError("a split manifest cannot be evaluated for segmentation yet: pass the data "
-                             "folder (and --masks)")
-        sources.append(find_segmentation_images(path, masks, log=lambda m: print(m, flush=True)))
+    ``masks`` is given), or the ``split`` rows of a run's ``split_manifest.csv`` (their folders
+    supply the annotations); unreadable files are reported and skipped."""
+    manifests = [Path(p) for p in data_paths if str(p).endswith(".csv")]
+    if manifests and len(manifests) != len(data_paths):
+        raise ValueError("give either split manifests or data folders for a segmenter, not both")
+    log = lambda message: print(message, flush=True)  # noqa: E731
+    sources, wanted = [], None
+    if manifests:
+        chosen = [path for manifest in manifests for path in _manifest_paths(manifest, split)]
+        wanted = {os.path.realpath(path) for path in chosen}
+        for folder in sorted({str(Path(path).parent) for path in chosen}):
+            sources.append(find_segmentation_images(folder, masks, log=log))
+    else:
+        sources = [find_segmentation_images(path, masks, log=log) for path in data_paths]
     source = _merge(sources)
     candidates = source.image_paths
+    if wanted is not None:
+        candidates = [p for p in candidates if os.path.realpath(p) in wanted]
     if not source.has_annotations:
         candidates = [p for p in candidates if p in source.mask_paths]
     good, bad = check_images(candidates)
