@@ -35,6 +35,33 @@ def monitor_mode(monitor: str) -> str:
     return "min" if monitor.endswith("loss") else "max"
 
 
+class ResumingCSVLogger(keras.callbacks.CSVLogger):
+    """Appends across resumes, first dropping rows of epochs the run is about to train again.
+
+    A kill during the backup save makes BackupAndRestore fall back one epoch; without this the
+    repeated epoch would appear twice in history.csv and in the curves.
+    """
+
+    def __init__(self, filename):
+        super().__init__(filename, append=True)
+
+    def on_train_begin(self, logs=None):
+        # Set by BackupAndRestore.on_train_begin, which runs first (see run_callbacks).
+        resumed_from = int(getattr(self.model, "_initial_epoch", None) or 0)
+        path = Path(self.filename)
+        if path.exists():
+            with open(path, newline="") as handle:
+                rows = list(csv.reader(handle))
+            if rows:
+                header, body = rows[0], rows[1:]
+                column = header.index("epoch") if "epoch" in header else None
+                kept = [row for row in body if column is None or int(row[column]) < resumed_from]
+                if len(kept) != len(body):
+                    with open(path, "w", newline="") as handle:
+                        csv.writer(handle).writerows([header, *kept])
+        super().on_train_begin(logs)
+
+
 def run_callbacks(run_dir: str | Path, batch_size: int, monitor: str) -> list[keras.callbacks.Callback]:
     """Resume (backup/), throughput, best checkpoint (best.keras), history.csv, TensorBoard (logs/).
 
@@ -47,7 +74,7 @@ def run_callbacks(run_dir: str | Path, batch_size: int, monitor: str) -> list[ke
         EpochTimer(batch_size),
         keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor=monitor,
                                         mode=monitor_mode(monitor), save_best_only=True),
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+        ResumingCSVLogger(str(run_dir / "history.csv")),
         keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False),
     ]
 
