@@ -20,6 +20,9 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adopt")
 SCHEDULES = ("warmup_cosine_floor", "constant")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 HEADS = ("flatten", "global_average")
+# resnet50: keras.applications.ResNet50 + pooling + dropout + softmax, used to pretrain the
+# segmenter's encoder in-domain; only num_classes and dropout of the model section apply to it.
+MODEL_NAMES = ("residual_cnn", "resnet50")
 TASKS = ("classification", "segmentation")
 SEGMENTATION_TARGETS = ("annotations", "masks")
 SEGMENTATION_LOSSES = ("bce", "dice", "bce_dice")
@@ -69,6 +72,9 @@ class DataConfig:
     group_threshold: float = 0.85
     # Copies per duplicate group kept in the training split (null: all). Val/test keep all.
     train_max_per_group: int | None = None
+    # Folders whose images, and every near-duplicate of them (data.group_threshold), are removed
+    # from this run's data: pretraining an encoder without ever seeing the segmentation slices.
+    exclude_duplicates_of: tuple[str, ...] = ()
     cache: bool = True
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
 
@@ -92,7 +98,8 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Residual CNN: a stem, then one residual block per entry of ``block_filters``."""
+    """Residual CNN: a stem, then one residual block per entry of ``block_filters``
+    (``name: resnet50`` builds the encoder-pretraining classifier instead)."""
 
     name: str = "residual_cnn"
     num_classes: int = 4
@@ -109,7 +116,7 @@ class ModelConfig:
     dropout: float = 0.3
 
     def __post_init__(self):
-        _check(self.name == "residual_cnn", f"model.name must be 'residual_cnn', got {self.name!r}")
+        _check(self.name in MODEL_NAMES, f"model.name must be one of {MODEL_NAMES}, got {self.name!r}")
         _check(self.num_classes >= 2, f"model.num_classes must be >= 2, got {self.num_classes!r}")
         count = len(self.block_filters)
         _check(count >= 1, "model.block_filters needs at least one block")

@@ -165,6 +165,31 @@ def duplicate_pairs(
     return [(int(a), int(b), float(v)) for a, b, v in zip(i, j, c, strict=True)]
 
 
+def best_matches(
+    signatures: np.ndarray, references: np.ndarray, threshold: float = 0.85, block_size: int = 512
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each signature, the reference it correlates best with over the 8 flips/rotations:
+    (index into ``references`` or -1 below ``threshold``, that correlation)."""
+    sigs = np.ascontiguousarray(signatures, dtype=np.float32)
+    refs = np.ascontiguousarray(references, dtype=np.float32)
+    for name, array in (("signatures", sigs), ("references", refs)):
+        if array.ndim != 2 or array.shape[1] != SIGNATURE_SIZE:
+            raise ValueError(f"{name} must be [N, {SIGNATURE_SIZE}], got {array.shape}")
+    best_index = np.full(len(sigs), -1, np.int64)
+    best_corr = np.full(len(sigs), -np.inf, np.float32)
+    for r0 in range(0, len(refs), block_size):
+        rows = refs[r0:r0 + block_size]
+        views = _dihedral_views(rows).reshape(8 * len(rows), SIGNATURE_SIZE)
+        corr = (views @ sigs.T).reshape(8, len(rows), len(sigs)).max(axis=0)  # [refs, sigs]
+        block_best = corr.argmax(axis=0)
+        block_corr = corr[block_best, np.arange(len(sigs))]
+        better = block_corr > best_corr
+        best_index[better] = block_best[better] + r0
+        best_corr[better] = block_corr[better]
+    best_index[best_corr < threshold] = -1
+    return best_index, best_corr
+
+
 def groups_from_pairs(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """Union-find; group ids are numbered by each group's first member, so they only
     depend on the input order."""
@@ -388,6 +413,28 @@ def cached_signatures(
     bad_all.sort(key=lambda b: order[b["path"]])
     ok_index = np.flatnonzero(ok)
     return sigs[ok_index], bad_all, ok_index
+
+
+def drop_near_duplicates_of(
+    records: Sequence[ImageRecord], reference_paths: Sequence[str], threshold: float = 0.85,
+    cache_dir=None,
+) -> tuple[list[ImageRecord], list[dict]]:
+    """``records`` minus every image that is a near-duplicate (any flip/rotation) of a reference
+    image; returns (kept, dropped rows with the matched reference and correlation). Unreadable
+    records are kept here: make_split reports them."""
+    records = list(records)
+    reference_paths = [os.fspath(p) for p in reference_paths]
+    ref_sigs, _, ref_ok = cached_signatures(reference_paths, cache_dir, progress=False)
+    sigs, _, ok_index = cached_signatures([r.path for r in records], cache_dir, progress=False)
+    if len(ref_sigs) == 0 or len(sigs) == 0:
+        return records, []
+    match, corr = best_matches(sigs, ref_sigs, threshold)
+    dropped_index = {int(ok_index[k]): (reference_paths[int(ref_ok[m])], float(corr[k]))
+                     for k, m in enumerate(match.tolist()) if m >= 0}
+    kept = [r for k, r in enumerate(records) if k not in dropped_index]
+    dropped = [{"path": records[k].path, "matches": ref, "correlation": round(c, 4)}
+               for k, (ref, c) in sorted(dropped_index.items())]
+    return kept, dropped
 
 
 def _cached_groups(sigs: np.ndarray, paths: list[str], threshold: float, cache_dir) -> np.ndarray:

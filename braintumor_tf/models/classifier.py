@@ -116,6 +116,11 @@ def build_residual_cnn(
 
 def build_classifier(model_config, image_size: int, channels: int) -> keras.Model:
     """Build from a ``ModelConfig`` (the data config owns the input size)."""
+    if model_config.name == "resnet50":
+        from braintumor_tf.models.resnet50_classifier import build_resnet50_classifier
+
+        return build_resnet50_classifier(image_size, channels, model_config.num_classes,
+                                         model_config.dropout)
     return build_residual_cnn(
         image_size=image_size,
         channels=channels,

@@ -59,7 +59,7 @@ class CaffePreprocessing(layers.Layer):
         self.means = tuple(float(value) for value in means)
 
     def call(self, inputs):
-        if inputs.shape[-1] != 3:
+        if inputs.shape[-1] not in (3, None):  # None: traced with an unknown channel count
             raise ValueError(f"CaffePreprocessing expects 3 channels, got shape {inputs.shape}")
         means = ops.convert_to_tensor(self.means, dtype=inputs.dtype)
         return ops.flip(inputs, axis=-1) - means

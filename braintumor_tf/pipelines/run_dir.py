@@ -79,7 +79,9 @@ def load_initial_weights(model, path) -> None:
     if path.suffix != ".keras":
         raise ValueError("train.initial_weights must be a .keras model or a .weights.h5 file, "
                          f"got {str(path)!r}")
-    import braintumor_tf.training.losses  # noqa: F401  registers the custom objects a .keras names
+    # Register every custom object a .keras file of ours can name (UNet layers, losses).
+    import braintumor_tf.models.unet  # noqa: F401
+    import braintumor_tf.training.losses  # noqa: F401
 
     source = keras.models.load_model(path, compile=False)
     target_weights, source_weights = model.weights, source.weights

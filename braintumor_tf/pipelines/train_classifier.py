@@ -20,7 +20,8 @@ from braintumor_tf.data.discover import CLASS_NAMES, class_counts, discover_imag
 from braintumor_tf.data.phantoms import write_phantom_dataset
 from braintumor_tf.data.pipeline import classification_dataset
 from braintumor_tf.export.savedmodel import export_classifier
-from braintumor_tf.models.classifier import build_classifier, count_macs
+from braintumor_tf.models.classifier import build_classifier
+from braintumor_tf.models.unet import count_macs_nested
 from braintumor_tf.pipelines.evaluate import evaluate_records
 from braintumor_tf.pipelines.run_dir import (
     load_initial_weights,
@@ -53,6 +54,8 @@ def prepare_data(config: Config, run_dir: Path):
     records = discover_images(roots)
     _log(f"found {len(records)} labelled images under {', '.join(map(str, roots))}: "
          f"{class_counts(records)}")
+    if config.data.exclude_duplicates_of:
+        records = _exclude_near_duplicates(records, config, run_dir)
     result = splits_lib.make_split(
         records, config.data.val_fraction, config.data.test_fraction, config.data.split_seed,
         group_aware=config.data.group_aware, threshold=config.data.group_threshold,
@@ -62,6 +65,28 @@ def prepare_data(config: Config, run_dir: Path):
         _log(f"skipped {len(result.bad)} unreadable files, listed in {run_dir / 'bad_files.csv'}")
     splits_lib.write_manifest(manifest_path, result.records, result.groups, result.splits)
     return splits_lib.read_manifest(manifest_path)
+
+
+def _exclude_near_duplicates(records, config: Config, run_dir: Path):
+    """Drop every image that is a near-duplicate of one under ``data.exclude_duplicates_of``;
+    the dropped ones are listed in ``excluded.csv`` with the image each one matched."""
+    import csv
+
+    references = [r.path for r in discover_images([Path(p) for p in config.data.exclude_duplicates_of],
+                                                  require_label=False)]
+    if not references:
+        raise ValueError("data.exclude_duplicates_of: no images found under "
+                         f"{', '.join(config.data.exclude_duplicates_of)}")
+    kept, dropped = splits_lib.drop_near_duplicates_of(records, references,
+                                                       config.data.group_threshold, run_dir / "cache")
+    with open(run_dir / "excluded.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["path", "matches", "correlation"])
+        writer.writeheader()
+        writer.writerows(dropped)
+    _log(f"excluded {len(dropped)} of {len(records)} images as near-duplicates of the "
+         f"{len(references)} images under {', '.join(config.data.exclude_duplicates_of)} "
+         f"(listed in {run_dir / 'excluded.csv'}); {len(kept)} remain: {class_counts(kept)}")
+    return kept
 
 
 def _split_arrays(rows, name, max_per_group=None, seed=0):
@@ -129,7 +154,7 @@ def train_classifier(config: Config, run_dir: str | Path) -> dict:
             metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
             run_eagerly=train.run_eagerly,
         )
-    macs = count_macs(model)
+    macs = count_macs_nested(model)
     summary = {"parameters": int(model.count_params()), "macs_per_image": macs,
                "precision_policy": policy, "train_images": len(train_paths),
                "val_images": len(val_paths), "test_images": len(test_paths),
@@ -150,6 +175,12 @@ def train_classifier(config: Config, run_dir: str | Path) -> dict:
     best = keras.models.load_model(run_dir / "best.keras") if (run_dir / "best.keras").exists() \
         else model
     best.save(run_dir / "model.keras")
+    if config.model.name == "resnet50":
+        from braintumor_tf.models.resnet50_classifier import save_encoder_weights
+
+        summary["encoder_weights_file"] = save_encoder_weights(best, run_dir / "encoder.weights.h5")
+        _log(f"encoder weights for the segmenter: {summary['encoder_weights_file']} "
+             "(segmentation.encoder_weights)")
 
     if test_paths:
         report = evaluate_records(run_dir / "model.keras", test_paths, test_labels,
