@@ -180,3 +180,23 @@ def test_predict_from_a_served_segmenter_writes_the_same_masks(exported, incomin
         agreement = 0.99 if name.endswith(".jpg") else 0.999
         assert got.shape == want.shape and np.mean(got == want) > agreement, (name, np.mean(got == want))
         assert served[name]["tumour_area_pixels"] == int(np.count_nonzero(got))
+
+
+def test_a_mixed_precision_segmenter_converts_through_its_float32_twin(tmp_path):
+    """Trained in mixed_bfloat16, the UNet's nested encoder keeps bfloat16 layers unless the
+    twin is made recursively; the TFLite converter has no bfloat16 ops."""
+    from braintumor_tf.export.tflite import convert_to_tflite, float32_model
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = build_resnet50_unet(SIZE, 1, encoder_weights="none", decoder_filters=(8, 8, 4, 4, 4))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    encoder = model.get_layer("encoder")
+    assert {layer.compute_dtype for layer in encoder.layers} >= {"bfloat16"}
+    twin = float32_model(model)
+    assert {layer.compute_dtype for layer in twin.get_layer("encoder").layers} == {"float32"}
+    x, _ = discs(2, 3)
+    path = convert_to_tflite(model, tmp_path / "seg.tflite", "float32")
+    got = load_runtime(path).predict(x)
+    np.testing.assert_allclose(got, twin.predict(x, verbose=0), atol=1e-4)

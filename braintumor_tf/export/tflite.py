@@ -67,15 +67,29 @@ def _write_atomic(path: Path, data: bytes, overwrite: bool) -> None:
         raise
 
 
-def float32_model(model):
-    """A float32 twin of a mixed-precision model: the converter rejects bfloat16 ops, and
-    quantisation wants float32 statistics anyway. Variables are float32 already."""
+def _all_float32(model) -> bool:
     import keras
 
-    if all(getattr(layer, "compute_dtype", "float32") == "float32" for layer in model.layers):
+    return all(_all_float32(layer) if isinstance(layer, keras.Model)
+               else getattr(layer, "compute_dtype", "float32") == "float32"
+               for layer in model.layers)
+
+
+def float32_model(model):
+    """A float32 twin of a mixed-precision model: the converter rejects bfloat16 ops, and
+    quantisation wants float32 statistics anyway. Variables are float32 already.
+
+    Nested sub-models (the UNet's ResNet50 encoder) are twinned recursively: their own layers
+    carry their own dtype policies, which a top-level clone would keep.
+    """
+    import keras
+
+    if _all_float32(model):
         return model
 
     def as_float32(layer):
+        if isinstance(layer, keras.Model):
+            return float32_model(layer)
         return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
 
     twin = keras.models.clone_model(model, clone_function=as_float32)

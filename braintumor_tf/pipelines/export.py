@@ -9,7 +9,9 @@ Layout of ``out_base`` (what TF Serving's ``base_path`` points at)::
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -26,7 +28,7 @@ from braintumor_tf.export.savedmodel import (
     model_geometry,
     next_version_dir,
 )
-from braintumor_tf.export.tflite import TFLITE_VARIANTS, convert_to_tflite
+from braintumor_tf.export.tflite import TFLITE_VARIANTS, convert_to_tflite, float32_model
 
 
 def parse_variants(text: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -57,6 +59,18 @@ def resolve_keras_model(model_path=None, run_dir=None) -> Path:
         raise ValueError(f"export needs a .keras model (SavedModels and .tflite files are already "
                          f"exports), got {path}")
     return path
+
+
+@contextlib.contextmanager
+def _float32_reference(model, keras_path: Path):
+    """The float32 model the files were converted from, as a runtime; named after the trained
+    file in the reports."""
+    with tempfile.TemporaryDirectory() as tmp:
+        twin = Path(tmp) / keras_path.name
+        model.save(twin)
+        runtime = load_runtime(twin, class_names=CLASS_NAMES)
+        runtime.path = keras_path
+        yield runtime
 
 
 def version_dir(out_base: Path, version: int | None) -> Path:
@@ -196,7 +210,9 @@ def export_model(
     variants = parse_variants(tflite_variants)
     keras_path = resolve_keras_model(model_path, run_dir)
     target = version_dir(out_base, version)
-    model = keras.models.load_model(keras_path, compile=False)
+    # Exported in float32 even when trained in mixed precision: TFLite has no bfloat16 ops,
+    # bfloat16 is only fast on CPUs with native support, and parity is against the float model.
+    model = float32_model(keras.models.load_model(keras_path, compile=False))
     image_size, channels = model_geometry(model)
     segmenter = len(model.output_shape) == 4
 
@@ -239,8 +255,9 @@ def export_model(
         log(f"TFLite {variant}: {path} ({path.stat().st_size / 1024:.1f} KB)")
     if variants and segmenter and validation is not None:
         pixels, truth = validation
-        report = segmentation_parity(load_runtime(keras_path), summary["tflite"], pixels, truth,
-                                     out_dir=out_base)
+        with _float32_reference(model, keras_path) as reference:
+            report = segmentation_parity(reference, summary["tflite"], pixels, truth,
+                                         out_dir=out_base)
         summary["parity"] = {v: {"dice_vs_reference": e["dice_vs_reference"],
                                  "dice_delta_vs_truth": e["dice_delta_vs_truth"],
                                  "passed": e["passed"]} for v, e in report["variants"].items()}
@@ -256,8 +273,8 @@ def export_model(
     elif variants:
         pixels, labels = validation
         labels = labels if np.all(labels >= 0) else None
-        reference = load_runtime(keras_path, class_names=CLASS_NAMES)
-        report = tflite_parity(reference, summary["tflite"], pixels, labels, out_dir=out_base)
+        with _float32_reference(model, keras_path) as reference:
+            report = tflite_parity(reference, summary["tflite"], pixels, labels, out_dir=out_base)
         summary["parity"] = {v: {"agreement": e["agreement"], "passed": e["passed"]}
                              for v, e in report["variants"].items()}
         summary["parity_passed"] = report["passed"]
