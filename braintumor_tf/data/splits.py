@@ -329,6 +329,24 @@ def read_manifest(path) -> list[dict]:
 SEGMENTATION_LABELS = ("empty", "tumour")
 
 
+def manifest_split(path, split: str | None = None) -> list[dict]:
+    """The rows of one split (every row when ``split`` is None), paths resolved: as written when
+    they exist from here, else relative to the manifest's folder (training may have been started
+    elsewhere)."""
+    path = Path(path)
+    rows = read_manifest(path)
+    if split is not None:
+        known = sorted({row["split"] for row in rows})
+        rows = [row for row in rows if row["split"] == split]
+        if not rows:
+            raise ValueError(f"no rows with split {split!r} in {path}; it has {', '.join(known)}")
+    for row in rows:
+        image = Path(row["path"])
+        if not image.is_absolute() and not image.exists() and (path.parent / image).exists():
+            row["path"] = str(path.parent / image)
+    return rows
+
+
 def segmentation_records(image_paths: Sequence[str], has_tumour: Sequence[bool],
                          source: str = "") -> list[ImageRecord]:
     """ImageRecords for make_split: label 1 when the mask is non-empty, so train/val/test get

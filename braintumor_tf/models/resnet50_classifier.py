@@ -15,7 +15,7 @@ import os
 import keras
 from keras import layers
 
-from braintumor_tf.models.unet import CaffePreprocessing, GreyToRGB
+from braintumor_tf.models.unet import CaffePreprocessing, GreyToRGB, set_batch_norm_momentum
 
 BACKBONE_NAME = "resnet50"
 
@@ -45,9 +45,7 @@ def build_resnet50_classifier(image_size: int = 128, channels: int = 1, num_clas
                                            input_shape=(image_size, image_size, 3))
     backbone.name = BACKBONE_NAME
     if bn_momentum is not None:
-        for layer in backbone.layers:
-            if isinstance(layer, layers.BatchNormalization):
-                layer.momentum = float(bn_momentum)
+        set_batch_norm_momentum(backbone, bn_momentum)
     x = backbone(x)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     if dropout:

@@ -123,6 +123,13 @@ def _resnet50(image_size, weights):
         ) from error
 
 
+def set_batch_norm_momentum(model: keras.Model, momentum: float) -> None:
+    """Before the first trace: the momentum is read when the training step is built."""
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = float(momentum)
+
+
 def build_encoder(image_size: int, weights="none", freeze: bool = False,
                   bn_momentum: float | None = None) -> keras.Model:
     """ResNet50 as a multi-output model: the four skip features, then the bottleneck.
@@ -133,9 +140,7 @@ def build_encoder(image_size: int, weights="none", freeze: bool = False,
     """
     resnet = _resnet50(image_size, weights)
     if bn_momentum is not None:
-        for layer in resnet.layers:
-            if isinstance(layer, layers.BatchNormalization):
-                layer.momentum = float(bn_momentum)
+        set_batch_norm_momentum(resnet, bn_momentum)
     outputs = [resnet.get_layer(name).output for name in (*SKIP_LAYERS, BOTTLENECK_LAYER)]
     encoder = keras.Model(resnet.inputs, outputs, name="encoder")
     encoder.trainable = not freeze

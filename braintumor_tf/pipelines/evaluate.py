@@ -11,7 +11,7 @@ import numpy as np
 from braintumor_tf.data.decode import check_images
 from braintumor_tf.data.discover import CLASS_NAMES, ImageRecord, discover_images
 from braintumor_tf.data.pipeline import image_dataset
-from braintumor_tf.data.splits import read_manifest
+from braintumor_tf.data.splits import manifest_split
 from braintumor_tf.export.runtimes import load_runtime
 from braintumor_tf.plots import plot_confusion_matrix
 from braintumor_tf.training.metrics import classification_report, format_report
@@ -55,13 +55,8 @@ def evaluate_records(model_path, paths, labels, out_dir=None, batch_size: int = 
 
 
 def _manifest_records(path: Path, split: str | None) -> list[ImageRecord]:
-    rows = read_manifest(path)
-    if split is not None:
-        known = sorted({row["split"] for row in rows})
-        rows = [row for row in rows if row["split"] == split]
-        if not rows:
-            raise ValueError(f"no rows with split {split!r} in {path}; it has {', '.join(known)}")
-    return [ImageRecord(path=row["path"], label=int(row["label"]), source=str(path)) for row in rows]
+    return [ImageRecord(path=row["path"], label=int(row["label"]), source=str(path))
+            for row in manifest_split(path, split)]
 
 
 def evaluate(model_path, data_paths, json_path=None, out_dir=None, batch_size: int = 32,

@@ -18,7 +18,7 @@ import numpy as np
 from braintumor_tf.data.decode import check_images, read_image
 from braintumor_tf.data.pipeline import image_dataset
 from braintumor_tf.data.segmentation import SegmentationSource, find_segmentation_images, mask_at_size
-from braintumor_tf.data.splits import read_manifest
+from braintumor_tf.data.splits import manifest_split
 from braintumor_tf.plots import plot_segmentation_cases
 from braintumor_tf.training.seg_metrics import (
     THRESHOLD,
@@ -145,24 +145,6 @@ def _merge(sources: Sequence[SegmentationSource]) -> SegmentationSource:
     return merged
 
 
-def _manifest_paths(manifest: Path, split: str | None) -> list[str]:
-    """The images of ``split`` in a run's manifest; relative paths are tried from the current
-    folder, then from the manifest's (training may have started elsewhere)."""
-    rows = read_manifest(manifest)
-    if split is not None:
-        known = sorted({row["split"] for row in rows})
-        rows = [row for row in rows if row["split"] == split]
-        if not rows:
-            raise ValueError(f"no rows with split {split!r} in {manifest}; it has {', '.join(known)}")
-    paths = []
-    for row in rows:
-        path = Path(row["path"])
-        if not path.is_absolute() and not path.exists() and (manifest.parent / path).exists():
-            path = manifest.parent / path
-        paths.append(str(path))
-    return paths
-
-
 def evaluate_segmenter(runtime, data_paths: Sequence[str | os.PathLike], masks=None, json_path=None,
                        out_dir=None, batch_size: int = 32, threshold: float = THRESHOLD,
                        split: str | None = None) -> dict:
@@ -175,7 +157,7 @@ def evaluate_segmenter(runtime, data_paths: Sequence[str | os.PathLike], masks=N
     log = lambda message: print(message, flush=True)  # noqa: E731
     sources, wanted = [], None
     if manifests:
-        chosen = [path for manifest in manifests for path in _manifest_paths(manifest, split)]
+        chosen = [row["path"] for manifest in manifests for row in manifest_split(manifest, split)]
         wanted = {os.path.realpath(path) for path in chosen}
         for folder in sorted({str(Path(path).parent) for path in chosen}):
             sources.append(find_segmentation_images(folder, masks, log=log))

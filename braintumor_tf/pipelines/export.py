@@ -90,16 +90,7 @@ def _manifest_rows(run_dir: Path, split: str) -> list[tuple[str, int]]:
     manifest = run_dir / "split_manifest.csv"
     if not manifest.is_file():
         raise FileNotFoundError(f"no split_manifest.csv in run directory {run_dir}")
-    rows = []
-    for row in splits_lib.read_manifest(manifest):
-        if row["split"] != split:
-            continue
-        path = Path(row["path"])
-        # Manifests hold paths as given to training, often relative to where it was started.
-        if not path.is_absolute() and not path.exists() and (run_dir / path).exists():
-            path = run_dir / path
-        rows.append((str(path), int(row["label"])))
-    return rows
+    return [(row["path"], int(row["label"])) for row in splits_lib.manifest_split(manifest, split)]
 
 
 def _folder_rows(folder) -> list[tuple[str, int]]:
