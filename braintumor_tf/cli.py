@@ -12,6 +12,9 @@ import click
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# models.tta.TTA_MODES, spelled out so `--help` does not import Keras (a test keeps them equal).
+TTA_CHOICES = ("none", "flips", "dihedral")
+
 
 def _friendly_errors(function):
     """User mistakes (bad path, bad config value) end in one line, not a traceback."""
@@ -91,8 +94,11 @@ def train_command(config_path, data_root, run_dir, overrides):
 @click.option("--out", "out_dir", default=None,
               help="Write predictions and plots here (confusion matrix; segmenter: overlays).")
 @click.option("--batch-size", default=32, show_default=True)
+@click.option("--tta", type=click.Choice(TTA_CHOICES), default="none", show_default=True,
+              help="Segmenter (.keras): average the masks over mirrored/turned views.")
 @_friendly_errors
-def evaluate_command(model_path, data_paths, masks_dir, split_name, json_path, out_dir, batch_size):
+def evaluate_command(model_path, data_paths, masks_dir, split_name, json_path, out_dir, batch_size,
+                     tta):
     """Evaluate a saved classifier or segmenter on every image under --data."""
     for path in data_paths:
         if not Path(path).exists():
@@ -104,7 +110,7 @@ def evaluate_command(model_path, data_paths, masks_dir, split_name, json_path, o
     from braintumor_tf.pipelines.evaluate import evaluate
 
     evaluate(model_path, data_paths, json_path=json_path, out_dir=out_dir, batch_size=batch_size,
-             split=split_name, masks=masks_dir)
+             split=split_name, masks=masks_dir, tta=tta)
 
 
 @main.group("data")
@@ -151,9 +157,12 @@ def audit_command(paths, out_dir, threshold):
               help="Segmenter: truth mask folder for --validation-data (matched by file stem).")
 @click.option("--int8-io", type=click.Choice(["int8", "float32"]), default="int8", show_default=True,
               help="Input/output type of the int8 variant.")
+@click.option("--tta", type=click.Choice(TTA_CHOICES), default="none", show_default=True,
+              help="Segmenter: build mask averaging over mirrored/turned views into the exports "
+                   "(4 or 8 forward passes per image).")
 @_friendly_errors
 def export_command(model_path, run_dir, out_base, version, tflite_variants, representative_data,
-                   validation_data, masks_dir, int8_io):
+                   validation_data, masks_dir, int8_io, tta):
     """Write a versioned SavedModel for TF Serving and, optionally, TFLite variants with a parity
     report (classifier: top-1 agreement; segmenter: Dice drop <= 0.01)."""
     from braintumor_tf.pipelines.export import export_model
@@ -161,7 +170,7 @@ def export_command(model_path, run_dir, out_base, version, tflite_variants, repr
     summary = export_model(out_base, model_path=model_path, run_dir=run_dir, version=version,
                            tflite_variants=tflite_variants, representative_data=representative_data,
                            validation_data=validation_data, int8_io=int8_io, masks=masks_dir,
-                           log=lambda m: click.echo(m))
+                           tta=tta, log=lambda m: click.echo(m))
     if summary.get("parity_passed") is False:
         raise click.ClickException("a TFLite variant failed its agreement gate (see tflite_parity.md)")
 

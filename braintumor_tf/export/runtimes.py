@@ -89,14 +89,15 @@ class Runtime:
 class _KerasRuntime(Runtime):
     kind = "keras"
 
-    def __init__(self, path: Path, class_names, batch_size: int):
+    def __init__(self, path: Path, class_names, batch_size: int, tta: str = "none"):
         import keras
 
         # Registers the segmenter's custom layers and losses so its .keras files load.
         import braintumor_tf.models.unet  # noqa: F401
         import braintumor_tf.training.losses  # noqa: F401
+        from braintumor_tf.models.tta import with_test_time_augmentation
 
-        self._model = keras.models.load_model(path, compile=False)
+        self._model = with_test_time_augmentation(keras.models.load_model(path, compile=False), tta)
         shape = tuple(self._model.input_shape)
         super().__init__(
             path, shape[1], shape[3], int(self._model.output_shape[-1]), class_names, batch_size,
@@ -223,16 +224,22 @@ def load_runtime(
     class_names: Sequence[str] | None = None,
     batch_size: int = 64,
     num_threads: int | None = None,
+    tta: str = "none",
 ) -> Runtime:
     """Pick the runtime from what is on disk, so callers can pass any exported artefact.
 
     ``num_threads`` sets LiteRT's thread count; TensorFlow's own threads are process-wide.
+    ``tta`` wraps a .keras segmenter in test-time augmentation (``models.tta``); exported files
+    already compute whatever they were exported with.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model not found: {path}")
     if path.is_file() and path.suffix == ".keras":
-        return _KerasRuntime(path, class_names, batch_size)
+        return _KerasRuntime(path, class_names, batch_size, tta)
+    if tta != "none":
+        raise ValueError(f"test-time augmentation ({tta!r}) is applied to .keras models; {path} is "
+                         "an export and computes what it was exported with (export --tta)")
     if path.is_file() and path.suffix == ".tflite":
         return _TFLiteRuntime(path, class_names, batch_size, num_threads)
     if path.is_dir():

@@ -257,10 +257,13 @@ def export_classifier(model, out_dir: str | os.PathLike, class_names: Sequence[s
                    {"task": "classification", "class_names": list(class_names)}, len(class_names))
 
 
-def export_segmenter(model, out_dir: str | os.PathLike, threshold: float = 0.5) -> Path:
-    """The segmenter's SavedModel: ``serving_default`` (encoded images) and ``predict_pixels``."""
+def export_segmenter(model, out_dir: str | os.PathLike, threshold: float = 0.5,
+                     tta: str = "none") -> Path:
+    """The segmenter's SavedModel: ``serving_default`` (encoded images) and ``predict_pixels``.
+    ``tta`` only records which test-time augmentation ``model`` already contains."""
     return _export(SegmenterModule(model, threshold), model, out_dir,
-                   {"task": "segmentation", "class_names": ["tumour"], "threshold": threshold}, 0)
+                   {"task": "segmentation", "class_names": ["tumour"], "threshold": threshold,
+                    "test_time_augmentation": tta}, 0)
 
 
 def _export(module, model, out_dir, metadata: dict, num_classes: int) -> Path:

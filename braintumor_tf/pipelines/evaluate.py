@@ -60,7 +60,7 @@ def _manifest_records(path: Path, split: str | None) -> list[ImageRecord]:
 
 
 def evaluate(model_path, data_paths, json_path=None, out_dir=None, batch_size: int = 32,
-             split: str | None = None, masks=None) -> dict:
+             split: str | None = None, masks=None, tta: str = "none") -> dict:
     """Every labelled, decodable image under ``data_paths`` is evaluated; broken files reported.
 
     A ``split_manifest.csv`` written by a training run may stand in for a folder, so the
@@ -70,7 +70,7 @@ def evaluate(model_path, data_paths, json_path=None, out_dir=None, batch_size: i
     model_path = Path(model_path)
     if not model_path.exists():
         raise FileNotFoundError(f"model not found: {model_path}")
-    runtime = load_runtime(model_path, class_names=CLASS_NAMES, batch_size=batch_size)
+    runtime = load_runtime(model_path, class_names=CLASS_NAMES, batch_size=batch_size, tta=tta)
     if runtime.task == "segmentation":
         from braintumor_tf.pipelines.evaluate_segmenter import evaluate_segmenter
 

@@ -29,6 +29,7 @@ from braintumor_tf.export.savedmodel import (
     next_version_dir,
 )
 from braintumor_tf.export.tflite import TFLITE_VARIANTS, convert_to_tflite, float32_model
+from braintumor_tf.models.tta import with_test_time_augmentation
 
 
 def parse_variants(text: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -183,13 +184,15 @@ def export_model(
     masks=None,
     segmenter_calibration_images: int = 32,
     segmenter_parity_images: int = 100,
+    tta: str = "none",
     log: Callable[[str], None] = print,
 ) -> dict:
     """SavedModel version, then TFLite variants, then the parity report.
 
     Data for calibration and parity is read before anything is written, so a missing or
     empty folder fails without leaving a version behind. A UNet is slow to calibrate and to
-    run on CPU, so segmenters use fewer calibration and parity images.
+    run on CPU, so segmenters use fewer calibration and parity images. ``tta`` builds a
+    segmenter's test-time augmentation into every exported file (``models.tta``).
     """
     import keras
 
@@ -206,6 +209,9 @@ def export_model(
     model = float32_model(keras.models.load_model(keras_path, compile=False))
     image_size, channels = model_geometry(model)
     segmenter = len(model.output_shape) == 4
+    if tta != "none" and not segmenter:
+        raise ValueError(f"--tta is for segmenters; {keras_path} is a classifier")
+    model = with_test_time_augmentation(model, tta)
 
     calibration = validation = None
     if "int8" in variants:
@@ -231,11 +237,19 @@ def export_model(
         if rows:
             validation = load_pixels(rows, image_size, channels, parity_images, seed=1)
 
-    saved = export_segmenter(model, target) if segmenter else export_classifier(model, target, CLASS_NAMES)
+    if segmenter:
+        saved = export_segmenter(model, target, tta=tta)
+    else:
+        saved = export_classifier(model, target, CLASS_NAMES)
     log(f"SavedModel version {saved.name} written to {saved}")
-    names = {"task": "segmentation"} if segmenter else {"class_names": list(CLASS_NAMES)}
+    if segmenter:
+        names = {"task": "segmentation", "test_time_augmentation": tta}
+    else:
+        names = {"class_names": list(CLASS_NAMES)}
     summary: dict = {"model": str(keras_path), "savedmodel": str(saved), "version": int(saved.name),
                      "tflite": {}, "parity": None}
+    if segmenter:
+        summary["test_time_augmentation"] = tta
     for variant in variants:
         path = convert_to_tflite(
             model, out_base / f"{out_base.name}_{variant}.tflite", variant,
