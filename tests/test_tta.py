@@ -123,3 +123,18 @@ def test_exports_compute_the_averaged_masks(tmp_path):
     assert sidecar["test_time_augmentation"] == "flips"
     with pytest.raises(ValueError, match="computes what it was exported with"):
         load_runtime(summary["tflite"]["float32"], tta="flips")
+
+
+def test_tflite_stores_the_shared_weights_once(tmp_path):
+    """Eight views call one set of weights: the file must not hold eight copies."""
+    from braintumor_tf.export.tflite import convert_to_tflite
+
+    inputs = keras.Input((SIZE, SIZE, 1))
+    x = keras.layers.Conv2D(96, 3, padding="same")(inputs)
+    x = keras.layers.Conv2D(96, 3, padding="same")(x)
+    model = keras.Model(inputs, keras.layers.Conv2D(1, 1, activation="sigmoid")(x))
+    plain = convert_to_tflite(model, tmp_path / "plain.tflite", "dynamic").stat().st_size
+    averaged = convert_to_tflite(with_test_time_augmentation(model, "dihedral"),
+                                 tmp_path / "dihedral.tflite", "dynamic").stat().st_size
+    assert model.count_params() > 80_000  # weights dominate the file
+    assert averaged < 1.3 * plain
