@@ -138,3 +138,18 @@ def test_tflite_stores_the_shared_weights_once(tmp_path):
                                  tmp_path / "dihedral.tflite", "dynamic").stat().st_size
     assert model.count_params() > 80_000  # weights dominate the file
     assert averaged < 1.3 * plain
+
+
+def test_benchmark_takes_models_of_different_input_sizes(tmp_path):
+    from braintumor_tf.pipelines.benchmark import benchmark
+
+    paths = []
+    for size in (SIZE, 2 * SIZE):
+        inputs = keras.Input((size, size, 1))
+        model = keras.Model(inputs, keras.layers.Conv2D(1, 3, padding="same",
+                                                        activation="sigmoid")(inputs))
+        paths.append(tmp_path / f"seg{size}.keras")
+        model.save(paths[-1])
+    results = benchmark(paths, images=4, batch_sizes=(1,), log=lambda message: None)
+    assert sorted(results["image_size"].values()) == [SIZE, 2 * SIZE]
+    assert all(rows[0]["images"] == 4 for rows in results["backends"].values())

@@ -94,16 +94,19 @@ def benchmark(
     backends = find_backends(models, tflite_dir)
     results: dict = {"images": images, "num_threads": num_threads, "cpu_count": os.cpu_count(),
                      "machine": platform.processor() or platform.machine(), "backends": {}}
-    pixels = None
+    pixels_by_shape: dict[tuple, np.ndarray] = {}  # models of different input sizes side by side
     for label, path in backends.items():
         runtime = load_runtime(path, class_names=CLASS_NAMES, batch_size=max(batch_sizes),
                                num_threads=num_threads)
-        if pixels is None:
-            shape = (max(max(batch_sizes), min(images, 256)), runtime.image_size,
-                     runtime.image_size, runtime.channels)
-            pixels = np.random.default_rng(seed).uniform(0, 255, shape).astype(np.float32)
-        results["backends"][label] = [time_runtime(runtime, pixels, b, images) for b in batch_sizes]
+        shape = (max(max(batch_sizes), min(images, 256)), runtime.image_size,
+                 runtime.image_size, runtime.channels)
+        if shape not in pixels_by_shape:
+            pixels_by_shape[shape] = np.random.default_rng(seed).uniform(0, 255, shape).astype(
+                np.float32)
+        results["backends"][label] = [time_runtime(runtime, pixels_by_shape[shape], b, images)
+                                      for b in batch_sizes]
         results.setdefault("paths", {})[label] = str(path)
+        results.setdefault("image_size", {})[label] = runtime.image_size
     table = format_table(results)
     log(table)
     results["table"] = table
