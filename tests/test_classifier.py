@@ -9,10 +9,7 @@ TINY = dict(image_size=32, channels=1, num_classes=4, stem_filters=8, stem_strid
             block_filters=(8, 16), block_kernel_sizes=(3, 3), block_downsample=(True, False))
 
 
-@pytest.fixture(autouse=True)
-def _float32_policy():
-    yield
-    keras.mixed_precision.set_global_policy("float32")
+pytestmark = pytest.mark.usefixtures("float32_policy")
 
 
 def test_seed_config_matches_the_study_cost():

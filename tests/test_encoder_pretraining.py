@@ -19,11 +19,7 @@ from braintumor_tf.models.unet import build_resnet50_unet
 SIZE = 64
 
 
-@pytest.fixture(autouse=True)
-def _float32_policy():
-    keras.mixed_precision.set_global_policy("float32")
-    yield
-    keras.mixed_precision.set_global_policy("float32")
+pytestmark = pytest.mark.usefixtures("float32_policy")
 
 
 def _slices(count, seed, size=96):

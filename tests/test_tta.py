@@ -14,11 +14,7 @@ from braintumor_tf.pipelines.export import export_model
 SIZE = 16
 
 
-@pytest.fixture(autouse=True)
-def _float32_policy():
-    keras.mixed_precision.set_global_policy("float32")
-    yield
-    keras.mixed_precision.set_global_policy("float32")
+pytestmark = pytest.mark.usefixtures("float32_policy")
 
 
 def _segmenter(seed=0):

@@ -19,11 +19,7 @@ from braintumor_tf.training.losses import BCEDiceLoss, DiceCoefficient
 SIZE = 64  # ResNet50 downsamples 32x: the smallest size with a 2x2 bottleneck
 
 
-@pytest.fixture(autouse=True)
-def _float32_policy():
-    keras.mixed_precision.set_global_policy("float32")
-    yield
-    keras.mixed_precision.set_global_policy("float32")
+pytestmark = pytest.mark.usefixtures("float32_policy")
 
 
 @pytest.fixture(scope="module")

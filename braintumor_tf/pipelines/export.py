@@ -209,9 +209,7 @@ def export_model(
     model = float32_model(keras.models.load_model(keras_path, compile=False))
     image_size, channels = model_geometry(model)
     segmenter = len(model.output_shape) == 4
-    if tta != "none" and not segmenter:
-        raise ValueError(f"--tta is for segmenters; {keras_path} is a classifier")
-    model = with_test_time_augmentation(model, tta)
+    model = with_test_time_augmentation(model, tta)  # a clear error for classifiers
 
     calibration = validation = None
     if "int8" in variants:
@@ -239,17 +237,13 @@ def export_model(
 
     if segmenter:
         saved = export_segmenter(model, target, tta=tta)
-    else:
-        saved = export_classifier(model, target, CLASS_NAMES)
-    log(f"SavedModel version {saved.name} written to {saved}")
-    if segmenter:
         names = {"task": "segmentation", "test_time_augmentation": tta}
     else:
+        saved = export_classifier(model, target, CLASS_NAMES)
         names = {"class_names": list(CLASS_NAMES)}
+    log(f"SavedModel version {saved.name} written to {saved}")
     summary: dict = {"model": str(keras_path), "savedmodel": str(saved), "version": int(saved.name),
-                     "tflite": {}, "parity": None}
-    if segmenter:
-        summary["test_time_augmentation"] = tta
+                     "tflite": {}, "parity": None, **names}
     for variant in variants:
         path = convert_to_tflite(
             model, out_base / f"{out_base.name}_{variant}.tflite", variant,
