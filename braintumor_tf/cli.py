@@ -58,10 +58,13 @@ def _train(config, run_dir) -> dict:
               help="Data root(s), comma-separated; overrides data.root. Default: phantoms.")
 @click.option("--out", "run_dir", default=None, type=click.Path(file_okay=False),
               help="Run directory (default: runs/<config name>). Re-running resumes.")
+@click.option("--subjects", "subjects_path", default=None, type=click.Path(dir_okay=False),
+              help="CSV with columns path,subject: split by patient (overrides data.subjects; "
+                   "default: a subjects.csv in a data root or one of its parents).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value, e.g. --set train.epochs=3 (repeatable).")
 @_friendly_errors
-def train_command(config_path, data_root, run_dir, overrides):
+def train_command(config_path, data_root, run_dir, subjects_path, overrides):
     """Train a classifier or a segmenter (config task); everything lands in the run directory."""
     from braintumor_tf.config import load_config
 
@@ -71,6 +74,10 @@ def train_command(config_path, data_root, run_dir, overrides):
             if not Path(root).exists():
                 raise FileNotFoundError(f"data folder not found: {root}")
         overrides.append(f"data.root={data_root}")
+    if subjects_path is not None:
+        if not Path(subjects_path).is_file():
+            raise FileNotFoundError(f"subjects file not found: {subjects_path}")
+        overrides.append(f"data.subjects={subjects_path}")
     config = load_config(config_path, overrides)
     run_dir = Path(run_dir) if run_dir else _default_run_dir(config_path)
     summary = _train(config, run_dir)
@@ -124,15 +131,18 @@ def data_group():
               help="Folder for the tables (CSV, JSON, Markdown) and charts (PNG).")
 @click.option("--threshold", default=0.85, show_default=True,
               help="Correlation at or above which two images are the same slice.")
+@click.option("--subjects", "subjects_path", default="auto", show_default=True,
+              help="CSV with columns path,subject ('auto': a subjects.csv in a folder or one of its "
+                   "parents; 'none': near-duplicate groups stand in for subjects).")
 @_friendly_errors
-def audit_command(paths, out_dir, threshold):
+def audit_command(paths, out_dir, threshold, subjects_path):
     """Count classes and find near-duplicate groups within and across folders."""
     for path in paths:
         if not Path(path).exists():
             raise FileNotFoundError(f"data folder not found: {path}")
     from braintumor_tf.pipelines.audit import audit
 
-    audit(list(paths), out_dir, threshold=threshold)
+    audit(list(paths), out_dir, threshold=threshold, subjects=subjects_path)
     click.echo(f"audit written to {out_dir}")
 
 

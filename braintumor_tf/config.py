@@ -75,6 +75,10 @@ class DataConfig:
     # Folders whose images, and every near-duplicate of them (data.group_threshold), are removed
     # from this run's data: pretraining an encoder without ever seeing the segmentation slices.
     exclude_duplicates_of: tuple[str, ...] = ()
+    # Patient of each image, so the split keeps patients whole: a CSV with columns path and subject
+    # (paths relative to the CSV's folder or absolute); "auto" uses a subjects.csv found in a data
+    # root or one of its parents; "none" splits by near-duplicate groups only.
+    subjects: str | None = "auto"
     cache: bool = True
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
 
@@ -92,6 +96,8 @@ class DataConfig:
                "data.val_fraction + data.test_fraction must leave some training data")
         _check(self.train_max_per_group is None or self.train_max_per_group >= 1,
                f"data.train_max_per_group must be null or >= 1, got {self.train_max_per_group!r}")
+        _check(self.subjects is None or (isinstance(self.subjects, str) and self.subjects.strip()),
+               f"data.subjects must be 'auto', 'none' or the path of a CSV file, got {self.subjects!r}")
         _check(0.0 < self.group_threshold <= 1.0,
                f"data.group_threshold must be in (0, 1], got {self.group_threshold!r}")
 

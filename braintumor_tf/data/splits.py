@@ -19,9 +19,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from braintumor_tf.data.decode import DecodeError, read_image
 from braintumor_tf.data.discover import CLASS_NAMES, ImageRecord
+from braintumor_tf.data.subjects import renumber_by_first_member, split_units
 
 THUMB = 64
 SIGNATURE_SIZE = THUMB * THUMB
@@ -30,7 +33,9 @@ SPLIT_NAMES = ("train", "val", "test")
 TRANSFORM_NAMES = (
     "identity", "rot90", "rot180", "rot270", "flip_lr", "flip_ud", "transpose", "anti_transpose",
 )
-MANIFEST_COLUMNS = ("path", "label", "class_name", "group", "split")
+MANIFEST_COLUMNS = ("path", "label", "class_name", "group", "split", "subject")
+# Manifests written before subjects existed have no subject column; they still read.
+_REQUIRED_MANIFEST_COLUMNS = ("path", "label", "class_name", "group", "split")
 _CACHE_NAME = "signatures.npz"
 
 
@@ -191,25 +196,12 @@ def best_matches(
 
 
 def groups_from_pairs(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """Union-find; group ids are numbered by each group's first member, so they only
-    depend on the input order."""
-    parent = list(range(n))
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for a, b in zip(np.asarray(i).tolist(), np.asarray(j).tolist(), strict=True):
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    ids: dict[int, int] = {}
-    groups = np.empty(n, np.int64)
-    for k in range(n):
-        groups[k] = ids.setdefault(find(k), len(ids))
-    return groups
+    """Connected components of the pair graph; group ids are numbered by each group's first
+    member, so they only depend on the input order."""
+    i, j = np.asarray(i, np.int64), np.asarray(j, np.int64)
+    graph = coo_matrix((np.ones(len(i), np.int8), (i, j)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    return renumber_by_first_member(labels)
 
 
 def find_duplicate_groups(signatures: np.ndarray, threshold: float = 0.85) -> np.ndarray:
@@ -283,29 +275,31 @@ def random_split(
 
 
 def write_manifest(path, records: Sequence[ImageRecord], groups, splits,
-                   class_names: Sequence[str] = CLASS_NAMES) -> None:
+                   class_names: Sequence[str] = CLASS_NAMES, subjects: Sequence[str] | None = None
+                   ) -> None:
     """One row per image so a run can be repeated on exactly the same split.
 
     ``class_names`` names the labels in the class_name column (SEGMENTATION_LABELS for
-    segmentation records)."""
+    segmentation records); ``subjects`` fills the subject column ("" where none is known)."""
     groups = np.asarray(groups).ravel()
     splits = np.asarray(splits).ravel()
-    if not len(records) == len(groups) == len(splits):
-        raise ValueError("records, groups and splits must have the same length")
+    subjects = [""] * len(records) if subjects is None else list(subjects)
+    if not len(records) == len(groups) == len(splits) == len(subjects):
+        raise ValueError("records, groups, splits and subjects must have the same length")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(MANIFEST_COLUMNS)
-        for rec, g, s in zip(records, groups, splits, strict=True):
+        for rec, g, s, subject in zip(records, groups, splits, subjects, strict=True):
             name = class_names[rec.label] if 0 <= rec.label < len(class_names) else ""
-            writer.writerow([rec.path, rec.label, name, int(g), str(s)])
+            writer.writerow([rec.path, rec.label, name, int(g), str(s), subject])
 
 
 def read_manifest(path) -> list[dict]:
-    """Rows as dicts with int label and group."""
+    """Rows as dicts with int label and group (subject "" when the manifest has none)."""
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        missing = set(MANIFEST_COLUMNS) - set(reader.fieldnames or ())
+        missing = set(_REQUIRED_MANIFEST_COLUMNS) - set(reader.fieldnames or ())
         if missing:
             raise ValueError(f"{path}: not a split manifest, missing columns {sorted(missing)}")
         rows = []
@@ -318,6 +312,7 @@ def read_manifest(path) -> list[dict]:
                 "class_name": row["class_name"],
                 "group": int(row["group"]),
                 "split": row["split"],
+                "subject": row.get("subject") or "",
             })
     return rows
 
@@ -360,9 +355,11 @@ def segmentation_records(image_paths: Sequence[str], has_tumour: Sequence[bool],
 @dataclass(frozen=True)
 class SplitResult:
     records: list[ImageRecord]  # readable images only
-    groups: np.ndarray
+    groups: np.ndarray  # near-duplicate group of each record
     splits: np.ndarray
     bad: list[dict]
+    subjects: list[str]  # subject of each record, "" where none is known
+    units: np.ndarray  # what was split whole: subject joined with near-duplicate group
 
 
 def _file_key(path: str) -> str:
@@ -489,18 +486,29 @@ def make_split(
     cache_dir=None,
     workers: int = 2,
     progress: bool = True,
+    subjects: Sequence[str] | None = None,
 ) -> SplitResult:
-    """Signatures are computed even when not group-aware: they double as the bad-file check."""
+    """Signatures are computed even when not group-aware: they double as the bad-file check.
+
+    ``subjects`` (one per record, "" for unknown) makes the split patient-level: whole subjects,
+    with every near-duplicate group touching them, go to one side. Without subjects the units are
+    the near-duplicate groups."""
     records = list(records)
     _check_split_args([], [], val_fraction, test_fraction)
+    if subjects is not None and len(subjects) != len(records):
+        raise ValueError(f"got {len(records)} records but {len(subjects)} subjects")
     sigs, bad, ok_index = cached_signatures(
         [r.path for r in records], cache_dir, workers, progress)
     kept = [records[k] for k in ok_index]
+    kept_subjects = [""] * len(kept) if subjects is None else [subjects[k] for k in ok_index]
     labels = np.array([r.label for r in kept], np.int64)
     if group_aware:
         groups = _cached_groups(sigs, [r.path for r in kept], threshold, cache_dir)
-        splits = group_split(labels, groups, val_fraction, test_fraction, seed)
+        units = split_units(groups, kept_subjects) if any(kept_subjects) else groups
+        splits = group_split(labels, units, val_fraction, test_fraction, seed)
     else:
         groups = np.arange(len(kept), dtype=np.int64)
+        units = groups
         splits = random_split(labels, groups, val_fraction, test_fraction, seed)
-    return SplitResult(records=kept, groups=groups, splits=splits, bad=bad)
+    return SplitResult(records=kept, groups=groups, splits=splits, bad=bad, subjects=kept_subjects,
+                       units=units)

@@ -196,6 +196,10 @@ class _TFLiteRuntime(Runtime):
         if np.issubdtype(self._output["dtype"], np.integer):
             scale, zero_point = self._output["quantization"]
             out = (out.astype(np.float32) - zero_point) * scale
+            if self.task == "classification":
+                # Dequantised softmax rows sum to 1 only within a few steps of 1/256; scored or
+                # printed as probabilities they must sum to 1 exactly (argmax is unchanged).
+                out = out / np.maximum(out.sum(axis=-1, keepdims=True), 1e-12)
         return out.astype(np.float32)
 
     def _predict_batch(self, pixels):

@@ -50,14 +50,17 @@ class GradCAM:
         pixels = tf.convert_to_tensor(np.asarray(pixels, np.float32))
         with tf.GradientTape() as tape:
             features, scores, probabilities = self._grad_model(pixels, training=False)
-            features = tf.cast(features, tf.float32)
+            # The gradient is taken w.r.t. the layer's own tensor: a float32 cast of a mixed-
+            # precision map would be a new tensor the scores do not depend on (gradient None).
+            tape.watch(features)
             scores = tf.cast(scores, tf.float32)
             if self._scores_are_probabilities:
                 scores = tf.math.log(scores + 1e-9)
             if class_ids is None:
                 class_ids = tf.argmax(probabilities, axis=-1)
             chosen = tf.gather(scores, tf.cast(class_ids, tf.int32), axis=1, batch_dims=1)
-        gradients = tape.gradient(chosen, features)
+        gradients = tf.cast(tape.gradient(chosen, features), tf.float32)
+        features = tf.cast(features, tf.float32)
         weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
         cams = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1, keepdims=True))
         cams = tf.image.resize(cams, tf.shape(pixels)[1:3], method="bilinear")[..., 0].numpy()

@@ -21,12 +21,14 @@ from matplotlib.figure import Figure
 
 from braintumor_tf.data.decode import DecodeError, read_image
 from braintumor_tf.data.discover import CLASS_NAMES, class_counts, discover_images
+from braintumor_tf.data.segmentation import SPLIT_FOLDER_NAMES
 from braintumor_tf.data.splits import (
     TRANSFORM_NAMES,
     compute_signatures,
     find_pairs,
     groups_from_pairs,
 )
+from braintumor_tf.data.subjects import resolve_subjects, split_units
 
 NEAR_LOW = 0.75  # pairs in [NEAR_LOW, threshold) are reported as "near misses" to tune it
 MAX_EXAMPLES = 20
@@ -63,6 +65,33 @@ def _copy_matrix(groups: np.ndarray, src: np.ndarray, names: list[str]) -> dict:
             row[name_b] = int((others > 0).sum())
         matrix[name_a] = row
     return matrix
+
+
+def _subject_stats(units, labels, leaf_src, leaves, top_src, top_list, record_subjects) -> dict:
+    """Subjects (a listed patient joined with every copy of its images; without a subjects file,
+    a near-duplicate group) per class and per folder, and how many subjects of each data set's
+    test folder also sit in its training folder: the leak a published split carries."""
+
+    def count(mask) -> int:
+        return int(len(np.unique(units[mask])))
+
+    per_class = {name: count(labels == c) for c, name in enumerate(CLASS_NAMES)}
+    per_source = {leaf: count(leaf_src == k) for k, leaf in enumerate(leaves)}
+    test_in_train = {}
+    for t, top in enumerate(top_list):
+        by_role: dict[str, set] = {}
+        for k, leaf in enumerate(leaves):
+            if not leaf.startswith(top + "/"):
+                continue
+            role = SPLIT_FOLDER_NAMES.get(leaf[len(top) + 1:].lower())
+            if role in ("train", "test"):
+                by_role.setdefault(role, set()).update(units[(leaf_src == k) & (top_src == t)].tolist())
+        if {"train", "test"} <= set(by_role):
+            test_in_train[top] = {"test_subjects": len(by_role["test"]),
+                                  "also_in_training": len(by_role["test"] & by_role["train"])}
+    return {"images_with_listed_subject": int(sum(bool(s) for s in record_subjects)),
+            "subjects": int(len(np.unique(units))) if len(units) else 0,
+            "per_class": per_class, "per_source": per_source, "test_in_training": test_in_train}
 
 
 def _md_table(header: list[str], rows: list[list]) -> str:
@@ -187,8 +216,11 @@ def audit(
     threshold: float = 0.85,
     workers: int = 2,
     progress: bool = True,
+    subjects: str | None = "auto",
 ) -> dict:
-    """Discover, group duplicates over all folders, write reports to out_dir, return summary."""
+    """Discover, group duplicates over all folders, write reports to out_dir, return summary.
+
+    ``subjects``: a path,subject CSV, ``auto`` (a subjects.csv beside the folders) or ``none``."""
     if not paths:
         raise ValueError("give at least one data folder to audit")
     if not 0.0 < threshold <= 1.0:
@@ -209,6 +241,10 @@ def audit(
     pi, pj, pc, pt = find_pairs(sigs, min(threshold, NEAR_LOW))
     dup = pc >= threshold
     groups = groups_from_pairs(len(records), pi[dup], pj[dup])
+    subject_table, subjects_found = resolve_subjects(subjects, roots)
+    record_subjects = (subject_table.lookup([r.path for r in records]) if subject_table is not None
+                       else [""] * len(records))
+    units = split_units(groups, record_subjects)
     t_pairs = time.perf_counter()
 
     all_top = [tops[root_index[r.source]] for r in all_records]
@@ -295,6 +331,10 @@ def audit(
                      for p in near_pick],
     }
 
+    subject_stats = _subject_stats(units, labels, leaf_src, leaves, top_src, top_list, record_subjects)
+    subject_stats.update(
+        file=subject_table.csv_path if subject_table else None, found_automatically=subjects_found)
+
     # duplicates.csv: every image that has a copy, grouped.
     with open(out / "duplicates.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
@@ -328,6 +368,7 @@ def audit(
         "copies_across_subfolders": cross_leaf,
         "label_conflicts": label_conflicts,
         "near_misses": near_misses,
+        "subjects": subject_stats,
         "timings_s": {
             "discover": round(t_discover - t_start, 2),
             "signatures": round(t_sigs - t_discover, 2),
@@ -342,6 +383,23 @@ def audit(
     (out / "summary.md").write_text(markdown, encoding="utf-8")
     print(markdown)
     return summary
+
+
+def _subjects_markdown(stats: dict | None) -> str:
+    if not stats:
+        return "## Subjects\n\nNot recorded."
+    source = (f"patients from {stats['file']} ({stats['images_with_listed_subject']} images listed), "
+              "each joined with every near-duplicate of its images" if stats["file"] else
+              "no subjects file: near-duplicate groups stand in for subjects")
+    lines = [f"## Subjects\n\n{stats['subjects']} subjects; {source}.\n",
+             _md_table(["class", "subjects"], [[k, v] for k, v in stats["per_class"].items()]), "",
+             _md_table(["folder", "subjects"], [[k, v] for k, v in stats["per_source"].items()])]
+    if stats["test_in_training"]:
+        lines += ["", "Subjects of a data set's test folder that also appear in its training folder:", "",
+                  _md_table(["data set", "test subjects", "also in training"],
+                            [[k, v["test_subjects"], v["also_in_training"]]
+                             for k, v in stats["test_in_training"].items()])]
+    return "\n".join(lines)
 
 
 def summary_markdown(summary: dict) -> str:
@@ -385,6 +443,7 @@ def summary_markdown(summary: dict) -> str:
     sections.append(
         f"## Near misses\n\n{nm['pairs_not_grouped']} pairs have {nm['range'][0]} <= r < "
         f"{nm['range'][1]} and were not grouped (see summary.json for examples).")
+    sections.append(_subjects_markdown(summary.get("subjects")))
     b = summary["bad_files"]
     bad_rows = [[f["path"], f["reason"]] for f in b["files"][:MAX_EXAMPLES]] or [["none", ""]]
     sections.append(f"## Unreadable files: {b['count']}\n\n" + _md_table(["path", "reason"],

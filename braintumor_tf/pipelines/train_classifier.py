@@ -15,10 +15,10 @@ import numpy as np
 
 from braintumor_tf.config import Config
 from braintumor_tf.data import splits as splits_lib
-from braintumor_tf.data.decode import write_bad_file_report
 from braintumor_tf.data.discover import CLASS_NAMES, class_counts, discover_images
 from braintumor_tf.data.phantoms import write_phantom_dataset
 from braintumor_tf.data.pipeline import classification_dataset
+from braintumor_tf.data.subjects import resolve_subjects
 from braintumor_tf.export.savedmodel import export_classifier
 from braintumor_tf.models.classifier import build_classifier
 from braintumor_tf.models.unet import count_macs_nested
@@ -30,6 +30,7 @@ from braintumor_tf.pipelines.run_dir import (
     write_learning_rate_plot,
 )
 from braintumor_tf.pipelines.run_dir import log as _log
+from braintumor_tf.pipelines.split_data import split_and_write_manifest, subjects_summary
 from braintumor_tf.plots import plot_history
 from braintumor_tf.training.callbacks import read_history, run_callbacks
 from braintumor_tf.training.optimizers import make_optimizer
@@ -55,37 +56,42 @@ def prepare_data(config: Config, run_dir: Path):
     _log(f"found {len(records)} labelled images under {', '.join(map(str, roots))}: "
          f"{class_counts(records)}")
     if config.data.exclude_duplicates_of:
-        records = _exclude_near_duplicates(records, config, run_dir)
-    result = splits_lib.make_split(
-        records, config.data.val_fraction, config.data.test_fraction, config.data.split_seed,
-        group_aware=config.data.group_aware, threshold=config.data.group_threshold,
-        cache_dir=run_dir / "cache")
-    write_bad_file_report(result.bad, run_dir / "bad_files.csv")
-    if result.bad:
-        _log(f"skipped {len(result.bad)} unreadable files, listed in {run_dir / 'bad_files.csv'}")
-    splits_lib.write_manifest(manifest_path, result.records, result.groups, result.splits)
-    return splits_lib.read_manifest(manifest_path)
+        records = _exclude_near_duplicates(records, config, run_dir, roots)
+    # Phantoms have no patients; never pick up a subjects.csv from the run directory's parents.
+    subject_roots = roots if config.data.root is not None else []
+    return split_and_write_manifest(config, run_dir, records, subject_roots)
 
 
-def _exclude_near_duplicates(records, config: Config, run_dir: Path):
-    """Drop every image that is a near-duplicate of one under ``data.exclude_duplicates_of``;
-    the dropped ones are listed in ``excluded.csv`` with the image each one matched."""
+def _exclude_near_duplicates(records, config: Config, run_dir: Path, roots):
+    """Drop every image that is a near-duplicate of one under ``data.exclude_duplicates_of`` and,
+    where subjects are known, every image of the subjects those images show (neighbouring slices
+    of a patient are not copies but still leak); ``excluded.csv`` lists what was dropped and why."""
     import csv
 
-    references = [r.path for r in discover_images([Path(p) for p in config.data.exclude_duplicates_of],
-                                                  require_label=False)]
+    exclude_roots = [Path(p) for p in config.data.exclude_duplicates_of]
+    references = [r.path for r in discover_images(exclude_roots, require_label=False)]
     if not references:
         raise ValueError("data.exclude_duplicates_of: no images found under "
                          f"{', '.join(config.data.exclude_duplicates_of)}")
     kept, dropped = splits_lib.drop_near_duplicates_of(records, references,
                                                        config.data.group_threshold, run_dir / "cache")
+    table, _ = resolve_subjects(config.data.subjects, [*roots, *exclude_roots])
+    if table is not None:
+        dropped_paths = [row["path"] for row in dropped]
+        excluded_subjects = {s for s in table.lookup(references + dropped_paths) if s}
+        subjects = table.lookup([r.path for r in kept])
+        dropped += [{"path": r.path, "matches": f"subject {s}", "correlation": ""}
+                    for r, s in zip(kept, subjects, strict=True) if s in excluded_subjects]
+        kept = [r for r, s in zip(kept, subjects, strict=True) if s not in excluded_subjects]
+        _log(f"excluding whole subjects: {len(excluded_subjects)} subjects of {table.csv_path} "
+             "appear among the excluded images")
     with open(run_dir / "excluded.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=["path", "matches", "correlation"])
         writer.writeheader()
         writer.writerows(dropped)
-    _log(f"excluded {len(dropped)} of {len(records)} images as near-duplicates of the "
-         f"{len(references)} images under {', '.join(config.data.exclude_duplicates_of)} "
-         f"(listed in {run_dir / 'excluded.csv'}); {len(kept)} remain: {class_counts(kept)}")
+    _log(f"excluded {len(dropped)} of {len(records)} images (near-duplicates of the "
+         f"{len(references)} images under {', '.join(config.data.exclude_duplicates_of)}, and their "
+         f"subjects; listed in {run_dir / 'excluded.csv'}); {len(kept)} remain: {class_counts(kept)}")
     return kept
 
 
@@ -158,7 +164,8 @@ def train_classifier(config: Config, run_dir: str | Path) -> dict:
     summary = {"parameters": int(model.count_params()), "macs_per_image": macs,
                "precision_policy": policy, "train_images": len(train_paths),
                "val_images": len(val_paths), "test_images": len(test_paths),
-               "steps_per_epoch": steps_per_epoch, "epochs": train.epochs}
+               "steps_per_epoch": steps_per_epoch, "epochs": train.epochs,
+               "subjects": subjects_summary(run_dir)}
     _log(f"model {model.name}: {summary['parameters']:,} parameters, "
          f"{macs / 1e9:.3f} GMAC per image; {steps_per_epoch} steps/epoch x {train.epochs} epochs")
     write_learning_rate_plot(schedule, total_steps, steps_per_epoch, run_dir)

@@ -17,7 +17,6 @@ import numpy as np
 
 from braintumor_tf.config import Config
 from braintumor_tf.data import splits as splits_lib
-from braintumor_tf.data.decode import write_bad_file_report
 from braintumor_tf.data.phantoms import write_phantom_dataset
 from braintumor_tf.data.pipeline import segmentation_dataset
 from braintumor_tf.data.segmentation import SegmentationSource, find_segmentation_images
@@ -30,6 +29,7 @@ from braintumor_tf.pipelines.run_dir import (
     start_run,
     write_learning_rate_plot,
 )
+from braintumor_tf.pipelines.split_data import split_and_write_manifest, subjects_summary
 from braintumor_tf.pipelines.train_classifier import cap_per_group
 from braintumor_tf.plots import plot_history
 from braintumor_tf.training.callbacks import read_history, run_callbacks
@@ -67,30 +67,13 @@ def prepare_segmentation_data(config: Config, run_dir: Path, source: Segmentatio
     images = source.images_with(targets)
     records = splits_lib.segmentation_records(images, source.has_tumour(images, targets),
                                               source=str(config.data.root or "phantoms"))
-    data = config.data
-    result = splits_lib.make_split(records, data.val_fraction, data.test_fraction, data.split_seed,
-                                   group_aware=data.group_aware, threshold=data.group_threshold,
-                                   cache_dir=run_dir / "cache")
-    splits = result.splits
+    folder_splits = None
     if config.segmentation.use_split_folders and source.has_split_folders:
-        folder_of = dict(zip(source.image_paths, source.folder_splits, strict=True))
-        splits = np.asarray([folder_of[record.path] for record in result.records])
-        straddling = _groups_in_several_splits(result.groups, splits)
-        log(f"using the data's own split folders; {straddling} duplicate group(s) have copies in "
-            "more than one of them (set segmentation.use_split_folders=false for a group-aware split)")
-    write_bad_file_report(result.bad, run_dir / "bad_files.csv")
-    if result.bad:
-        log(f"skipped {len(result.bad)} unreadable files, listed in {run_dir / 'bad_files.csv'}")
-    splits_lib.write_manifest(manifest_path, result.records, result.groups, splits,
-                              class_names=splits_lib.SEGMENTATION_LABELS)
-    return splits_lib.read_manifest(manifest_path)
-
-
-def _groups_in_several_splits(groups, splits) -> int:
-    seen: dict[int, set] = {}
-    for group, split in zip(np.asarray(groups).tolist(), np.asarray(splits).tolist(), strict=True):
-        seen.setdefault(group, set()).add(split)
-    return sum(len(names) > 1 for names in seen.values())
+        folder_splits = dict(zip(source.image_paths, source.folder_splits, strict=True))
+    roots = [config.data.root] if config.data.root is not None else []
+    return split_and_write_manifest(config, run_dir, records, roots,
+                                    class_names=splits_lib.SEGMENTATION_LABELS,
+                                    folder_splits=folder_splits)
 
 
 def build_segmenter(config: Config) -> keras.Model:
@@ -165,7 +148,7 @@ def train_segmenter(config: Config, run_dir: str | Path) -> dict:
                "initial_weights": train.initial_weights,
                "train_images": len(train_paths), "val_images": len(val_paths),
                "test_images": len(test_paths), "steps_per_epoch": steps_per_epoch,
-               "epochs": train.epochs}
+               "epochs": train.epochs, "subjects": subjects_summary(run_dir)}
     log(f"model {model.name}: {summary['parameters']:,} parameters, {macs / 1e9:.3f} GMAC per image; "
         f"{steps_per_epoch} steps/epoch x {train.epochs} epochs")
     write_learning_rate_plot(schedule, total_steps, steps_per_epoch, run_dir)

@@ -1,0 +1,65 @@
+"""Split a run's images once, by subject where subjects are known, and write the manifest.
+
+Shared by classification and segmentation so both split the same way; the manifest (and
+``subjects.json``) are what a resumed run, ``evaluate --split`` and ``export --run`` read back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from braintumor_tf.config import Config
+from braintumor_tf.data import splits as splits_lib
+from braintumor_tf.data.decode import write_bad_file_report
+from braintumor_tf.data.discover import CLASS_NAMES, ImageRecord
+from braintumor_tf.data.subjects import describe, subjects_for
+from braintumor_tf.pipelines.run_dir import log
+
+SUBJECTS_REPORT = "subjects.json"
+
+
+def split_and_write_manifest(config: Config, run_dir: Path, records: Sequence[ImageRecord],
+                             roots: Sequence[str | Path], class_names=CLASS_NAMES,
+                             folder_splits: dict[str, str] | None = None) -> list[dict]:
+    """Split ``records`` (whole subjects and near-duplicate groups per side) and write
+    ``split_manifest.csv``, ``bad_files.csv`` and ``subjects.json``; ``folder_splits`` (image ->
+    split) keeps a data set's own folders instead."""
+    data = config.data
+    subjects, report = subjects_for([r.path for r in records], data.subjects, roots)
+    log(describe(report))
+    result = splits_lib.make_split(records, data.val_fraction, data.test_fraction, data.split_seed,
+                                   group_aware=data.group_aware, threshold=data.group_threshold,
+                                   cache_dir=run_dir / "cache", subjects=subjects)
+    splits = result.splits
+    if folder_splits is not None:
+        splits = np.asarray([folder_splits[record.path] for record in result.records])
+        straddling = units_in_several_splits(result.units, splits)
+        log(f"using the data's own split folders; {straddling} split unit(s) (subjects or duplicate "
+            "groups) have images in more than one of them")
+    report.split_units = int(len(np.unique(result.units)))
+    report.straddling_units = units_in_several_splits(result.units, splits)
+    write_bad_file_report(result.bad, run_dir / "bad_files.csv")
+    if result.bad:
+        log(f"skipped {len(result.bad)} unreadable files, listed in {run_dir / 'bad_files.csv'}")
+    (run_dir / SUBJECTS_REPORT).write_text(json.dumps(report.as_dict(), indent=2))
+    manifest_path = run_dir / "split_manifest.csv"
+    splits_lib.write_manifest(manifest_path, result.records, result.groups, splits,
+                              class_names=class_names, subjects=result.subjects)
+    return splits_lib.read_manifest(manifest_path)
+
+
+def subjects_summary(run_dir: Path) -> dict | None:
+    """What summary.json says about subjects (``subjects.json`` of the split), if recorded."""
+    path = Path(run_dir) / SUBJECTS_REPORT
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def units_in_several_splits(units, splits) -> int:
+    seen: dict[int, set] = {}
+    for unit, split in zip(np.asarray(units).tolist(), np.asarray(splits).tolist(), strict=True):
+        seen.setdefault(unit, set()).add(split)
+    return sum(len(names) > 1 for names in seen.values())
