@@ -31,24 +31,18 @@ def _friendly_errors(function):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main():
+@click.option("-v", "--verbose", is_flag=True, help="Also show debugging details.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors (and results).")
+def main(verbose, quiet):
     """braintumor_tf: brain-tumour MRI models from a folder on disk to a served model."""
+    from braintumor_tf.log import configure
+
+    configure(-1 if quiet else 1 if verbose else 0)
 
 
 def _default_run_dir(config_path) -> Path:
     stem = Path(config_path).stem if config_path else "classification"
     return Path("runs") / stem
-
-
-def _train(config, run_dir) -> dict:
-    """The task in the config picks the pipeline."""
-    if config.task == "segmentation":
-        from braintumor_tf.pipelines.train_segmenter import train_segmenter
-
-        return train_segmenter(config, run_dir)
-    from braintumor_tf.pipelines.train_classifier import train_classifier
-
-    return train_classifier(config, run_dir)
 
 
 @main.command("train")
@@ -80,7 +74,9 @@ def train_command(config_path, data_root, run_dir, subjects_path, overrides):
         overrides.append(f"data.subjects={subjects_path}")
     config = load_config(config_path, overrides)
     run_dir = Path(run_dir) if run_dir else _default_run_dir(config_path)
-    summary = _train(config, run_dir)
+    from braintumor_tf.commands.train import train
+
+    summary = train(config, run_dir)
     click.echo(json.dumps(summary, indent=2))
     click.echo(f"run directory: {run_dir}")
 
@@ -114,7 +110,7 @@ def evaluate_command(model_path, data_paths, masks_dir, split_name, json_path, o
         raise FileNotFoundError(f"mask folder not found: {masks_dir}")
     if not Path(model_path).exists():
         raise FileNotFoundError(f"model not found: {model_path}")
-    from braintumor_tf.pipelines.evaluate import evaluate
+    from braintumor_tf.commands.evaluate import evaluate
 
     evaluate(model_path, data_paths, json_path=json_path, out_dir=out_dir, batch_size=batch_size,
              split=split_name, masks=masks_dir, tta=tta)
@@ -140,7 +136,7 @@ def audit_command(paths, out_dir, threshold, subjects_path):
     for path in paths:
         if not Path(path).exists():
             raise FileNotFoundError(f"data folder not found: {path}")
-    from braintumor_tf.pipelines.audit import audit
+    from braintumor_tf.commands.audit import audit
 
     audit(list(paths), out_dir, threshold=threshold, subjects=subjects_path)
     click.echo(f"audit written to {out_dir}")
@@ -175,7 +171,7 @@ def export_command(model_path, run_dir, out_base, version, tflite_variants, repr
                    validation_data, masks_dir, int8_io, tta):
     """Write a versioned SavedModel for TF Serving and, optionally, TFLite variants with a parity
     report (classifier: top-1 agreement; segmenter: Dice drop <= 0.01)."""
-    from braintumor_tf.pipelines.export import export_model
+    from braintumor_tf.commands.export import export_model
 
     summary = export_model(out_base, model_path=model_path, run_dir=run_dir, version=version,
                            tflite_variants=tflite_variants, representative_data=representative_data,
@@ -207,7 +203,7 @@ def predict_command(inputs, model_path, server, model_name, json_path, csv_path,
                     masks_dir, batch_size):
     """Classifier: class and probabilities. Segmenter: tumour area (pixels at the original size and
     fraction of the image) and a mask PNG per file. Unreadable files are reported, the rest predicted."""
-    from braintumor_tf.pipelines.predict import predict
+    from braintumor_tf.commands.predict import predict
 
     predict(list(inputs), model_path=model_path, server=server, model_name=model_name,
             json_path=json_path, csv_path=csv_path, explain_dir=explain_dir, batch_size=batch_size,
@@ -225,15 +221,17 @@ def predict_command(inputs, model_path, server, model_name, json_path, csv_path,
 @_friendly_errors
 def benchmark_command(models, tflite_dir, images, num_threads, json_path):
     """Images/s and latency p50/p95 at batch 1 and 32 for each backend."""
-    from braintumor_tf.pipelines.benchmark import benchmark
+    from braintumor_tf.commands.benchmark import benchmark
 
     benchmark(list(models), tflite_dir=tflite_dir, images=images, num_threads=num_threads,
               json_path=json_path, log=lambda m: click.echo(m))
 
 
 def train_main(argv=None):
-    """``python -m braintumor_tf.train`` is ``braintumor-tf train``."""
-    return main(["train", *(sys.argv[1:] if argv is None else argv)])
+    """``python -m braintumor_tf.train`` is ``braintumor-tf train`` (``-v``/``-q`` anywhere)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    flags = [a for a in args if a in ("-v", "--verbose", "-q", "--quiet")]
+    return main([*flags, "train", *(a for a in args if a not in flags)])
 
 
 if __name__ == "__main__":

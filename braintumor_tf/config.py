@@ -12,7 +12,8 @@ from pathlib import Path
 
 import yaml
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# Shipped inside the package (a wheel has them too); the top-level configs/ links here.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CLASSIFICATION_CONFIG = CONFIG_DIR / "classification.yaml"
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
@@ -60,7 +61,7 @@ class DataConfig:
     """
 
     root: str | None = None
-    image_size: int = 128
+    image_size: int = 160
     channels: int = 1
     phantom_images_per_class: int = 300
     phantom_image_size: int = 160
@@ -109,11 +110,11 @@ class ModelConfig:
 
     name: str = "residual_cnn"
     num_classes: int = 4
-    stem_filters: int = 0  # 0: no stem, the first block sees the image
-    stem_stride: int = 1
-    block_filters: tuple[int, ...] = (32, 64, 128, 192, 256)
+    stem_filters: int = 32  # 0: no stem, the first block sees the image
+    stem_stride: int = 2
+    block_filters: tuple[int, ...] = (32, 64, 128, 256, 256)
     block_kernel_sizes: tuple[int, ...] = (3, 3, 3, 3, 3)
-    block_downsample: tuple[bool, ...] = (True, True, True, True, True)
+    block_downsample: tuple[bool, ...] = (True, True, True, True, False)
     convs_per_block: int = 2
     separable: bool = False
     batch_norm: bool = True
@@ -141,7 +142,7 @@ class ModelConfig:
 class OptimizerConfig:
     name: str = "adamw"
     learning_rate: float = 2e-3
-    weight_decay: float = 1e-4
+    weight_decay: float = 0.05
     momentum: float = 0.9
     beta_1: float = 0.9
     beta_2: float = 0.999
@@ -238,11 +239,11 @@ class SegmentationConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     batch_size: int = 32
-    epochs: int = 12
+    epochs: int = 20
     precision: str = "auto"
     distribute: str = "auto"
     seed: int = 0
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.1
     monitor: str = "val_accuracy"
     steps_per_epoch: int | None = None  # None: one pass over the training split
     verbose: int = 1
@@ -363,17 +364,28 @@ def parse_override(text: str) -> tuple[str, object]:
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> Config:
-    """Read a YAML config (default: configs/classification.yaml) and apply ``key=value`` overrides."""
+    """Read a YAML config (default: the packaged classification.yaml; a bare name such as
+    ``segmentation`` finds a packaged config) and apply ``key=value`` overrides."""
     path = Path(path) if path is not None else DEFAULT_CLASSIFICATION_CONFIG
-    tree: dict = {}
-    if path.exists():
-        tree = yaml.safe_load(path.read_text()) or {}
-    elif path != DEFAULT_CLASSIFICATION_CONFIG:
-        raise ValueError(f"config file not found: {path}")
+    if not path.is_file():
+        path = _packaged(path)
+    if not path.is_file():
+        where = " (the packaged default is missing: reinstall braintumor_tf)" \
+            if path == DEFAULT_CLASSIFICATION_CONFIG else ""
+        raise ValueError(f"config file not found: {path}{where}")
+    tree = yaml.safe_load(path.read_text()) or {}
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(tree, key, value)
     return from_dict(tree)
+
+
+def _packaged(path: Path) -> Path:
+    """``segmentation``, ``segmentation.yaml`` or ``configs/segmentation.yaml`` name a packaged
+    config when no such file exists here (e.g. after a wheel install, run from anywhere)."""
+    name = path.name if path.suffix else f"{path.name}.yaml"
+    packaged = CONFIG_DIR / name
+    return packaged if packaged.is_file() else path
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -21,9 +21,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from braintumor_tf.config import load_config  # noqa: E402
+from braintumor_tf.data.datasets import classification_dataset  # noqa: E402
 from braintumor_tf.data.discover import discover_images  # noqa: E402
 from braintumor_tf.data.phantoms import write_phantom_dataset  # noqa: E402
-from braintumor_tf.data.pipeline import classification_dataset  # noqa: E402
 from braintumor_tf.models.classifier import build_classifier  # noqa: E402
 
 

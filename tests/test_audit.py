@@ -8,8 +8,8 @@ import json
 import cv2
 import numpy as np
 
+from braintumor_tf.commands.audit import audit
 from braintumor_tf.data.discover import CLASS_NAMES
-from braintumor_tf.pipelines.audit import audit
 
 
 def base_image(seed: int, size: int = 160) -> np.ndarray:

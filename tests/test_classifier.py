@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from braintumor_tf.config import load_config
-from braintumor_tf.models.classifier import build_classifier, build_residual_cnn, count_macs
+from braintumor_tf.models.classifier import build_classifier, build_residual_cnn
+from braintumor_tf.models.macs import count_macs
 
 TINY = dict(image_size=32, channels=1, num_classes=4, stem_filters=8, stem_stride=2,
             block_filters=(8, 16), block_kernel_sizes=(3, 3), block_downsample=(True, False))

@@ -57,7 +57,7 @@ def test_save_and_reload_round_trip(tmp_path):
 
 
 def test_cap_per_group_keeps_at_most_k_copies_and_every_group():
-    from braintumor_tf.pipelines.train_classifier import cap_per_group
+    from braintumor_tf.data.run_split import cap_per_group
 
     rows = [{"path": f"{g}_{i}", "group": g} for g in range(5) for i in range(g + 1)]
     capped = cap_per_group(rows, 2, seed=0)
@@ -67,3 +67,16 @@ def test_cap_per_group_keeps_at_most_k_copies_and_every_group():
     assert counts == {0: 1, 1: 2, 2: 2, 3: 2, 4: 2}
     assert cap_per_group(rows, 2, seed=0) == capped
     assert cap_per_group(rows, 10, seed=0) == rows
+
+
+def test_dataclass_defaults_are_the_default_config_file():
+    """One source of defaults: a key left out of a config means what classification.yaml says."""
+    assert Config().to_dict() == load_config().to_dict()
+
+
+def test_packaged_configs_by_name_and_missing_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here, as after a wheel install
+    assert load_config("segmentation").task == "segmentation"
+    assert load_config("configs/segmentation_seed.yaml").task == "segmentation"
+    with pytest.raises(ValueError, match="config file not found: nope.yaml"):
+        load_config("nope.yaml")

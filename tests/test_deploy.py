@@ -18,15 +18,15 @@ from click.testing import CliRunner
 from serving_standin import StandIn, serving_stand_in
 
 from braintumor_tf.cli import main
+from braintumor_tf.commands.benchmark import benchmark
+from braintumor_tf.commands.export import export_model
+from braintumor_tf.commands.predict import predict
 from braintumor_tf.data.discover import CLASS_NAMES
 from braintumor_tf.export import rest_client, savedmodel
 from braintumor_tf.export.runtimes import load_runtime
 from braintumor_tf.export.tflite import convert_to_tflite
 from braintumor_tf.models.classifier import build_residual_cnn
 from braintumor_tf.models.gradcam import GradCAM, last_conv_layer_name
-from braintumor_tf.pipelines.benchmark import benchmark
-from braintumor_tf.pipelines.export import export_model
-from braintumor_tf.pipelines.predict import predict
 
 SIZE = 32
 LEVELS = (80, 140, 200, 255)  # class = brightness of a patch in a random quadrant

@@ -13,11 +13,11 @@ import pytest
 from click.testing import CliRunner
 
 from braintumor_tf.cli import main
+from braintumor_tf.commands.benchmark import benchmark
+from braintumor_tf.commands.export import export_model
+from braintumor_tf.commands.predict import predict
 from braintumor_tf.export.runtimes import load_runtime
 from braintumor_tf.models.unet import build_resnet50_unet
-from braintumor_tf.pipelines.benchmark import benchmark
-from braintumor_tf.pipelines.export import export_model
-from braintumor_tf.pipelines.predict import predict
 
 SIZE = 64
 # 15 epochs (Dice ~0.89 vs truth) rather than 6 (~0.46): a barely trained UNet leaves many pixels

@@ -104,8 +104,8 @@ def test_pretraining_run_excludes_copies_and_writes_encoder_weights(tmp_path):
     import csv
     import shutil
 
+    from braintumor_tf.commands.train import train
     from braintumor_tf.data.phantoms import write_phantom_dataset
-    from braintumor_tf.pipelines.train_classifier import train_classifier
 
     data = tmp_path / "phantoms"
     write_phantom_dataset(data, 8, 64, 0)
@@ -121,7 +121,7 @@ def test_pretraining_run_excludes_copies_and_writes_encoder_weights(tmp_path):
         "train.epochs=1", "train.batch_size=8", "train.precision=float32",
         "train.run_eagerly=true", "train.verbose=0"])
     run_dir = tmp_path / "run"
-    summary = train_classifier(config, run_dir)
+    summary = train(config, run_dir)
     with open(run_dir / "excluded.csv", newline="") as handle:
         excluded = sorted(os.path.basename(row["path"]) for row in csv.DictReader(handle))
     assert excluded == sorted(p.name for p in copied)

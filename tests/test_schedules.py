@@ -10,6 +10,8 @@ from braintumor_tf.training.schedules import WarmupCosineFloor, make_schedule, s
 
 BASE = 1e-3
 TOTAL = 100
+# The study's schedule: 20 % warmup from 0.1x, cosine to 0.1x over the next 30 %, then flat.
+STUDY = dict(warmup_start_factor=0.1, warmup_fraction=0.2, decay_fraction=0.3, floor_factor=0.1)
 
 
 def _lr(schedule, step):
@@ -38,7 +40,7 @@ def test_phase_boundaries(warmup_fraction):
 
 
 def test_monotone_phases():
-    values = schedule_values(WarmupCosineFloor(BASE, TOTAL), TOTAL)
+    values = schedule_values(WarmupCosineFloor(BASE, TOTAL, **STUDY), TOTAL)
     assert values.dtype == np.float32 and values.shape == (TOTAL,)
     assert np.all(np.diff(values[:21]) > 0)
     assert np.all(np.diff(values[20:51]) < 0)
@@ -46,17 +48,17 @@ def test_monotone_phases():
 
 
 def test_zero_warmup_and_zero_decay():
-    no_warmup = WarmupCosineFloor(BASE, TOTAL, warmup_fraction=0.0, decay_fraction=0.5)
+    no_warmup = WarmupCosineFloor(BASE, TOTAL, **{**STUDY, "warmup_fraction": 0.0, "decay_fraction": 0.5})
     assert _lr(no_warmup, 0) == pytest.approx(BASE)
     assert _lr(no_warmup, 25) == pytest.approx((BASE + 0.1 * BASE) / 2)
     assert _lr(no_warmup, 50) == pytest.approx(0.1 * BASE)
-    no_decay = WarmupCosineFloor(BASE, TOTAL, warmup_fraction=0.5, decay_fraction=0.0)
+    no_decay = WarmupCosineFloor(BASE, TOTAL, **{**STUDY, "warmup_fraction": 0.5, "decay_fraction": 0.0})
     assert _lr(no_decay, 49) < BASE
     assert _lr(no_decay, 50) == pytest.approx(0.1 * BASE)
 
 
 def test_graph_mode_with_tensor_step():
-    schedule = WarmupCosineFloor(BASE, TOTAL)
+    schedule = WarmupCosineFloor(BASE, TOTAL, **STUDY)
 
     @tf.function
     def lr_at(step):
@@ -122,3 +124,10 @@ def test_make_schedule_and_values():
     np.testing.assert_array_equal(schedule_values(constant, 5), np.full(5, BASE, np.float32))
     cosine = keras.optimizers.schedules.CosineDecay(BASE, TOTAL)
     assert schedule_values(cosine, 3).shape == (3,)
+
+
+def test_schedule_defaults_are_the_config_defaults():
+    """One source of defaults: a schedule built without arguments is the config's."""
+    schedule, config = WarmupCosineFloor(BASE, TOTAL), ScheduleConfig()
+    for name in ("warmup_start_factor", "warmup_fraction", "decay_fraction", "floor_factor"):
+        assert getattr(schedule, name) == getattr(config, name), name

@@ -11,7 +11,7 @@ from braintumor_tf.data.augment import (
     make_joint_augmenter,
 )
 from braintumor_tf.data.coco import ANNOTATION_FILE, coco_mask_fn, load_coco_split
-from braintumor_tf.data.pipeline import segmentation_dataset
+from braintumor_tf.data.datasets import segmentation_dataset
 
 SIZE = 32
 

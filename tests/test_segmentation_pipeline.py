@@ -142,8 +142,7 @@ def _split_folders_with_a_straddling_duplicate(root, masks_root, per_folder=12, 
 
 @pytest.mark.parametrize("use_split_folders", [False, True])
 def test_split_folders_are_pooled_group_aware_unless_asked_to_keep_them(tmp_path, use_split_folders):
-    from braintumor_tf.data.segmentation import find_segmentation_images
-    from braintumor_tf.pipelines.train_segmenter import prepare_segmentation_data
+    from braintumor_tf.tasks.segmentation import SegmentationTask
 
     root, masks = tmp_path / "data", tmp_path / "masks"
     _split_folders_with_a_straddling_duplicate(root, masks)
@@ -152,10 +151,9 @@ def test_split_folders_are_pooled_group_aware_unless_asked_to_keep_them(tmp_path
         overrides.append("segmentation.use_split_folders=true")
     config = load_config(SEG_CONFIG, overrides)
     assert config.segmentation.use_split_folders is use_split_folders  # default: pooled
-    source = find_segmentation_images(root, masks)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    rows = prepare_segmentation_data(config, run_dir, source, "masks")
+    rows = SegmentationTask().prepare_data(config, run_dir).rows
     split_of = {os.path.basename(row["path"]): row["split"] for row in rows}
     assert len(rows) == 36
     if use_split_folders:
@@ -245,7 +243,7 @@ def test_evaluate_pipeline_matches_hand_scores_for_a_perfect_model(tmp_path):
     """A stand-in runtime that returns the truth itself scores 1 everywhere vs masks, and the boxes
     (which contain the discs) score below 1 vs annotations."""
     from braintumor_tf.data.segmentation import find_segmentation_images, mask_at_size
-    from braintumor_tf.pipelines.evaluate_segmenter import evaluate_segmentation_images
+    from braintumor_tf.evaluation.segmentation import evaluate_segmentation_images
 
     data, masks = tmp_path / "coco", tmp_path / "masks"
     _write_coco_and_masks(data, masks)

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from synthetic import base_image, write_image
 
+from braintumor_tf.commands.audit import audit
 from braintumor_tf.config import load_config
 from braintumor_tf.data import splits as sp
 from braintumor_tf.data import subjects as subj
 from braintumor_tf.data.discover import CLASS_NAMES, discover_images
-from braintumor_tf.pipelines.audit import audit
-from braintumor_tf.pipelines.split_data import split_and_write_manifest
+from braintumor_tf.data.run_split import split_and_write_manifest
 
 
 def write_subject_set(root, subjects=24, slices=5):

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from braintumor_tf.cli import TTA_CHOICES
+from braintumor_tf.commands.export import export_model
 from braintumor_tf.export.runtimes import load_runtime
 from braintumor_tf.models.tta import TTA_MODES, SquareSymmetry, with_test_time_augmentation
-from braintumor_tf.pipelines.export import export_model
 
 SIZE = 16
 
@@ -137,7 +137,7 @@ def test_tflite_stores_the_shared_weights_once(tmp_path):
 
 
 def test_benchmark_takes_models_of_different_input_sizes(tmp_path):
-    from braintumor_tf.pipelines.benchmark import benchmark
+    from braintumor_tf.commands.benchmark import benchmark
 
     paths = []
     for size in (SIZE, 2 * SIZE):

@@ -7,13 +7,9 @@ import keras
 import numpy as np
 import pytest
 
-from braintumor_tf.models.unet import (
-    IMAGENET_BGR_MEANS,
-    CaffePreprocessing,
-    GreyToRGB,
-    build_resnet50_unet,
-    count_macs_nested,
-)
+from braintumor_tf.models.layers import IMAGENET_BGR_MEANS, CaffePreprocessing, GreyToRGB
+from braintumor_tf.models.macs import count_macs_nested
+from braintumor_tf.models.unet import build_resnet50_unet
 from braintumor_tf.training.losses import BCEDiceLoss, DiceCoefficient
 
 SIZE = 64  # ResNet50 downsamples 32x: the smallest size with a 2x2 bottleneck

@@ -90,14 +90,11 @@ class _KerasRuntime(Runtime):
     kind = "keras"
 
     def __init__(self, path: Path, class_names, batch_size: int, tta: str = "none"):
-        import keras
 
-        # Registers the segmenter's custom layers and losses so its .keras files load.
-        import braintumor_tf.models.unet  # noqa: F401
-        import braintumor_tf.training.losses  # noqa: F401
+        from braintumor_tf.custom_objects import load_model
         from braintumor_tf.models.tta import with_test_time_augmentation
 
-        self._model = with_test_time_augmentation(keras.models.load_model(path, compile=False), tta)
+        self._model = with_test_time_augmentation(load_model(path, compile=False), tta)
         shape = tuple(self._model.input_shape)
         super().__init__(
             path, shape[1], shape[3], int(self._model.output_shape[-1]), class_names, batch_size,

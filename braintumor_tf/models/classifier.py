@@ -137,32 +137,3 @@ def build_classifier(model_config, image_size: int, channels: int) -> keras.Mode
         dense_units=model_config.dense_units,
         dropout=model_config.dropout,
     )
-
-
-def count_macs(model: keras.Model) -> int:
-    """Multiply-accumulates per image of the convolution and dense layers (the bulk of the cost)."""
-    total = 0
-    for layer in model.layers:
-        if isinstance(layer, layers.SeparableConv2D):
-            _, height, width, out_channels = layer.output.shape
-            in_channels = layer.input.shape[-1]
-            kh, kw = layer.kernel_size
-            total += height * width * kh * kw * in_channels  # depthwise
-            total += height * width * in_channels * out_channels  # pointwise
-        elif isinstance(layer, layers.DepthwiseConv2D):
-            _, height, width, out_channels = layer.output.shape
-            kh, kw = layer.kernel_size
-            total += height * width * kh * kw * out_channels
-        elif isinstance(layer, layers.Conv2D):
-            _, height, width, out_channels = layer.output.shape
-            in_channels = layer.input.shape[-1]
-            kh, kw = layer.kernel_size
-            total += height * width * kh * kw * in_channels * out_channels // layer.groups
-        elif isinstance(layer, layers.Dense):
-            total += layer.input.shape[-1] * layer.units
-    return int(total)
-
-
-def model_summary_line(model: keras.Model) -> str:
-    return (f"{model.name}: {model.count_params():,} parameters, "
-            f"{count_macs(model) / 1e9:.3f} GMAC per image, input {tuple(model.input_shape[1:])}")

@@ -15,7 +15,7 @@ import os
 import keras
 from keras import layers
 
-from braintumor_tf.models.unet import CaffePreprocessing, GreyToRGB, set_batch_norm_momentum
+from braintumor_tf.models.layers import CaffePreprocessing, GreyToRGB, set_batch_norm_momentum
 
 BACKBONE_NAME = "resnet50"
 

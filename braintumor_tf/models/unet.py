@@ -26,49 +26,14 @@ import socket
 from collections.abc import Sequence
 
 import keras
-from keras import layers, ops
+from keras import layers
 
-from braintumor_tf.models.classifier import count_macs
+from braintumor_tf.models.layers import CaffePreprocessing, GreyToRGB, set_batch_norm_momentum
 
 SKIP_LAYERS = ("conv1_relu", "conv2_block3_out", "conv3_block4_out", "conv4_block6_out")
 BOTTLENECK_LAYER = "conv5_block3_out"
-IMAGENET_BGR_MEANS = (103.939, 116.779, 123.68)
 # Per socket operation, not for the whole 94 MB download: only stops a silent network from hanging.
 _DOWNLOAD_SOCKET_TIMEOUT_S = 60
-
-
-@keras.saving.register_keras_serializable(package="braintumor_tf")
-class GreyToRGB(layers.Layer):
-    """Repeats one channel three times so grey MRI fits encoders trained on colour images."""
-
-    def call(self, inputs):
-        return ops.concatenate([inputs, inputs, inputs], axis=-1)
-
-    def compute_output_shape(self, input_shape):
-        return (*input_shape[:-1], 3 * input_shape[-1])
-
-
-@keras.saving.register_keras_serializable(package="braintumor_tf")
-class CaffePreprocessing(layers.Layer):
-    """ResNet50's ImageNet preprocessing (RGB -> BGR, minus channel means) as a serialisable layer."""
-
-    def __init__(self, means: Sequence[float] = IMAGENET_BGR_MEANS, **kwargs):
-        super().__init__(**kwargs)
-        if len(means) != 3:
-            raise ValueError(f"means must have 3 values (B, G, R), got {list(means)!r}")
-        self.means = tuple(float(value) for value in means)
-
-    def call(self, inputs):
-        if inputs.shape[-1] not in (3, None):  # None: traced with an unknown channel count
-            raise ValueError(f"CaffePreprocessing expects 3 channels, got shape {inputs.shape}")
-        means = ops.convert_to_tensor(self.means, dtype=inputs.dtype)
-        return ops.flip(inputs, axis=-1) - means
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "means": list(self.means)}
 
 
 def _validate(image_size, channels, encoder_weights, decoder_filters, encoder_bn_momentum=None):
@@ -121,13 +86,6 @@ def _resnet50(image_size, weights):
             "keras.applications.ResNet50(include_top=False), or Keras' "
             "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 copied onto this machine."
         ) from error
-
-
-def set_batch_norm_momentum(model: keras.Model, momentum: float) -> None:
-    """Before the first trace: the momentum is read when the training step is built."""
-    for layer in model.layers:
-        if isinstance(layer, layers.BatchNormalization):
-            layer.momentum = float(momentum)
 
 
 def build_encoder(image_size: int, weights="none", freeze: bool = False,
@@ -197,12 +155,3 @@ def build_resnet50_unet(
     # Sigmoid in float32 keeps probabilities and the loss exact under mixed precision.
     outputs = layers.Activation("sigmoid", dtype="float32", name="mask")(logits)
     return keras.Model(inputs, outputs, name=name)
-
-
-def count_macs_nested(model: keras.Model) -> int:
-    """``count_macs`` including nested sub-models (the encoder is one)."""
-    total = count_macs(model)
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            total += count_macs_nested(layer)
-    return total

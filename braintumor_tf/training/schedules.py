@@ -26,10 +26,10 @@ class WarmupCosineFloor(keras.optimizers.schedules.LearningRateSchedule):
         self,
         base_learning_rate: float,
         total_steps: int,
-        warmup_start_factor: float = 0.1,
-        warmup_fraction: float = 0.2,
-        decay_fraction: float = 0.3,
-        floor_factor: float = 0.1,
+        warmup_start_factor: float = ScheduleConfig.warmup_start_factor,
+        warmup_fraction: float = ScheduleConfig.warmup_fraction,
+        decay_fraction: float = ScheduleConfig.decay_fraction,
+        floor_factor: float = ScheduleConfig.floor_factor,
     ):
         _validate(base_learning_rate, total_steps, warmup_start_factor, warmup_fraction,
                   decay_fraction, floor_factor)

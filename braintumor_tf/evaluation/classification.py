@@ -1,5 +1,4 @@
-"""Evaluate a saved model (any format) on a labelled folder or an explicit list of images;
-segmenters are handed to evaluate_segmenter."""
+"""Score a classifier (any saved form) on labelled images: metrics, confusion matrix, per-image CSV."""
 
 from __future__ import annotations
 
@@ -8,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from braintumor_tf.data.datasets import image_dataset
 from braintumor_tf.data.decode import check_images
 from braintumor_tf.data.discover import CLASS_NAMES, ImageRecord, discover_images
-from braintumor_tf.data.pipeline import image_dataset
 from braintumor_tf.data.splits import manifest_split
 from braintumor_tf.export.runtimes import load_runtime
 from braintumor_tf.plots import plot_confusion_matrix
@@ -59,25 +58,12 @@ def _manifest_records(path: Path, split: str | None) -> list[ImageRecord]:
             for row in manifest_split(path, split)]
 
 
-def evaluate(model_path, data_paths, json_path=None, out_dir=None, batch_size: int = 32,
-             split: str | None = None, masks=None, tta: str = "none") -> dict:
-    """Every labelled, decodable image under ``data_paths`` is evaluated; broken files reported.
-
-    A ``split_manifest.csv`` written by a training run may stand in for a folder, so the
-    run's own test split can be re-scored by any exported form of the model. The task is read
-    from the model itself (a segmenter outputs [N, S, S, 1]), so one command serves both.
-    """
-    model_path = Path(model_path)
-    if not model_path.exists():
-        raise FileNotFoundError(f"model not found: {model_path}")
-    runtime = load_runtime(model_path, class_names=CLASS_NAMES, batch_size=batch_size, tta=tta)
-    if runtime.task == "segmentation":
-        from braintumor_tf.pipelines.evaluate_segmenter import evaluate_segmenter
-
-        return evaluate_segmenter(runtime, data_paths, masks=masks, json_path=json_path,
-                                  out_dir=out_dir, batch_size=batch_size, split=split)
+def evaluate_classifier(runtime, data_paths, json_path=None, out_dir=None, batch_size: int = 32,
+                        split: str | None = None, masks=None) -> dict:
+    """Every labelled, decodable image under ``data_paths`` (folders, or a run's
+    ``split_manifest.csv`` restricted to ``split``); unreadable files are reported and skipped."""
     if masks is not None:
-        raise ValueError(f"--masks is for segmentation models; {model_path} is a classifier")
+        raise ValueError(f"--masks is for segmentation models; {runtime.path} is a classifier")
     records = []
     folders = [Path(p) for p in data_paths if not str(p).endswith(".csv")]
     for path in data_paths:
@@ -92,7 +78,7 @@ def evaluate(model_path, data_paths, json_path=None, out_dir=None, batch_size: i
               + (" ..." if len(bad) > 5 else ""), flush=True)
     good_set = set(good)
     kept = [r for r in records if r.path in good_set]
-    report = evaluate_records(model_path, [r.path for r in kept], [r.label for r in kept],
+    report = evaluate_records(runtime.path, [r.path for r in kept], [r.label for r in kept],
                               out_dir=out_dir, batch_size=batch_size, json_path=json_path,
                               runtime=runtime)
     report["skipped_files"] = bad

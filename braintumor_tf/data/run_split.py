@@ -17,7 +17,7 @@ from braintumor_tf.data import splits as splits_lib
 from braintumor_tf.data.decode import write_bad_file_report
 from braintumor_tf.data.discover import CLASS_NAMES, ImageRecord
 from braintumor_tf.data.subjects import describe, subjects_for
-from braintumor_tf.pipelines.run_dir import log
+from braintumor_tf.log import log
 
 SUBJECTS_REPORT = "subjects.json"
 
@@ -63,3 +63,26 @@ def units_in_several_splits(units, splits) -> int:
     for unit, split in zip(np.asarray(units).tolist(), np.asarray(splits).tolist(), strict=True):
         seen.setdefault(unit, set()).add(split)
     return sum(len(names) > 1 for names in seen.values())
+
+
+def rows_of_split(rows, name: str, max_per_group: int | None = None, seed: int = 0) -> list[dict]:
+    """The manifest rows of one split; ``max_per_group`` caps the copies of each duplicate group."""
+    chosen = [row for row in rows if row["split"] == name]
+    return cap_per_group(chosen, max_per_group, seed) if max_per_group is not None else chosen
+
+
+def cap_per_group(rows, max_per_group: int, seed: int = 0):
+    """At most ``max_per_group`` copies of each duplicate group, chosen at random but reproducibly.
+
+    Groups of dozens of copies of one slice otherwise dominate an epoch; capping spends the
+    compute on distinct slices instead.
+    """
+    order = np.random.default_rng(seed).permutation(len(rows))
+    taken: dict[str, int] = {}
+    keep = []
+    for index in order:
+        group = str(rows[index]["group"])
+        if taken.get(group, 0) < max_per_group:
+            taken[group] = taken.get(group, 0) + 1
+            keep.append(index)
+    return [rows[index] for index in sorted(keep)]

@@ -134,7 +134,7 @@ def segmenter_validation(image_size: int, channels: int, limit: int, run_dir=Non
     reader, with_truth = None, set()
     if run_dir is not None:
         from braintumor_tf.config import load_config
-        from braintumor_tf.pipelines.train_segmenter import segmentation_source
+        from braintumor_tf.tasks.segmentation import segmentation_source
 
         paths = [path for path, _ in _manifest_rows(Path(run_dir), "val")]
         config_file = Path(run_dir) / "config.yaml"
@@ -194,11 +194,8 @@ def export_model(
     run on CPU, so segmenters use fewer calibration and parity images. ``tta`` builds a
     segmenter's test-time augmentation into every exported file (``models.tta``).
     """
-    import keras
 
-    # Registers the segmenter's custom layers and losses so its .keras files load.
-    import braintumor_tf.models.unet  # noqa: F401
-    import braintumor_tf.training.losses  # noqa: F401
+    from braintumor_tf.custom_objects import load_model
 
     out_base = Path(out_base)
     variants = parse_variants(tflite_variants)
@@ -206,7 +203,7 @@ def export_model(
     target = version_dir(out_base, version)
     # Exported in float32 even when trained in mixed precision: TFLite has no bfloat16 ops,
     # bfloat16 is only fast on CPUs with native support, and parity is against the float model.
-    model = float32_model(keras.models.load_model(keras_path, compile=False))
+    model = float32_model(load_model(keras_path, compile=False))
     image_size, channels = model_geometry(model)
     segmenter = len(model.output_shape) == 4
     model = with_test_time_augmentation(model, tta)  # a clear error for classifiers

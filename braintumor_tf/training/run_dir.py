@@ -9,12 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from braintumor_tf.config import Config, load_config, save_config
+from braintumor_tf.log import log
 from braintumor_tf.plots import plot_learning_rate
 from braintumor_tf.training.schedules import schedule_values
-
-
-def log(message: str) -> None:
-    print(f"[braintumor_tf] {message}", flush=True)
 
 
 def check_resumable(config: Config, run_dir: Path) -> None:
@@ -67,7 +64,6 @@ def load_initial_weights(model, path) -> None:
     Layer by layer, so the error names the first layer whose shapes differ instead of Keras'
     bare count mismatch. A resumed run is unaffected: the backup restored by ``fit`` comes later.
     """
-    import keras
 
     path = Path(path)
     if not path.is_file():
@@ -79,11 +75,9 @@ def load_initial_weights(model, path) -> None:
     if path.suffix != ".keras":
         raise ValueError("train.initial_weights must be a .keras model or a .weights.h5 file, "
                          f"got {str(path)!r}")
-    # Register every custom object a .keras file of ours can name (UNet layers, losses).
-    import braintumor_tf.models.unet  # noqa: F401
-    import braintumor_tf.training.losses  # noqa: F401
+    from braintumor_tf.custom_objects import load_model
 
-    source = keras.models.load_model(path, compile=False)
+    source = load_model(path, compile=False)
     target_weights, source_weights = model.weights, source.weights
     if len(target_weights) != len(source_weights):
         raise ValueError(f"train.initial_weights {str(path)!r} holds {len(source_weights)} weight "

@@ -1,0 +1,25 @@
+"""``braintumor-tf evaluate``: score a saved model (any form) with its task's evaluator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from braintumor_tf.data.discover import CLASS_NAMES
+from braintumor_tf.export.runtimes import load_runtime
+from braintumor_tf.tasks import get_task
+
+
+def evaluate(model_path, data_paths, json_path=None, out_dir=None, batch_size: int = 32,
+             split: str | None = None, masks=None, tta: str = "none") -> dict:
+    """Every decodable image under ``data_paths`` is evaluated; broken files reported.
+
+    A ``split_manifest.csv`` written by a training run may stand in for a folder, so the
+    run's own test split can be re-scored by any exported form of the model. The task is read
+    from the model itself (a segmenter outputs [N, S, S, 1]), so one command serves both.
+    """
+    model_path = Path(model_path)
+    if not model_path.exists():
+        raise FileNotFoundError(f"model not found: {model_path}")
+    runtime = load_runtime(model_path, class_names=CLASS_NAMES, batch_size=batch_size, tta=tta)
+    return get_task(runtime.task).evaluate(runtime, data_paths, json_path=json_path, out_dir=out_dir,
+                                           batch_size=batch_size, split=split, masks=masks)

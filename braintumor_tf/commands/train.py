@@ -1,0 +1,91 @@
+"""Train any task: one function from a Config to a finished run directory.
+
+The run directory is the unit of work. Running the same command again resumes from the last
+finished epoch (BackupAndRestore) and reuses the written split; a finished run (summary.json)
+is returned as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from braintumor_tf.config import Config
+from braintumor_tf.custom_objects import load_model
+from braintumor_tf.data.run_split import rows_of_split, subjects_summary
+from braintumor_tf.log import log
+from braintumor_tf.models.macs import count_macs_nested
+from braintumor_tf.plots import plot_history
+from braintumor_tf.tasks import get_task
+from braintumor_tf.training.callbacks import read_history, run_callbacks
+from braintumor_tf.training.optimizers import make_optimizer
+from braintumor_tf.training.run_dir import (
+    load_initial_weights,
+    setup_training,
+    start_run,
+    write_learning_rate_plot,
+)
+from braintumor_tf.training.schedules import make_schedule
+
+
+def train(config: Config, run_dir: str | Path) -> dict:
+    """Split, train, keep the best checkpoint by ``train.monitor``, then let the task score the
+    test split and write its exports."""
+    task = get_task(config.task)
+    run_dir, finished = start_run(config, run_dir)
+    if finished is not None:
+        return finished
+    policy, strategy = setup_training(config)
+
+    data = task.prepare_data(config, run_dir)
+    train_rows = rows_of_split(data.rows, "train", config.data.train_max_per_group,
+                               config.data.split_seed)
+    val_rows, test_rows = rows_of_split(data.rows, "val"), rows_of_split(data.rows, "test")
+    counts = {"train": len(train_rows), "val": len(val_rows), "test": len(test_rows)}
+    log(task.describe_split(data, counts))
+    if not train_rows or not val_rows:
+        raise ValueError("the split left no training or validation images; add data or "
+                         "change data.val_fraction / data.test_fraction")
+
+    train_settings = config.train
+    train_dataset, val_dataset = task.datasets(config, data, train_rows, val_rows)
+    steps_per_epoch = train_settings.steps_per_epoch or int(
+        np.ceil(len(train_rows) / train_settings.batch_size))
+    if train_settings.steps_per_epoch:
+        train_dataset = train_dataset.repeat()
+    total_steps = steps_per_epoch * train_settings.epochs
+
+    with strategy.scope():
+        model = task.build_model(config)
+        if train_settings.initial_weights:
+            load_initial_weights(model, train_settings.initial_weights)
+        schedule = make_schedule(config.schedule, config.optimizer.learning_rate, total_steps)
+        model.compile(optimizer=make_optimizer(config.optimizer, schedule), loss=task.loss(config),
+                      metrics=task.metrics(config), run_eagerly=train_settings.run_eagerly)
+    macs = count_macs_nested(model)
+    summary = {**task.summary_fields(config, data), "parameters": int(model.count_params()),
+               "macs_per_image": macs, "precision_policy": policy,
+               "train_images": counts["train"], "val_images": counts["val"],
+               "test_images": counts["test"], "steps_per_epoch": steps_per_epoch,
+               "epochs": train_settings.epochs, "subjects": subjects_summary(run_dir)}
+    log(f"model {model.name}: {summary['parameters']:,} parameters, {macs / 1e9:.3f} GMAC per image; "
+        f"{steps_per_epoch} steps/epoch x {train_settings.epochs} epochs")
+    write_learning_rate_plot(schedule, total_steps, steps_per_epoch, run_dir)
+
+    start = time.perf_counter()
+    model.fit(train_dataset, validation_data=val_dataset, epochs=train_settings.epochs,
+              steps_per_epoch=steps_per_epoch if train_settings.steps_per_epoch else None,
+              callbacks=run_callbacks(run_dir, train_settings.batch_size, train_settings.monitor),
+              verbose=train_settings.verbose)
+    summary["fit_seconds"] = time.perf_counter() - start
+
+    plot_history(read_history(run_dir / "history.csv"), run_dir / "training_curves.png")
+    best_path = run_dir / "best.keras"
+    best = load_model(best_path, compile=True) if best_path.exists() else model
+    best.save(run_dir / "model.keras")
+    summary.update(task.finish(config, run_dir, best, data, test_rows))
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,56 @@
+"""What a task (classification, segmentation) must provide to the one training driver.
+
+The driver (``commands/train.py``) owns everything both tasks share: the run directory, seeds,
+precision and strategy, the schedule and optimizer, fit, history and the best checkpoint. A task
+owns what differs: its data and split, model, loss and metrics, and what happens to the finished
+model (test-split scoring, exports). No ``if task == ...`` outside the task classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from braintumor_tf.config import Config
+
+
+@dataclass
+class TaskData:
+    """A run's split rows plus whatever the task needs to read their targets (e.g. masks)."""
+
+    rows: list[dict]
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Task:
+    name: str = ""
+
+    def prepare_data(self, config: Config, run_dir: Path) -> TaskData:
+        """Find the images and split them (or reuse the run's manifest)."""
+        raise NotImplementedError
+
+    def describe_split(self, data: TaskData, counts: dict[str, int]) -> str:
+        return f"split: {counts['train']} train / {counts['val']} val / {counts['test']} test images"
+
+    def datasets(self, config: Config, data: TaskData, train_rows, val_rows):
+        """(train, val) ``tf.data`` datasets of (inputs, targets) batches."""
+        raise NotImplementedError
+
+    def build_model(self, config: Config):
+        raise NotImplementedError
+
+    def loss(self, config: Config):
+        raise NotImplementedError
+
+    def metrics(self, config: Config) -> list:
+        raise NotImplementedError
+
+    def summary_fields(self, config: Config, data: TaskData) -> dict:
+        """Task-specific entries at the top of summary.json."""
+        return {}
+
+    def finish(self, config: Config, run_dir: Path, best_model, data: TaskData, test_rows) -> dict:
+        """After model.keras is written: score the test split, write exports; returns summary
+        entries."""
+        raise NotImplementedError

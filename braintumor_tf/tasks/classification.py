@@ -1,0 +1,130 @@
+"""The tumour-type classifier as a task: folder-per-class data, softmax model, accuracy."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import keras
+
+from braintumor_tf.config import Config
+from braintumor_tf.data import splits as splits_lib
+from braintumor_tf.data.datasets import classification_dataset
+from braintumor_tf.data.discover import CLASS_NAMES, class_counts, discover_images
+from braintumor_tf.data.phantoms import write_phantom_dataset
+from braintumor_tf.data.run_split import split_and_write_manifest
+from braintumor_tf.data.subjects import resolve_subjects
+from braintumor_tf.evaluation.classification import evaluate_classifier, evaluate_records
+from braintumor_tf.export.savedmodel import export_classifier
+from braintumor_tf.log import log
+from braintumor_tf.models.classifier import build_classifier
+from braintumor_tf.tasks.base import Task, TaskData
+
+TEST_SUMMARY_KEYS = ("n", "accuracy", "macro_f1", "roc_auc_ovr", "ece")
+
+
+class ClassificationTask(Task):
+    name = "classification"
+
+    def prepare_data(self, config: Config, run_dir: Path) -> TaskData:
+        """Discover images, drop broken ones and split by subject/duplicate group (or reuse the
+        manifest)."""
+        manifest_path = run_dir / "split_manifest.csv"
+        if manifest_path.exists():
+            log(f"reusing split from {manifest_path}")
+            return TaskData(splits_lib.read_manifest(manifest_path))
+        if config.data.root is None:
+            root = run_dir / "data" / "phantoms"
+            log(f"no data.root given: generating the built-in phantom data set in {root}")
+            write_phantom_dataset(root, config.data.phantom_images_per_class,
+                                  config.data.phantom_image_size, config.data.phantom_seed)
+            roots = [root]
+        else:
+            roots = [Path(p) for p in str(config.data.root).split(",")]
+        records = discover_images(roots)
+        log(f"found {len(records)} labelled images under {', '.join(map(str, roots))}: "
+            f"{class_counts(records)}")
+        if config.data.exclude_duplicates_of:
+            records = _exclude_near_duplicates(records, config, run_dir, roots)
+        # Phantoms have no patients; never pick up a subjects.csv from the run directory's parents.
+        subject_roots = roots if config.data.root is not None else []
+        return TaskData(split_and_write_manifest(config, run_dir, records, subject_roots))
+
+    def datasets(self, config: Config, data: TaskData, train_rows, val_rows):
+        settings = dict(image_size=config.data.image_size, channels=config.data.channels,
+                        batch_size=config.train.batch_size, num_classes=config.model.num_classes,
+                        cache=config.data.cache)
+        train = classification_dataset(*_paths_and_labels(train_rows), training=True,
+                                       augment_config=config.data.augment, seed=config.train.seed,
+                                       **settings)
+        val = classification_dataset(*_paths_and_labels(val_rows), training=False, **settings)
+        return train, val
+
+    def build_model(self, config: Config):
+        return build_classifier(config.model, config.data.image_size, config.data.channels)
+
+    def loss(self, config: Config):
+        return keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing)
+
+    def metrics(self, config: Config) -> list:
+        return [keras.metrics.CategoricalAccuracy(name="accuracy")]
+
+    def finish(self, config: Config, run_dir: Path, best_model, data: TaskData, test_rows) -> dict:
+        summary = {}
+        if config.model.name == "resnet50":
+            from braintumor_tf.models.resnet50_classifier import save_encoder_weights
+
+            summary["encoder_weights_file"] = save_encoder_weights(
+                best_model, run_dir / "encoder.weights.h5")
+            log(f"encoder weights for the segmenter: {summary['encoder_weights_file']} "
+                "(segmentation.encoder_weights)")
+        if test_rows:
+            paths, labels = _paths_and_labels(test_rows)
+            report = evaluate_records(run_dir / "model.keras", paths, labels,
+                                      out_dir=run_dir / "test", batch_size=config.train.batch_size)
+            summary["test"] = {key: report[key] for key in TEST_SUMMARY_KEYS}
+        export_dir = run_dir / "savedmodel"
+        if export_dir.exists():
+            shutil.rmtree(export_dir)
+        export_classifier(best_model, export_dir, CLASS_NAMES)
+        log(f"saved {run_dir / 'model.keras'} and SavedModel {export_dir}")
+        return summary
+
+    def evaluate(self, runtime, data_paths, **options) -> dict:
+        return evaluate_classifier(runtime, data_paths, **options)
+
+
+def _paths_and_labels(rows) -> tuple[list[str], list[int]]:
+    return [row["path"] for row in rows], [int(row["label"]) for row in rows]
+
+
+def _exclude_near_duplicates(records, config: Config, run_dir: Path, roots):
+    """Drop every image that is a near-duplicate of one under ``data.exclude_duplicates_of`` and,
+    where subjects are known, every image of the subjects those images show (neighbouring slices
+    of a patient are not copies but still leak); ``excluded.csv`` lists what was dropped and why."""
+    exclude_roots = [Path(p) for p in config.data.exclude_duplicates_of]
+    references = [r.path for r in discover_images(exclude_roots, require_label=False)]
+    if not references:
+        raise ValueError("data.exclude_duplicates_of: no images found under "
+                         f"{', '.join(config.data.exclude_duplicates_of)}")
+    kept, dropped = splits_lib.drop_near_duplicates_of(records, references,
+                                                       config.data.group_threshold, run_dir / "cache")
+    table, _ = resolve_subjects(config.data.subjects, [*roots, *exclude_roots])
+    if table is not None:
+        dropped_paths = [row["path"] for row in dropped]
+        excluded_subjects = {s for s in table.lookup(references + dropped_paths) if s}
+        subjects = table.lookup([r.path for r in kept])
+        dropped += [{"path": r.path, "matches": f"subject {s}", "correlation": ""}
+                    for r, s in zip(kept, subjects, strict=True) if s in excluded_subjects]
+        kept = [r for r, s in zip(kept, subjects, strict=True) if s not in excluded_subjects]
+        log(f"excluding whole subjects: {len(excluded_subjects)} subjects of {table.csv_path} "
+            "appear among the excluded images")
+    with open(run_dir / "excluded.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["path", "matches", "correlation"])
+        writer.writeheader()
+        writer.writerows(dropped)
+    log(f"excluded {len(dropped)} of {len(records)} images (near-duplicates of the "
+        f"{len(references)} images under {', '.join(config.data.exclude_duplicates_of)}, and their "
+        f"subjects; listed in {run_dir / 'excluded.csv'}); {len(kept)} remain: {class_counts(kept)}")
+    return kept

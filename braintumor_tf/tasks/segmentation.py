@@ -1,0 +1,117 @@
+"""The tumour segmenter as a task: images with COCO shapes or mask files, ResNet50-UNet, Dice.
+
+The held-out test split is scored against every truth that exists for it (COCO annotations,
+expert masks), because the two disagree a lot on the public data (its "polygons" are boxes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+
+from braintumor_tf.config import Config
+from braintumor_tf.data import splits as splits_lib
+from braintumor_tf.data.datasets import segmentation_dataset
+from braintumor_tf.data.phantoms import write_phantom_dataset
+from braintumor_tf.data.run_split import split_and_write_manifest
+from braintumor_tf.data.segmentation import SegmentationSource, find_segmentation_images
+from braintumor_tf.evaluation.segmentation import evaluate_segmentation_images, evaluate_segmenter
+from braintumor_tf.log import log
+from braintumor_tf.models.unet import build_resnet50_unet
+from braintumor_tf.tasks.base import Task, TaskData
+from braintumor_tf.training.losses import DiceCoefficient, make_segmentation_loss
+
+TEST_SUMMARY_KEYS = ("n", "vs_annotations", "vs_masks")
+
+
+def segmentation_source(config: Config, run_dir: Path) -> tuple[SegmentationSource, str]:
+    """The images and the target kind to train on; ``data.root: null`` means phantoms with masks."""
+    seg = config.segmentation
+    if config.data.root is None:
+        root, masks = run_dir / "data" / "phantoms", run_dir / "data" / "phantom_masks"
+        if not root.exists():
+            log(f"no data.root given: generating the built-in phantom data set (with masks) in {root}")
+        write_phantom_dataset(root, config.data.phantom_images_per_class,
+                              config.data.phantom_image_size, config.data.phantom_seed,
+                              masks_root=masks)
+        return find_segmentation_images(root, masks, log=log), "masks"
+    source = find_segmentation_images(config.data.root, seg.mask_root, log=log)
+    return source, seg.targets
+
+
+class SegmentationTask(Task):
+    name = "segmentation"
+
+    def prepare_data(self, config: Config, run_dir: Path) -> TaskData:
+        """Split (or reuse the manifest): the given split folders, or by subject and duplicate
+        group over all images. Groups are computed either way, for the bad-file check and so the
+        log shows how many units straddle the published folders."""
+        source, targets = segmentation_source(config, run_dir)
+        extras = {"source": source, "targets": targets}
+        manifest_path = run_dir / "split_manifest.csv"
+        if manifest_path.exists():
+            log(f"reusing split from {manifest_path}")
+            return TaskData(splits_lib.read_manifest(manifest_path), extras)
+        images = source.images_with(targets)
+        records = splits_lib.segmentation_records(images, source.has_tumour(images, targets),
+                                                  source=str(config.data.root or "phantoms"))
+        folder_splits = None
+        if config.segmentation.use_split_folders and source.has_split_folders:
+            folder_splits = dict(zip(source.image_paths, source.folder_splits, strict=True))
+        roots = [config.data.root] if config.data.root is not None else []
+        rows = split_and_write_manifest(config, run_dir, records, roots,
+                                        class_names=splits_lib.SEGMENTATION_LABELS,
+                                        folder_splits=folder_splits)
+        return TaskData(rows, extras)
+
+    def describe_split(self, data: TaskData, counts: dict[str, int]) -> str:
+        return f"targets: {data.extras['targets']}; {super().describe_split(data, counts)}"
+
+    def datasets(self, config: Config, data: TaskData, train_rows, val_rows):
+        source, targets = data.extras["source"], data.extras["targets"]
+        settings = dict(image_size=config.data.image_size, channels=config.data.channels,
+                        batch_size=config.train.batch_size, cache=config.data.cache,
+                        seed=config.train.seed)
+        train_paths = [row["path"] for row in train_rows]
+        val_paths = [row["path"] for row in val_rows]
+        train = segmentation_dataset(train_paths, source.dataset_masks(train_paths, targets),
+                                     training=True, augment=config.segmentation.augment, **settings)
+        val = segmentation_dataset(val_paths, source.dataset_masks(val_paths, targets),
+                                   training=False, **settings)
+        return train, val
+
+    def build_model(self, config: Config):
+        seg = config.segmentation
+        return build_resnet50_unet(config.data.image_size, config.data.channels, seg.encoder_weights,
+                                   seg.decoder_filters, seg.freeze_encoder,
+                                   encoder_bn_momentum=seg.encoder_bn_momentum)
+
+    def loss(self, config: Config):
+        return make_segmentation_loss(config.segmentation.loss)
+
+    def metrics(self, config: Config) -> list:
+        threshold = config.segmentation.threshold
+        return [DiceCoefficient(threshold, name="dice"),
+                keras.metrics.BinaryIoU(target_class_ids=[1], threshold=threshold, name="iou")]
+
+    def summary_fields(self, config: Config, data: TaskData) -> dict:
+        return {"task": "segmentation", "targets": data.extras["targets"],
+                "encoder_weights": config.segmentation.encoder_weights,
+                "initial_weights": config.train.initial_weights}
+
+    def finish(self, config: Config, run_dir: Path, best_model, data: TaskData, test_rows) -> dict:
+        log(f"saved {run_dir / 'model.keras'}")
+        if not test_rows:
+            return {}
+        from braintumor_tf.export.runtimes import load_runtime
+
+        runtime = load_runtime(run_dir / "model.keras", batch_size=config.train.batch_size)
+        report = evaluate_segmentation_images(
+            runtime, [row["path"] for row in test_rows], data.extras["source"],
+            out_dir=run_dir / "test", threshold=config.segmentation.threshold,
+            batch_size=config.train.batch_size)
+        return {"test": {key: report[key] for key in TEST_SUMMARY_KEYS if key in report}}
+
+    def evaluate(self, runtime, data_paths, **options) -> dict:
+        return evaluate_segmenter(runtime, data_paths, **options)
