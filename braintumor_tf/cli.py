@@ -176,7 +176,7 @@ def export_command(model_path, run_dir, out_base, version, tflite_variants, repr
     summary = export_model(out_base, model_path=model_path, run_dir=run_dir, version=version,
                            tflite_variants=tflite_variants, representative_data=representative_data,
                            validation_data=validation_data, int8_io=int8_io, masks=masks_dir,
-                           tta=tta, log=lambda m: click.echo(m))
+                           tta=tta)
     if summary.get("parity_passed") is False:
         raise click.ClickException("a TFLite variant failed its agreement gate (see tflite_parity.md)")
 
@@ -207,7 +207,7 @@ def predict_command(inputs, model_path, server, model_name, json_path, csv_path,
 
     predict(list(inputs), model_path=model_path, server=server, model_name=model_name,
             json_path=json_path, csv_path=csv_path, explain_dir=explain_dir, batch_size=batch_size,
-            masks_dir=masks_dir, log=lambda m: click.echo(m))
+            masks_dir=masks_dir)
 
 
 @main.command("benchmark")
@@ -224,7 +224,7 @@ def benchmark_command(models, tflite_dir, images, num_threads, json_path):
     from braintumor_tf.commands.benchmark import benchmark
 
     benchmark(list(models), tflite_dir=tflite_dir, images=images, num_threads=num_threads,
-              json_path=json_path, log=lambda m: click.echo(m))
+              json_path=json_path)
 
 
 def train_main(argv=None):

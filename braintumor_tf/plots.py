@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from braintumor_tf.training.metrics import ECE_BINS, calibration_bins
+from braintumor_tf.overlays import PREDICTION_COLOUR, TRUTH_COLOUR, tinted
 
 DPI = 100
 MAX_PNG_BYTES = 180 * 1024
@@ -187,33 +187,6 @@ def plot_learning_rate(
     return _save(figure, path)
 
 
-def plot_class_distribution(
-    counts: Mapping[str, Mapping[str, int]], path: str | os.PathLike
-) -> Path:
-    """Grouped bars per class, one bar per source (e.g. train/val/test), to expose imbalance."""
-    if not counts:
-        return _placeholder(path, "no class counts")
-    class_names: list[str] = []
-    for per_class in counts.values():
-        class_names += [name for name in per_class if name not in class_names]
-    sources = list(counts)
-    width = 0.8 / len(sources)
-    x = np.arange(len(class_names))
-    figure = _new_figure(max(5.0, 1.4 * len(class_names) + 2.0), 4.0)
-    axes = figure.add_subplot()
-    for index, source in enumerate(sources):
-        heights = [int(counts[source].get(name, 0)) for name in class_names]
-        bars = axes.bar(x + (index - (len(sources) - 1) / 2) * width, heights, width, label=source)
-        axes.bar_label(bars, fontsize=7, padding=1)
-    axes.set_xticks(x, labels=class_names)
-    axes.set_ylabel("images")
-    axes.set_title("Class distribution")
-    axes.legend(fontsize=8)
-    axes.margins(y=0.12)
-    figure.tight_layout()
-    return _save(figure, path)
-
-
 def _displayable(image) -> tuple[np.ndarray, bool]:
     """Bring uint8 or float images to float [0, 1]; float data above 1 is taken as 0-255."""
     array = np.asarray(image)
@@ -257,47 +230,6 @@ def plot_image_grid(
     return _save(figure, path)
 
 
-def plot_reliability(
-    y_true, probabilities, path: str | os.PathLike, n_bins: int = ECE_BINS
-) -> Path:
-    """Reliability diagram with the same bins as the reported ECE, so the two always agree."""
-    bins = calibration_bins(y_true, probabilities, n_bins)
-    edges, counts = bins["edges"], bins["counts"]
-    weights = counts / counts.sum()
-    ece = float(np.sum(weights * np.abs(bins["accuracy"] - bins["confidence"])))
-    centres = (edges[:-1] + edges[1:]) / 2
-    width = edges[1] - edges[0]
-    filled = counts > 0
-
-    figure = _new_figure(5.0, 6.0)
-    top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    top.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
-    top.bar(centres[filled], bins["accuracy"][filled], width=width, edgecolor="black",
-            alpha=0.8, label="accuracy")
-    gap = bins["confidence"][filled] - bins["accuracy"][filled]
-    top.bar(centres[filled], gap, bottom=bins["accuracy"][filled], width=width, fill=False,
-            edgecolor="tab:red", hatch="//", linewidth=0.8, label="gap to mean confidence")
-    top.set_xlim(0, 1)
-    top.set_ylim(0, 1)
-    top.set_ylabel("accuracy")
-    top.set_title(f"Reliability diagram (ECE = {ece:.3f})")
-    top.legend(fontsize=8, loc="upper left")
-    bottom.bar(centres, counts, width=width, color="tab:grey", edgecolor="black")
-    bottom.set_xlabel("confidence (max probability)")
-    bottom.set_ylabel("samples")
-    figure.tight_layout()
-    return _save(figure, path)
-
-
-_TRUTH_COLOUR = np.array([0.1, 0.9, 0.2])
-_PREDICTION_COLOUR = np.array([1.0, 0.15, 0.1])
-
-
-def _tinted(image, mask, colour, alpha: float = 0.45) -> np.ndarray:
-    pixels, grey = _displayable(image)
-    rgb = np.repeat(pixels[..., None], 3, axis=-1) if grey else pixels[..., :3]
-    weight = alpha * (np.asarray(mask).reshape(rgb.shape[:2]) > 0.5)[..., None]
-    return rgb * (1.0 - weight) + colour * weight
 
 
 def plot_segmentation_cases(
@@ -314,7 +246,7 @@ def plot_segmentation_cases(
     images, titles = [], []
     for image, truth, probabilities, caption in cases:
         predicted = np.asarray(probabilities) > threshold
-        images += [image, _tinted(image, truth, _TRUTH_COLOUR),
-                   _tinted(image, predicted, _PREDICTION_COLOUR)]
+        images += [image, tinted(image, truth, TRUTH_COLOUR),
+                   tinted(image, predicted, PREDICTION_COLOUR)]
         titles += [caption, "truth", "prediction"]
     return plot_image_grid(images, titles, path, columns=3)

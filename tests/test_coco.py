@@ -6,7 +6,6 @@ import pytest
 
 from braintumor_tf.data.coco import (
     ANNOTATION_FILE,
-    coco_category_masks,
     coco_mask,
     coco_mask_fn,
     decode_rle_string,
@@ -97,10 +96,7 @@ def test_category_filter_and_stack(split_folder):
     b = next(r for r in split.records if r.file_name == "b.png")
     only_1 = coco_mask(b, category_ids=[1])
     assert only_1.sum() == _box_pixels(0, 0, 5, 5)
-    stack = coco_category_masks(b, [1, 2])
-    assert stack.shape == (H, W, 2)
-    assert stack[..., 0].sum() == _box_pixels(0, 0, 5, 5)
-    assert stack[..., 1].sum() == _box_pixels(20, 20, 25, 30)
+    assert coco_mask(b, category_ids=[2]).sum() == _box_pixels(20, 20, 25, 30)
 
     filtered = load_coco_split(split_folder, category_ids=[2])
     by_name = {r.file_name: r for r in filtered.records}

@@ -24,7 +24,7 @@ from braintumor_tf.commands.predict import predict
 from braintumor_tf.data.discover import CLASS_NAMES
 from braintumor_tf.export import rest_client, savedmodel
 from braintumor_tf.export.runtimes import load_runtime
-from braintumor_tf.export.tflite import convert_to_tflite
+from braintumor_tf.export.tflite import CONTRACTS, convert_to_tflite
 from braintumor_tf.models.classifier import build_residual_cnn
 from braintumor_tf.models.gradcam import GradCAM, last_conv_layer_name
 
@@ -128,7 +128,7 @@ def test_interrupted_export_leaves_no_version(trained, tmp_path, monkeypatch):
     monkeypatch.setattr(savedmodel, "_verify", interrupted)
     base = tmp_path / "classifier"
     with pytest.raises(KeyboardInterrupt):
-        export_model(base, model_path=trained["model_path"], log=lambda m: None)
+        export_model(base, model_path=trained["model_path"])
     assert list(base.iterdir()) == []
 
 
@@ -228,8 +228,11 @@ def test_export_from_run_directory_calibrates_on_its_train_split(trained, tmp_pa
     base = tmp_path / "classifier"
     result = cli("export", "--run", run, "--out", base, "--tflite", "int8", "--int8-io", "float32")
     assert result.exit_code == 0, result.output
-    info = json.loads((base / "classifier_int8.json").read_text())
+    # Float input/output is a different contract from int8 I/O, so the file says so in its name.
+    assert not (base / "classifier_int8.tflite").exists()
+    info = json.loads((base / "classifier_int8_float_io.json").read_text())
     assert info["calibration_images"] == 30 and info["input"]["dtype"] == "float32"
+    assert info["file"] == "classifier_int8_float_io.tflite"
     report = json.loads((base / "tflite_parity.json").read_text())
     assert report["images"] == 30 and report["variants"]["int8"]["passed"] is True
     assert (base / "1" / "saved_model.pb").is_file()
@@ -245,6 +248,7 @@ def test_every_tflite_variant_runs_in_litert_within_the_gates(trained, full_expo
         path = full_export / f"classifier_{variant}.tflite"
         info = json.loads(path.with_suffix(".json").read_text())
         assert info["variant"] == variant and info["source_version"] == 1
+        assert info["contract"] == CONTRACTS[variant]
         runtime = load_runtime(path, class_names=CLASS_NAMES, num_threads=1)
         got = runtime.predict(val_x).argmax(axis=1)
         assert np.mean(got == want) >= {"dynamic": 0.995, "int8": 0.99}.get(variant, 0.995), variant
@@ -283,6 +287,7 @@ def test_int8_with_float_io(trained, tmp_path):
     assert info["input"]["dtype"] == "float32" and info["output"]["dtype"] == "float32"
     got = load_runtime(path, class_names=CLASS_NAMES).predict(trained["val"][0][:10])
     assert got.shape == (10, 4) and np.allclose(got.sum(axis=1), 1, atol=0.05)
+    assert info["contract"] == CONTRACTS["int8_float_io"]
     with pytest.raises(ValueError, match="representative"):
         convert_to_tflite(trained["model"], tmp_path / "x.tflite", "int8")
 
@@ -322,8 +327,7 @@ def test_rest_client_round_trip(trained, server, images_with_broken):
         np.testing.assert_allclose(result["probabilities"], row, atol=1e-4)
         assert result["class_name"] == CLASS_NAMES[int(row.argmax())]
 
-    records = predict([images_with_broken], server=server, model_name="classifier",
-                      log=lambda m: None)
+    records = predict([images_with_broken], server=server, model_name="classifier")
     assert [r["error"] is not None for r in records] == [True, False, False, False]
     with pytest.raises(rest_client.ServingError, match="Servable not found"):
         rest_client.predict_encoded(server, "segmenter", [b"x"])
@@ -412,7 +416,7 @@ def test_gradcam_works_on_a_mixed_bfloat16_model(trained):
 def test_benchmark_covers_every_backend(trained, full_export, tmp_path):
     out = tmp_path / "bench.json"
     results = benchmark([trained["model_path"], full_export], images=4, batch_sizes=(1, 4),
-                        json_path=out, log=lambda m: None)
+                        json_path=out)
     labels = set(results["backends"])
     assert {"keras (model.keras)", "savedmodel (classifier)"} <= labels
     assert {f"tflite classifier_{v}" for v in ("float32", "float16", "dynamic", "int8")} <= labels

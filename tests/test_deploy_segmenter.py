@@ -65,7 +65,7 @@ def seg(tmp_path_factory):
 def exported(seg):
     out = seg["root"] / "savedmodels" / "segmenter"
     summary = export_model(out, model_path=seg["path"], tflite_variants="dynamic",
-                           validation_data=seg["val"], masks=seg["val_masks"], log=lambda m: None)
+                           validation_data=seg["val"], masks=seg["val_masks"])
     return out, summary
 
 
@@ -150,7 +150,7 @@ def test_segmenter_tflite_dynamic_passes_the_dice_gate(seg, exported):
 
 def test_benchmark_on_a_segmenter(seg, exported):
     out_base, _ = exported
-    results = benchmark([seg["path"], out_base], images=2, batch_sizes=(1, 2), log=lambda m: None)
+    results = benchmark([seg["path"], out_base], images=2, batch_sizes=(1, 2))
     assert set(results["backends"]) == {"keras (seg.keras)", "savedmodel (segmenter)",
                                         "tflite segmenter_dynamic"}
     for rows in results["backends"].values():
@@ -163,10 +163,10 @@ def test_predict_from_a_served_segmenter_writes_the_same_masks(exported, incomin
 
     out_base, _ = exported
     local = {Path(r["path"]).name: r for r in predict(
-        [incoming], model_path=out_base, masks_dir=tmp_path / "local", log=lambda m: None)}
+        [incoming], model_path=out_base, masks_dir=tmp_path / "local")}
     with serving_stand_in({"segmenter": tf.saved_model.load(str(out_base / "1"))}) as url:
         served = predict([incoming], server=url, model_name="segmenter",
-                         json_path=tmp_path / "served.json", log=lambda m: None)
+                         json_path=tmp_path / "served.json")
         # Images of different sizes cannot share a request: one file per request.
         assert [len(r["instances"]) for r in StandIn.requests] == [1, 1, 1, 1]
     served = {Path(r["path"]).name: r for r in served}

@@ -7,9 +7,9 @@ import keras
 import numpy as np
 import pytest
 
+from braintumor_tf.commands.run_dir import load_initial_weights
 from braintumor_tf.config import ModelConfig, load_config
 from braintumor_tf.models.classifier import build_classifier
-from braintumor_tf.training.run_dir import load_initial_weights
 
 
 def _small(filters=(8, 16)):

@@ -8,7 +8,6 @@ from braintumor_tf.data import phantoms
 from braintumor_tf.data.phantoms import (
     CLASS_NAMES,
     generate_phantoms,
-    make_phantom,
     write_phantom_dataset,
 )
 
@@ -60,13 +59,6 @@ def test_deterministic_by_seed(sample):
         np.testing.assert_array_equal(a, b)
     other = generate_phantoms(12, SIZE, seed=8)
     assert not np.array_equal(sample[0], other[0])
-
-
-def test_make_phantom_accepts_name_or_index():
-    a = make_phantom("pituitary", 64, np.random.default_rng(3))
-    b = make_phantom(3, 64, np.random.default_rng(3))
-    np.testing.assert_array_equal(a[0], b[0])
-    assert a[0].shape == (64, 64) and a[0].dtype == np.uint8
 
 
 def test_masks_empty_iff_notumor(sample):
@@ -201,9 +193,6 @@ def test_write_dataset_refuses_foreign_directory(tmp_path):
 @pytest.mark.parametrize(
     ("call", "needle"),
     [
-        (lambda: make_phantom("tumor", 64, np.random.default_rng(0)), "'tumor'"),
-        (lambda: make_phantom(4, 64, np.random.default_rng(0)), "4"),
-        (lambda: make_phantom("glioma", 31, np.random.default_rng(0)), "31"),
         (lambda: generate_phantoms(0, 64, 0), "images_per_class.*0"),
         (lambda: generate_phantoms(1, 16, 0), "image_size.*16"),
         (lambda: write_phantom_dataset("/nonexistent/x", 1, 8, 0), "image_size.*8"),

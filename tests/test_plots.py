@@ -86,16 +86,6 @@ def test_learning_rate(tmp_path):
         plots.plot_learning_rate(np.ones((2, 2)), tmp_path / "bad.png")
 
 
-def test_class_distribution(tmp_path):
-    counts = {
-        "train": {"glioma": 1100, "meningioma": 1120, "notumor": 1400, "pituitary": 1230},
-        "val": {"glioma": 220, "meningioma": 220, "notumor": 280, "pituitary": 240},
-        "test": {"glioma": 300, "notumor": 405},  # missing classes count as zero
-    }
-    _check_png(plots.plot_class_distribution(counts, tmp_path / "dist.png"))
-    _check_png(plots.plot_class_distribution({}, tmp_path / "dist_empty.png"))
-
-
 def test_image_grid(tmp_path):
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:64, 0:64]
@@ -120,12 +110,3 @@ def test_image_grid_validates(tmp_path):
     with pytest.raises(ValueError):
         plots.plot_image_grid([np.zeros((8, 8, 2))], ["x"], tmp_path / "c.png")
 
-
-def test_reliability(tmp_path):
-    rng = np.random.default_rng(1)
-    logits = rng.normal(size=(300, 4)) * 2
-    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    y_true = rng.integers(0, 4, 300)
-    _check_png(plots.plot_reliability(y_true, probs, tmp_path / "rel.png"))
-    with pytest.raises(ValueError):
-        plots.plot_reliability(y_true[:10], probs, tmp_path / "bad.png")

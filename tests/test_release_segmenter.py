@@ -9,7 +9,7 @@ import pytest
 from braintumor_tf.export.runtimes import load_runtime
 
 RELEASE = Path(__file__).resolve().parents[1] / "savedmodels" / "segmenter"
-MODEL = RELEASE / "segmenter_int8.tflite"
+MODEL = RELEASE / "segmenter_dynamic.tflite"
 
 pytestmark = pytest.mark.skipif(not MODEL.is_file(), reason="no release segmenter committed")
 
@@ -30,7 +30,7 @@ def _slice(size, seed=0):
 
 
 def test_contract_matches_the_sidecar_and_the_card(runtime):
-    sidecar = json.loads((RELEASE / "segmenter_int8.json").read_text())
+    sidecar = json.loads((RELEASE / "segmenter_dynamic.json").read_text())
     assert sidecar["file"] == MODEL.name
     assert sidecar["task"] == "segmentation" and sidecar["test_time_augmentation"] == "dihedral"
     assert runtime.task == "segmentation"

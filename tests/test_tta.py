@@ -107,7 +107,7 @@ def test_exports_compute_the_averaged_masks(tmp_path):
     model_path = tmp_path / "tiny.keras"
     _segmenter().save(model_path)
     summary = export_model(tmp_path / "segmenter", model_path=model_path, tflite_variants="float32",
-                           tta="flips", log=lambda message: None)
+                           tta="flips")
     assert summary["test_time_augmentation"] == "flips"
     x = _pixels()
     keras_tta = load_runtime(model_path, tta="flips").predict(x)
@@ -146,6 +146,6 @@ def test_benchmark_takes_models_of_different_input_sizes(tmp_path):
                                                         activation="sigmoid")(inputs))
         paths.append(tmp_path / f"seg{size}.keras")
         model.save(paths[-1])
-    results = benchmark(paths, images=4, batch_sizes=(1,), log=lambda message: None)
+    results = benchmark(paths, images=4, batch_sizes=(1,))
     assert sorted(results["image_size"].values()) == [SIZE, 2 * SIZE]
     assert all(rows[0]["images"] == 4 for rows in results["backends"].values())

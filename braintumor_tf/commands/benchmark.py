@@ -6,13 +6,14 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from braintumor_tf.data.discover import CLASS_NAMES
 from braintumor_tf.export.runtimes import Runtime, load_runtime
+from braintumor_tf.log import log
 
 BATCH_SIZES = (1, 32)
 
@@ -86,7 +87,6 @@ def benchmark(
     num_threads: int | None = None,
     json_path=None,
     seed: int = 0,
-    log: Callable[[str], None] = print,
 ) -> dict:
     """Random pixels, not files: decoding is the same for all backends and would blur the ratios."""
     if images < 1:

@@ -13,6 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from braintumor_tf.commands.run_dir import (
+    load_initial_weights,
+    setup_training,
+    start_run,
+    write_learning_rate_plot,
+)
 from braintumor_tf.config import Config
 from braintumor_tf.custom_objects import load_model
 from braintumor_tf.data.run_split import rows_of_split, subjects_summary
@@ -22,12 +28,6 @@ from braintumor_tf.plots import plot_history
 from braintumor_tf.tasks import get_task
 from braintumor_tf.training.callbacks import read_history, run_callbacks
 from braintumor_tf.training.optimizers import make_optimizer
-from braintumor_tf.training.run_dir import (
-    load_initial_weights,
-    setup_training,
-    start_run,
-    write_learning_rate_plot,
-)
 from braintumor_tf.training.schedules import make_schedule
 
 

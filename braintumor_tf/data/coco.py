@@ -371,17 +371,6 @@ def coco_mask(record: SegRecord, category_ids: Iterable[int] | None = None) -> n
     return mask
 
 
-def coco_category_masks(record: SegRecord, category_ids: Sequence[int]) -> np.ndarray:
-    """[H, W, K] uint8 0/1 stack, channel k for category_ids[k], for multi-class targets."""
-    category_ids = [int(c) for c in category_ids]
-    out = np.zeros((record.height, record.width, len(category_ids)), np.uint8)
-    for shape in record.shapes:
-        if shape.category_id in category_ids:
-            k = category_ids.index(shape.category_id)
-            out[:, :, k] |= _shape_mask(shape, record.height, record.width)
-    return out
-
-
 def coco_mask_fn(splits: CocoSplit | Sequence[CocoSplit], category_ids: Iterable[int] | None = None
                  ) -> Callable[[str], np.ndarray]:
     """image path -> mask, for segmentation_dataset; looks records up across several splits."""

@@ -116,6 +116,14 @@ def read_image(path: str | os.PathLike, channels: int, image_size: int | None = 
     return decode_bytes(data, channels, image_size, name=path)
 
 
+def error_text(path: str, error: Exception) -> str:
+    """Why ``path`` could not be read, without repeating the path (reports list it beside)."""
+    if isinstance(error, OSError):
+        return f"cannot read file: {error.strerror or error}"
+    text, prefix = str(error), f"{path}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
+
+
 def check_images(paths) -> tuple[list[str], list[dict]]:
     """Fully decode every file up front so one bad file cannot crash training mid-epoch."""
     good: list[str] = []
@@ -124,13 +132,8 @@ def check_images(paths) -> tuple[list[str], list[dict]]:
         path = os.fspath(path)
         try:
             read_image(path, channels=3)
-        except DecodeError as exc:
-            reason = str(exc)
-            prefix = f"{path}: "
-            bad.append({"path": path, "reason": reason[len(prefix):] if reason.startswith(prefix)
-                        else reason})
-        except OSError as exc:
-            bad.append({"path": path, "reason": f"cannot read file: {exc.strerror or exc}"})
+        except (DecodeError, OSError) as error:
+            bad.append({"path": path, "reason": error_text(path, error)})
         else:
             good.append(path)
     return good, bad

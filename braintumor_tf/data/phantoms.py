@@ -248,15 +248,6 @@ def _fill_glioma(img, mask, dist, outline, white, rng, size) -> None:
     img[mask] = val[mask]
 
 
-def make_phantom(
-    label: str | int, image_size: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """One grey uint8 slice [H, W] and its 0/1 lesion mask (all zero for notumor)."""
-    index = _label_index(label)
-    size = _check_int("image_size", image_size, MIN_IMAGE_SIZE)
-    return _render(index, size, rng)
-
-
 def _phantom_rng(seed: int, label: int, index: int) -> np.random.Generator:
     # Keyed per image so image k of a class is the same whatever images_per_class is.
     return np.random.default_rng([seed, label, index])

@@ -16,6 +16,8 @@ import numpy as np
 from braintumor_tf.data.coco import CocoSplit, coco_mask_fn, find_coco_splits, load_coco_split
 from braintumor_tf.data.discover import discover_images
 from braintumor_tf.data.masks import mask_has_foreground, pair_images_with_masks, read_mask, resize_mask
+from braintumor_tf.data.phantoms import write_phantom_dataset
+from braintumor_tf.log import log
 
 # Folder names of published splits (Roboflow writes train/valid/test) -> our split names.
 SPLIT_FOLDER_NAMES = {"train": "train", "training": "train", "valid": "val", "val": "val",
@@ -117,8 +119,8 @@ def _split_of(path: Path, root: Path) -> str | None:
     return None
 
 
-def find_segmentation_images(root: str | os.PathLike, mask_root: str | os.PathLike | None = None,
-                             log: Callable[[str], None] | None = None) -> SegmentationSource:
+def find_segmentation_images(root: str | os.PathLike,
+                             mask_root: str | os.PathLike | None = None) -> SegmentationSource:
     """Every image of the COCO split folder(s) at or below ``root``, or, when there is no COCO
     file, every image under ``root``; paired with masks under ``mask_root`` by file stem."""
     root_path = Path(root)
@@ -142,7 +144,7 @@ def find_segmentation_images(root: str | os.PathLike, mask_root: str | os.PathLi
         source.mask_paths = dict(pairs)
         source.without_mask = unmatched
         source.mask_root = os.fspath(mask_root)
-        if unmatched and log is not None:
+        if unmatched:
             log(f"{len(unmatched)} of {len(image_paths)} images have no mask in {mask_root}: "
                 + ", ".join(os.path.basename(p) for p in unmatched[:5])
                 + (" ..." if len(unmatched) > 5 else ""))
@@ -155,3 +157,18 @@ def find_segmentation_images(root: str | os.PathLike, mask_root: str | os.PathLi
 def mask_at_size(reader: Callable[[str], np.ndarray], image_path: str, size: int) -> np.ndarray:
     """Truth at the model's resolution (nearest, so it stays 0/1), as the training data sees it."""
     return resize_mask(np.asarray(reader(image_path), np.uint8), size)
+
+
+def training_source(config, run_dir: Path) -> tuple[SegmentationSource, str]:
+    """The images and the target kind to train on; ``data.root: null`` means phantoms with masks."""
+    seg = config.segmentation
+    if config.data.root is None:
+        root, masks = run_dir / "data" / "phantoms", run_dir / "data" / "phantom_masks"
+        if not root.exists():
+            log(f"no data.root given: generating the built-in phantom data set (with masks) in {root}")
+        write_phantom_dataset(root, config.data.phantom_images_per_class,
+                              config.data.phantom_image_size, config.data.phantom_seed,
+                              masks_root=masks)
+        return find_segmentation_images(root, masks), "masks"
+    source = find_segmentation_images(config.data.root, seg.mask_root)
+    return source, seg.targets

@@ -22,7 +22,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from braintumor_tf.data.decode import DecodeError, read_image
+from braintumor_tf.data.decode import DecodeError, error_text, read_image
 from braintumor_tf.data.discover import CLASS_NAMES, ImageRecord
 from braintumor_tf.data.subjects import renumber_by_first_member, split_units
 
@@ -68,12 +68,8 @@ def image_signature(image: np.ndarray) -> np.ndarray:
 def _signature_or_reason(path: str) -> tuple[np.ndarray | None, str]:
     try:
         return image_signature(read_image(path, channels=1)), ""
-    except DecodeError as exc:
-        reason = str(exc)
-        prefix = f"{path}: "
-        return None, reason[len(prefix):] if reason.startswith(prefix) else reason
-    except OSError as exc:
-        return None, f"cannot read file: {exc.strerror or exc}"
+    except (DecodeError, OSError) as error:
+        return None, error_text(path, error)
 
 
 def compute_signatures(
@@ -161,13 +157,6 @@ def find_pairs(
     t = np.concatenate(out_t).astype(np.int64)
     order = np.lexsort((j, i))
     return i[order], j[order], c[order], t[order]
-
-
-def duplicate_pairs(
-    signatures: np.ndarray, threshold: float = 0.85
-) -> list[tuple[int, int, float]]:
-    i, j, c, _ = find_pairs(signatures, threshold)
-    return [(int(a), int(b), float(v)) for a, b, v in zip(i, j, c, strict=True)]
 
 
 def best_matches(

@@ -154,15 +154,14 @@ def evaluate_segmenter(runtime, data_paths: Sequence[str | os.PathLike], masks=N
     manifests = [Path(p) for p in data_paths if str(p).endswith(".csv")]
     if manifests and len(manifests) != len(data_paths):
         raise ValueError("give either split manifests or data folders for a segmenter, not both")
-    log = lambda message: print(message, flush=True)  # noqa: E731
     sources, wanted = [], None
     if manifests:
         chosen = [row["path"] for manifest in manifests for row in manifest_split(manifest, split)]
         wanted = {os.path.realpath(path) for path in chosen}
         for folder in sorted({str(Path(path).parent) for path in chosen}):
-            sources.append(find_segmentation_images(folder, masks, log=log))
+            sources.append(find_segmentation_images(folder, masks))
     else:
-        sources = [find_segmentation_images(path, masks, log=log) for path in data_paths]
+        sources = [find_segmentation_images(path, masks) for path in data_paths]
     source = _merge(sources)
     candidates = source.image_paths
     if wanted is not None:

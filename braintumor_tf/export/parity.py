@@ -39,6 +39,30 @@ def latency_per_image(runtime: Runtime, pixels: np.ndarray, repeats: int = 50) -
             "p95_ms": float(np.percentile(times, 95))}
 
 
+def _judge_variants(reference: Runtime, tflite_files: Mapping[str, str | os.PathLike],
+                    pixels: np.ndarray, judge, latency_repeats: int) -> dict:
+    """Run each variant on ``pixels``; ``judge(variant, outputs)`` returns the task's agreement
+    entries including ``passed``; size and batch-1 latency are added here for both tasks."""
+    variants = {}
+    for variant, path in tflite_files.items():
+        outputs = load_runtime(path, class_names=reference.class_names, num_threads=2).predict(pixels)
+        entry = {"file": str(path), "size_bytes": int(Path(path).stat().st_size),
+                 **judge(variant, outputs), "latency_batch1": {}}
+        for threads in LATENCY_THREADS:
+            timed = load_runtime(path, class_names=reference.class_names, num_threads=threads)
+            entry["latency_batch1"][f"{threads}_threads"] = latency_per_image(
+                timed, pixels, latency_repeats)
+        variants[variant] = entry
+    return variants
+
+
+def _checked_pixels(pixels) -> np.ndarray:
+    pixels = np.asarray(pixels, np.float32)
+    if len(pixels) == 0:
+        raise ValueError("parity needs at least one validation image")
+    return pixels
+
+
 def tflite_parity(
     reference: Runtime,
     tflite_files: Mapping[str, str | os.PathLike],
@@ -48,40 +72,25 @@ def tflite_parity(
     latency_repeats: int = 50,
     gates: Mapping[str, float] = AGREEMENT_GATES,
 ) -> dict:
-    """Compare each variant with ``reference`` (the float Keras model) on ``pixels``."""
-    pixels = np.asarray(pixels, np.float32)
-    if len(pixels) == 0:
-        raise ValueError("parity needs at least one validation image")
+    """Top-1 agreement of each classifier variant with ``reference`` (the float Keras model)."""
+    pixels = _checked_pixels(pixels)
     want = reference.predict(pixels).argmax(axis=1)
     truth = None if labels is None else np.asarray(labels)
-    report: dict = {
-        "reference": str(reference.path),
-        "images": int(len(pixels)),
-        "reference_accuracy": None if truth is None else float(np.mean(want == truth)),
-        "gates": dict(gates),
-        "variants": {},
-    }
-    for variant, path in tflite_files.items():
-        runtime = load_runtime(path, class_names=reference.class_names, num_threads=2)
-        got = runtime.predict(pixels).argmax(axis=1)
-        agreement = float(np.mean(got == want))
-        entry = {
-            "file": str(path),
-            "size_bytes": int(Path(path).stat().st_size),
-            "agreement": agreement,
-            "disagreements": int(np.sum(got != want)),
-            "accuracy": None if truth is None else float(np.mean(got == truth)),
-            "accuracy_delta": None if truth is None else float(np.mean(got == truth)
-                                                               - report["reference_accuracy"]),
-            "latency_batch1": {},
-            "gate": gates.get(variant),
-        }
-        for threads in LATENCY_THREADS:
-            timed = load_runtime(path, class_names=reference.class_names, num_threads=threads)
-            entry["latency_batch1"][f"{threads}_threads"] = latency_per_image(
-                timed, pixels, latency_repeats)
-        entry["passed"] = None if entry["gate"] is None else agreement >= entry["gate"]
-        report["variants"][variant] = entry
+    reference_accuracy = None if truth is None else float(np.mean(want == truth))
+
+    def judge(variant, outputs):
+        got = outputs.argmax(axis=1)
+        agreement, gate = float(np.mean(got == want)), gates.get(variant)
+        accuracy = None if truth is None else float(np.mean(got == truth))
+        return {"agreement": agreement, "disagreements": int(np.sum(got != want)),
+                "accuracy": accuracy,
+                "accuracy_delta": None if truth is None else accuracy - reference_accuracy,
+                "gate": gate, "passed": None if gate is None else agreement >= gate}
+
+    report: dict = {"reference": str(reference.path), "images": int(len(pixels)),
+                    "reference_accuracy": reference_accuracy, "gates": dict(gates),
+                    "variants": _judge_variants(reference, tflite_files, pixels, judge,
+                                                latency_repeats)}
     report["passed"] = all(v["passed"] is not False for v in report["variants"].values())
     if out_dir is not None:
         write_parity_report(report, out_dir)
@@ -104,46 +113,27 @@ def segmentation_parity(
     """
     from braintumor_tf.training.seg_metrics import THRESHOLD, mean_dice
 
-    pixels = np.asarray(pixels, np.float32)
-    if len(pixels) == 0:
-        raise ValueError("parity needs at least one validation image")
+    pixels = _checked_pixels(pixels)
     want = reference.predict(pixels)[..., 0]
     want_mask = (want > THRESHOLD).astype(np.float32)
     truth = None if truth_masks is None else np.asarray(truth_masks)
     reference_dice = None if truth is None else mean_dice(truth, want)
-    report: dict = {
-        "task": "segmentation",
-        "reference": str(reference.path),
-        "images": int(len(pixels)),
-        "threshold": THRESHOLD,
-        "reference_dice": reference_dice,
-        "gates": {"max_dice_drop": max_dice_drop},
-        "variants": {},
-    }
-    for variant, path in tflite_files.items():
-        runtime = load_runtime(path, num_threads=2)
-        got = runtime.predict(pixels)[..., 0]
+
+    def judge(variant, outputs):
+        got = outputs[..., 0]
         agreement = mean_dice(want_mask, got)
-        entry = {
-            "file": str(path),
-            "size_bytes": int(Path(path).stat().st_size),
-            "dice_vs_reference": agreement,
-            "dice_drop_vs_reference": 1.0 - agreement,
-            "dice_vs_truth": None if truth is None else mean_dice(truth, got),
-            "latency_batch1": {},
-            "gate": max_dice_drop,
-        }
-        entry["dice_delta_vs_truth"] = (None if truth is None
-                                        else entry["dice_vs_truth"] - reference_dice)
-        for threads in LATENCY_THREADS:
-            timed = load_runtime(path, num_threads=threads)
-            entry["latency_batch1"][f"{threads}_threads"] = latency_per_image(
-                timed, pixels, latency_repeats)
-        drops = [entry["dice_drop_vs_reference"]]
-        if truth is not None:
-            drops.append(-entry["dice_delta_vs_truth"])
-        entry["passed"] = bool(max(drops) <= max_dice_drop)
-        report["variants"][variant] = entry
+        dice_vs_truth = None if truth is None else mean_dice(truth, got)
+        delta = None if truth is None else dice_vs_truth - reference_dice
+        drops = [1.0 - agreement] + ([] if delta is None else [-delta])
+        return {"dice_vs_reference": agreement, "dice_drop_vs_reference": 1.0 - agreement,
+                "dice_vs_truth": dice_vs_truth, "dice_delta_vs_truth": delta,
+                "gate": max_dice_drop, "passed": bool(max(drops) <= max_dice_drop)}
+
+    report: dict = {"task": "segmentation", "reference": str(reference.path),
+                    "images": int(len(pixels)), "threshold": THRESHOLD,
+                    "reference_dice": reference_dice, "gates": {"max_dice_drop": max_dice_drop},
+                    "variants": _judge_variants(reference, tflite_files, pixels, judge,
+                                                latency_repeats)}
     report["passed"] = all(v["passed"] for v in report["variants"].values())
     if out_dir is not None:
         write_parity_report(report, out_dir)

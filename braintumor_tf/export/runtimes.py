@@ -98,7 +98,7 @@ class _KerasRuntime(Runtime):
         shape = tuple(self._model.input_shape)
         super().__init__(
             path, shape[1], shape[3], int(self._model.output_shape[-1]), class_names, batch_size,
-            task=_task_from_output_rank(len(self._model.output_shape)),
+            task=task_of_output_rank(len(self._model.output_shape)),
         )
 
     @property
@@ -171,7 +171,7 @@ class _TFLiteRuntime(Runtime):
         self._batch = int(shape[0])
         super().__init__(
             path, shape[1], shape[3], int(self._output["shape"][-1]), class_names, batch_size,
-            task=_task_from_output_rank(len(self._output["shape"])),
+            task=task_of_output_rank(len(self._output["shape"])),
         )
 
     def _resize(self, n: int) -> None:
@@ -207,7 +207,7 @@ class _TFLiteRuntime(Runtime):
         return np.concatenate([self._run(pixels[i : i + 1]) for i in range(len(pixels))])
 
 
-def _task_from_output_rank(rank: int) -> str:
+def task_of_output_rank(rank: int) -> str:
     """[N, K] is a classifier, [N, S, S, 1] a segmenter."""
     return "segmentation" if rank == 4 else "classification"
 

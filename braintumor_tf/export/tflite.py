@@ -1,4 +1,4 @@
-"""TFLite variants of the classifier for phones and other edge devices.
+"""LiteRT (TFLite) files of a classifier or segmenter for phones and other edge devices.
 
 Every variant takes the same input as the Keras model (raw pixels 0..255, resized and
 channel-converted as in training), so an edge app does the same preprocessing for all of them.
@@ -16,6 +16,24 @@ import numpy as np
 
 TFLITE_VARIANTS = ("float32", "float16", "dynamic", "int8")
 INT8_IO_TYPES = ("int8", "float32")
+# A file's suffix says its contract: <name>_<suffix>.tflite. Written into every sidecar JSON.
+CONTRACTS = {
+    "float32": "float32 weights and activations; input and output float32",
+    "float16": "float16 weights (dequantised on load), float32 activations; input and output float32",
+    "dynamic": "dynamic-range: int8 weights, float32 activations; input and output float32",
+    "int8": "full integer: int8 weights and activations; input and output int8 (see scale, zero_point)",
+    "int8_float_io": "full integer: int8 weights and activations; input and output float32 "
+                     "(quantised inside the model)",
+}
+
+
+def file_suffix(variant: str, int8_io: str = "int8") -> str:
+    """``int8`` with float input/output is a different contract, so a different name."""
+    return "int8_float_io" if variant == "int8" and int8_io == "float32" else variant
+
+
+def tflite_file_name(name: str, variant: str, int8_io: str = "int8") -> str:
+    return f"{name}_{file_suffix(variant, int8_io)}.tflite"
 PREPROCESSING = (
     "decode the image, convert to the model's channel count (grey = ITU-R 601 luminance of RGB, "
     "grey is repeated for RGB), resize to image_size x image_size (area averaging when shrinking), "
@@ -154,6 +172,7 @@ def convert_to_tflite(
     info = {
         "variant": variant,
         "file": path.name,
+        "contract": CONTRACTS[file_suffix(variant, int8_io)],
         "preprocessing": PREPROCESSING,
         "dequantize": "float = (q - zero_point) * scale; quantize: q = round(x / scale) + zero_point",
         **describe_tflite(flatbuffer),

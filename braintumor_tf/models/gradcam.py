@@ -7,7 +7,6 @@ sub-model's input, is what raises the "graph disconnected" error people hit.
 
 from __future__ import annotations
 
-import cv2
 import keras
 import numpy as np
 import tensorflow as tf
@@ -69,14 +68,3 @@ class GradCAM:
         cams = np.where(span > 0, (cams - low) / np.maximum(span, 1e-12), 0.0)
         return cams.astype(np.float32), np.asarray(probabilities, np.float32)
 
-
-def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> np.ndarray:
-    """RGB uint8 picture: the image in grey/colour with the heatmap in the jet colour map."""
-    image = np.clip(np.asarray(image, np.float32), 0, 255).astype(np.uint8)
-    if image.ndim == 3 and image.shape[-1] == 1:
-        image = image[..., 0]
-    rgb = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB) if image.ndim == 2 else image
-    heat = cv2.resize(np.asarray(heatmap, np.float32), (rgb.shape[1], rgb.shape[0]))
-    colour = cv2.applyColorMap(np.uint8(np.clip(heat, 0, 1) * 255), cv2.COLORMAP_JET)
-    colour = cv2.cvtColor(colour, cv2.COLOR_BGR2RGB)
-    return cv2.addWeighted(rgb, 1.0 - alpha, colour, alpha, 0.0)

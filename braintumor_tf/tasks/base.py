@@ -25,6 +25,10 @@ class TaskData:
 
 class Task:
     name: str = ""
+    # Export: images that calibrate int8 and check parity (a UNet is slow on CPU: fewer).
+    calibration_images: int = 200
+    parity_images: int = 1000
+    writes_masks: bool = False  # predict writes mask files (and says where)
 
     def prepare_data(self, config: Config, run_dir: Path) -> TaskData:
         """Find the images and split them (or reuse the run's manifest)."""
@@ -53,4 +57,36 @@ class Task:
     def finish(self, config: Config, run_dir: Path, best_model, data: TaskData, test_rows) -> dict:
         """After model.keras is written: score the test split, write exports; returns summary
         entries."""
+        raise NotImplementedError
+
+    def evaluate(self, runtime, data_paths, **options) -> dict:
+        """``braintumor-tf evaluate`` for a saved model of this task."""
+        raise NotImplementedError
+
+    def export_savedmodel(self, model, target: Path, tta: str) -> tuple[Path, dict]:
+        """Write the SavedModel version; returns it and the metadata every export file records."""
+        raise NotImplementedError
+
+    def parity_data(self, image_size: int, channels: int, run_dir=None, validation_data=None,
+                    masks=None, representative_data=None):
+        """What ``parity`` compares on (None when no images were given)."""
+        raise NotImplementedError
+
+    def parity(self, reference, tflite_files: dict, validation, out_dir: Path
+               ) -> tuple[dict, bool, str]:
+        """(per-variant summary, all gates passed, one log line); writes tflite_parity.json/md."""
+        raise NotImplementedError
+
+    def predict_files(self, runtime, paths, masks_dir, explain_dir, batch_size: int) -> list[dict]:
+        """``braintumor-tf predict`` with a local model: one record per path."""
+        raise NotImplementedError
+
+    def records_from_server(self, paths, outputs, masks_dir) -> list[dict]:
+        """Records from TF Serving's answers (``export.rest_client``)."""
+        raise NotImplementedError
+
+    def describe(self, record: dict) -> str:
+        raise NotImplementedError
+
+    def write_csv(self, records: list[dict], csv_path) -> None:
         raise NotImplementedError

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from braintumor_tf.config import Config
 from braintumor_tf.data import splits as splits_lib
@@ -16,7 +17,10 @@ from braintumor_tf.data.phantoms import write_phantom_dataset
 from braintumor_tf.data.run_split import split_and_write_manifest
 from braintumor_tf.data.subjects import resolve_subjects
 from braintumor_tf.evaluation.classification import evaluate_classifier, evaluate_records
+from braintumor_tf.export.parity import tflite_parity
 from braintumor_tf.export.savedmodel import export_classifier
+from braintumor_tf.export.validation_data import folder_rows, load_pixels, manifest_rows
+from braintumor_tf.inference import classification as inference
 from braintumor_tf.log import log
 from braintumor_tf.models.classifier import build_classifier
 from braintumor_tf.tasks.base import Task, TaskData
@@ -93,6 +97,43 @@ class ClassificationTask(Task):
 
     def evaluate(self, runtime, data_paths, **options) -> dict:
         return evaluate_classifier(runtime, data_paths, **options)
+
+    def export_savedmodel(self, model, target: Path, tta: str) -> tuple[Path, dict]:
+        return export_classifier(model, target, CLASS_NAMES), {"class_names": list(CLASS_NAMES)}
+
+    def parity_data(self, image_size: int, channels: int, run_dir=None, validation_data=None,
+                    masks=None, representative_data=None):
+        if run_dir is not None:
+            rows = manifest_rows(Path(run_dir), "val")
+        elif validation_data is not None or representative_data is not None:
+            rows = folder_rows(validation_data or representative_data)
+        else:
+            return None
+        return load_pixels(rows, image_size, channels, self.parity_images, seed=1)
+
+    def parity(self, reference, tflite_files: dict, validation, out_dir: Path):
+        pixels, labels = validation
+        labels = labels if np.all(labels >= 0) else None
+        report = tflite_parity(reference, tflite_files, pixels, labels, out_dir=out_dir)
+        variants = report["variants"]
+        message = f"parity on {len(pixels)} images: " + ", ".join(
+            f"{v} {e['agreement'] * 100:.2f} % "
+            f"({'no gate' if e['passed'] is None else 'pass' if e['passed'] else 'FAIL'})"
+            for v, e in variants.items())
+        summary = {v: {"agreement": e["agreement"], "passed": e["passed"]} for v, e in variants.items()}
+        return summary, report["passed"], message
+
+    def predict_files(self, runtime, paths, masks_dir, explain_dir, batch_size: int) -> list[dict]:
+        return inference.predict_classes(runtime, paths, explain_dir, batch_size)
+
+    def records_from_server(self, paths, outputs, masks_dir) -> list[dict]:
+        return inference.records_from_server(paths, outputs)
+
+    def describe(self, record: dict) -> str:
+        return inference.describe(record)
+
+    def write_csv(self, records: list[dict], csv_path) -> None:
+        inference.write_class_csv(records, csv_path)
 
 
 def _paths_and_labels(rows) -> tuple[list[str], list[int]]:

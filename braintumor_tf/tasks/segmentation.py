@@ -13,10 +13,13 @@ import keras
 from braintumor_tf.config import Config
 from braintumor_tf.data import splits as splits_lib
 from braintumor_tf.data.datasets import segmentation_dataset
-from braintumor_tf.data.phantoms import write_phantom_dataset
 from braintumor_tf.data.run_split import split_and_write_manifest
-from braintumor_tf.data.segmentation import SegmentationSource, find_segmentation_images
+from braintumor_tf.data.segmentation import training_source
 from braintumor_tf.evaluation.segmentation import evaluate_segmentation_images, evaluate_segmenter
+from braintumor_tf.export.parity import segmentation_parity
+from braintumor_tf.export.savedmodel import export_segmenter
+from braintumor_tf.export.validation_data import segmenter_validation
+from braintumor_tf.inference import segmentation as inference
 from braintumor_tf.log import log
 from braintumor_tf.models.unet import build_resnet50_unet
 from braintumor_tf.tasks.base import Task, TaskData
@@ -25,29 +28,17 @@ from braintumor_tf.training.losses import DiceCoefficient, make_segmentation_los
 TEST_SUMMARY_KEYS = ("n", "vs_annotations", "vs_masks")
 
 
-def segmentation_source(config: Config, run_dir: Path) -> tuple[SegmentationSource, str]:
-    """The images and the target kind to train on; ``data.root: null`` means phantoms with masks."""
-    seg = config.segmentation
-    if config.data.root is None:
-        root, masks = run_dir / "data" / "phantoms", run_dir / "data" / "phantom_masks"
-        if not root.exists():
-            log(f"no data.root given: generating the built-in phantom data set (with masks) in {root}")
-        write_phantom_dataset(root, config.data.phantom_images_per_class,
-                              config.data.phantom_image_size, config.data.phantom_seed,
-                              masks_root=masks)
-        return find_segmentation_images(root, masks, log=log), "masks"
-    source = find_segmentation_images(config.data.root, seg.mask_root, log=log)
-    return source, seg.targets
-
-
 class SegmentationTask(Task):
     name = "segmentation"
+    calibration_images = 32
+    parity_images = 100
+    writes_masks = True
 
     def prepare_data(self, config: Config, run_dir: Path) -> TaskData:
         """Split (or reuse the manifest): the given split folders, or by subject and duplicate
         group over all images. Groups are computed either way, for the bad-file check and so the
         log shows how many units straddle the published folders."""
-        source, targets = segmentation_source(config, run_dir)
+        source, targets = training_source(config, run_dir)
         extras = {"source": source, "targets": targets}
         manifest_path = run_dir / "split_manifest.csv"
         if manifest_path.exists():
@@ -115,3 +106,37 @@ class SegmentationTask(Task):
 
     def evaluate(self, runtime, data_paths, **options) -> dict:
         return evaluate_segmenter(runtime, data_paths, **options)
+
+    def export_savedmodel(self, model, target: Path, tta: str) -> tuple[Path, dict]:
+        return (export_segmenter(model, target, tta=tta),
+                {"task": "segmentation", "test_time_augmentation": tta})
+
+    def parity_data(self, image_size: int, channels: int, run_dir=None, validation_data=None,
+                    masks=None, representative_data=None):
+        return segmenter_validation(image_size, channels, self.parity_images, run_dir,
+                                    validation_data, masks, representative_data)
+
+    def parity(self, reference, tflite_files: dict, validation, out_dir: Path):
+        pixels, truth = validation
+        report = segmentation_parity(reference, tflite_files, pixels, truth, out_dir=out_dir)
+        variants = report["variants"]
+        message = (f"parity on {len(pixels)} images ({'with' if truth is not None else 'without'} "
+                   "truth masks): " + ", ".join(
+                       f"{v} Dice vs Keras {e['dice_vs_reference']:.4f} "
+                       f"({'pass' if e['passed'] else 'FAIL'})" for v, e in variants.items()))
+        summary = {v: {"dice_vs_reference": e["dice_vs_reference"],
+                       "dice_delta_vs_truth": e["dice_delta_vs_truth"], "passed": e["passed"]}
+                   for v, e in variants.items()}
+        return summary, report["passed"], message
+
+    def predict_files(self, runtime, paths, masks_dir, explain_dir, batch_size: int) -> list[dict]:
+        return inference.predict_masks(runtime, paths, masks_dir, explain_dir, batch_size)
+
+    def records_from_server(self, paths, outputs, masks_dir) -> list[dict]:
+        return inference.records_from_server(paths, outputs, masks_dir)
+
+    def describe(self, record: dict) -> str:
+        return inference.describe(record)
+
+    def write_csv(self, records: list[dict], csv_path) -> None:
+        inference.write_segment_csv(records, csv_path)

@@ -1,0 +1,93 @@
+"""Classifier predictions: class and probabilities per file, Grad-CAM pictures on request."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from braintumor_tf.data.decode import DecodeError, read_image
+from braintumor_tf.data.discover import CLASS_NAMES
+from braintumor_tf.inference.common import error_text, unique_name
+from braintumor_tf.overlays import heatmap_overlay
+
+EXPLAIN_NEEDS_KERAS = ("--explain (Grad-CAM) needs a .keras model: it reads the layers and their "
+                       "gradients, which SavedModel, .tflite and served models do not expose")
+
+
+def class_record(path, class_names, probabilities=None, class_id=None, error=None) -> dict:
+    if error is not None:
+        return {"path": path, "class_name": None, "class_id": None, "probabilities": None,
+                "error": error}
+    probabilities = np.asarray(probabilities, np.float32)
+    class_id = int(probabilities.argmax()) if class_id is None else int(class_id)
+    return {"path": path, "class_name": class_names[class_id], "class_id": class_id,
+            "probabilities": {n: float(p) for n, p in zip(class_names, probabilities, strict=True)},
+            "error": None}
+
+
+def predict_classes(runtime, paths, explain_dir=None, batch_size: int = 32) -> list[dict]:
+    if explain_dir is not None and runtime.kind != "keras":
+        raise ValueError(EXPLAIN_NEEDS_KERAS)
+    images, good, records = [], [], {}
+    for path in paths:
+        try:
+            images.append(read_image(path, runtime.channels, runtime.image_size))
+            good.append(path)
+        except (DecodeError, OSError) as error:
+            records[path] = class_record(path, runtime.class_names, error=error_text(path, error))
+    if good:
+        pixels = np.stack(images)
+        for path, row in zip(good, runtime.predict(pixels), strict=True):
+            records[path] = class_record(path, runtime.class_names, row)
+        if explain_dir is not None:
+            write_explanations(runtime, good, pixels, explain_dir, batch_size, records)
+    return [records[p] for p in paths]
+
+
+def write_explanations(runtime, paths, pixels, explain_dir, batch_size, records) -> None:
+    from braintumor_tf.models.gradcam import GradCAM
+
+    explain_dir = Path(explain_dir)
+    explain_dir.mkdir(parents=True, exist_ok=True)
+    cam = GradCAM(runtime.keras_model)
+    used: set[str] = set()
+    for start in range(0, len(paths), batch_size):
+        heatmaps, _ = cam.heatmaps(pixels[start:start + batch_size])
+        for offset, heatmap in enumerate(heatmaps):
+            path = paths[start + offset]
+            out = explain_dir / f"{unique_name(Path(path).stem, used)}_gradcam.png"
+            picture = heatmap_overlay(pixels[start + offset], heatmap)
+            cv2.imwrite(str(out), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+            records[path]["explanation"] = str(out)
+
+
+def records_from_server(paths, outputs) -> list[dict]:
+    records = []
+    for path, out in zip(paths, outputs, strict=True):
+        if "error" in out:
+            records.append(class_record(path, CLASS_NAMES, error=out["error"]))
+            continue
+        names = CLASS_NAMES if len(out["probabilities"]) == len(CLASS_NAMES) else \
+            tuple(f"class_{i}" for i in range(len(out["probabilities"])))
+        records.append(class_record(path, names, out["probabilities"], out["class_id"]))
+    return records
+
+
+def describe(record: dict) -> str:
+    probabilities = " ".join(f"{n}={p:.3f}" for n, p in record["probabilities"].items())
+    return f"{record['path']}: {record['class_name']} ({probabilities})"
+
+
+def write_class_csv(records: list[dict], csv_path) -> None:
+    names = next((list(r["probabilities"]) for r in records if r["probabilities"]), list(CLASS_NAMES))
+    Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(csv_path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "class_name", *names, "error"])
+        for r in records:
+            probabilities = [f"{r['probabilities'][n]:.6f}" for n in names] if r["probabilities"] \
+                else [""] * len(names)
+            writer.writerow([r["path"], r["class_name"] or "", *probabilities, r["error"] or ""])

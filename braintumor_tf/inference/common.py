@@ -1,0 +1,26 @@
+"""Shared by both tasks' predictions: reading errors as one line, unique output names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from braintumor_tf.data.decode import error_text
+
+
+def unique_name(stem: str, used: set[str]) -> str:
+    """Same file name in different folders must not overwrite each other's outputs."""
+    while stem in used:
+        stem += "_"
+    used.add(stem)
+    return stem
+
+
+def default_masks_dir(json_path=None, csv_path=None) -> Path:
+    """Beside the table (``<table stem>_masks/``) so tables and masks travel together."""
+    table = json_path or csv_path
+    if table is None:
+        return Path("masks")
+    return Path(table).parent / f"{Path(table).stem}_masks"
+
+
+__all__ = ["default_masks_dir", "error_text", "unique_name"]

@@ -1,0 +1,100 @@
+"""Segmenter predictions: a mask PNG at each image's own size and the tumour area per file."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from braintumor_tf.data.decode import DecodeError, read_image, resize_image
+from braintumor_tf.inference.common import error_text, unique_name
+from braintumor_tf.overlays import mask_overlay
+from braintumor_tf.training.seg_metrics import THRESHOLD
+
+SEGMENT_CSV_COLUMNS = ("path", "height", "width", "tumour_area_pixels", "tumour_fraction", "mask",
+                       "error")
+
+
+def segment_record(path, error=None, mask=None, mask_file=None) -> dict:
+    if error is not None:
+        return {"path": path, "height": None, "width": None, "tumour_area_pixels": None,
+                "tumour_fraction": None, "mask": None, "error": error}
+    area = int(np.count_nonzero(mask))
+    return {"path": path, "height": int(mask.shape[0]), "width": int(mask.shape[1]),
+            "tumour_area_pixels": area, "tumour_fraction": area / mask.size, "mask": str(mask_file),
+            "error": None}
+
+
+def predict_masks(runtime, paths, masks_dir, explain_dir=None, batch_size: int = 32,
+                  threshold: float = THRESHOLD) -> list[dict]:
+    """Batch by batch, so a large folder of full-size images is never in memory at once. The
+    probability map is resized back bilinearly before thresholding, as the SavedModel does."""
+    masks_dir = Path(masks_dir)
+    masks_dir.mkdir(parents=True, exist_ok=True)
+    if explain_dir is not None:
+        Path(explain_dir).mkdir(parents=True, exist_ok=True)
+    records: dict[str, dict] = {}
+    used: set[str] = set()
+    for start in range(0, len(paths), batch_size):
+        originals, good = [], []
+        for path in paths[start:start + batch_size]:
+            try:
+                originals.append(read_image(path, runtime.channels))
+                good.append(path)
+            except (DecodeError, OSError) as error:
+                records[path] = segment_record(path, error=error_text(path, error))
+        if not good:
+            continue
+        pixels = np.stack([resize_image(image, runtime.image_size) for image in originals])
+        probabilities = runtime.predict(pixels)[..., 0]
+        for path, image, probability in zip(good, originals, probabilities, strict=True):
+            height, width = image.shape[:2]
+            if (height, width) != probability.shape:
+                probability = cv2.resize(probability, (width, height), interpolation=cv2.INTER_LINEAR)
+            mask = (probability > threshold).astype(np.uint8)
+            name = unique_name(Path(path).stem, used)
+            records[path] = segment_record(path, mask=mask, mask_file=write_mask(mask, masks_dir, name))
+            if explain_dir is not None:
+                out = Path(explain_dir) / f"{name}_overlay.png"
+                cv2.imwrite(str(out), cv2.cvtColor(mask_overlay(image, mask), cv2.COLOR_RGB2BGR))
+                records[path]["explanation"] = str(out)
+    return [records[p] for p in paths]
+
+
+def write_mask(mask: np.ndarray, masks_dir: Path, name: str) -> Path:
+    mask_file = masks_dir / f"{name}_mask.png"
+    if not cv2.imwrite(str(mask_file), mask.astype(np.uint8) * 255):
+        raise OSError(f"could not write {mask_file}")
+    return mask_file
+
+
+def records_from_server(paths, outputs, masks_dir) -> list[dict]:
+    """A served segmenter's masks are written as PNGs like local ones."""
+    Path(masks_dir).mkdir(parents=True, exist_ok=True)
+    records, used = [], set()
+    for path, out in zip(paths, outputs, strict=True):
+        if "error" in out:
+            records.append(segment_record(path, error=out["error"]))
+            continue
+        mask_file = write_mask(out["mask"], Path(masks_dir), unique_name(Path(path).stem, used))
+        records.append(segment_record(path, mask=out["mask"], mask_file=mask_file))
+    return records
+
+
+def describe(record: dict) -> str:
+    return (f"{record['path']}: tumour {record['tumour_area_pixels']} px "
+            f"({record['tumour_fraction'] * 100:.2f} % of {record['width']}x{record['height']}), "
+            f"mask {record['mask']}")
+
+
+def write_segment_csv(records: list[dict], csv_path) -> None:
+    Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(csv_path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(SEGMENT_CSV_COLUMNS)
+        for r in records:
+            row = dict(r, tumour_fraction=None if r["tumour_fraction"] is None
+                       else f"{r['tumour_fraction']:.6f}")
+            writer.writerow(["" if row[k] is None else row[k] for k in SEGMENT_CSV_COLUMNS])
