@@ -27,6 +27,8 @@ MODEL_NAMES = ("residual_cnn", "resnet50")
 TASKS = ("classification", "segmentation")
 SEGMENTATION_TARGETS = ("annotations", "masks")
 SEGMENTATION_LOSSES = ("bce", "dice", "bce_dice")
+# Probability above which a pixel is tumour: the one default every segmenter reader falls back to.
+DEFAULT_SEGMENTATION_THRESHOLD = 0.5
 
 
 def _check(condition: bool, message: str) -> None:
@@ -215,7 +217,7 @@ class SegmentationConfig:
     encoder_bn_momentum: float | None = None  # None keeps Keras' 0.99; 0.9 suits a fresh encoder
     loss: str = "bce_dice"
     use_split_folders: bool = False
-    threshold: float = 0.5
+    threshold: float = DEFAULT_SEGMENTATION_THRESHOLD
     augment: JointAugmentConfig = dataclasses.field(default_factory=JointAugmentConfig)
 
     def __post_init__(self):

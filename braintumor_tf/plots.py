@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
+from braintumor_tf.config import DEFAULT_SEGMENTATION_THRESHOLD
 from braintumor_tf.overlays import PREDICTION_COLOUR, TRUTH_COLOUR, tinted
 
 DPI = 100
@@ -235,7 +236,7 @@ def plot_image_grid(
 def plot_segmentation_cases(
     cases: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, str]],
     path: str | os.PathLike,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_SEGMENTATION_THRESHOLD,
 ) -> Path:
     """One row per case: the image, the truth (green) and the thresholded prediction (red) on it.
 

@@ -150,8 +150,30 @@ def test_ece_hand_computed():
 def test_log_loss_is_clipped():
     probs = np.array([[1.0, 0.0], [0.5, 0.5]])
     value = log_loss([1, 0], probs)
+    eps = np.finfo(np.float64).eps
     assert np.isfinite(value)
-    assert value == pytest.approx((-math.log(1e-15) - math.log(0.5)) / 2)
+    assert value == pytest.approx((-math.log(eps) - math.log(0.5)) / 2)
+
+
+def test_report_equals_scikit_learn_on_a_fixed_example():
+    """Our report is scikit-learn's numbers plus conventions; a change of either shows here."""
+    from sklearn import metrics as sk
+
+    rng = np.random.default_rng(5)
+    y_true = rng.integers(0, 4, 200)
+    logits = rng.normal(size=(200, 4)) + 2.0 * np.eye(4)[y_true]
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    report = classification_report(y_true, probs, ["g", "m", "n", "p"])
+    predicted = probs.argmax(axis=1)
+    assert report["accuracy"] == pytest.approx(sk.accuracy_score(y_true, predicted))
+    assert report["macro_f1"] == pytest.approx(sk.f1_score(y_true, predicted, average="macro"))
+    assert report["balanced_accuracy"] == pytest.approx(sk.balanced_accuracy_score(y_true, predicted))
+    assert report["roc_auc_ovr"] == pytest.approx(
+        sk.roc_auc_score(y_true, probs, multi_class="ovr", average="macro"))
+    assert report["log_loss"] == pytest.approx(sk.log_loss(y_true, probs))
+    assert report["confusion_matrix"] == sk.confusion_matrix(y_true, predicted).tolist()
+    recall = sk.recall_score(y_true, predicted, average=None)
+    assert [report["per_class"][n]["recall"] for n in "gmnp"] == pytest.approx(list(recall))
 
 
 @pytest.mark.parametrize(

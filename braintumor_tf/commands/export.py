@@ -17,7 +17,7 @@ from pathlib import Path
 
 from braintumor_tf.custom_objects import load_model
 from braintumor_tf.data.discover import CLASS_NAMES
-from braintumor_tf.export.runtimes import load_runtime, task_of_output_rank
+from braintumor_tf.export.runtimes import configured_threshold, load_runtime, task_of_output_rank
 from braintumor_tf.export.savedmodel import model_geometry, next_version_dir
 from braintumor_tf.export.tflite import (
     TFLITE_VARIANTS,
@@ -69,7 +69,7 @@ def _float32_reference(model, keras_path: Path):
         twin = Path(tmp) / keras_path.name
         model.save(twin)
         runtime = load_runtime(twin, class_names=CLASS_NAMES)
-        runtime.path = keras_path
+        runtime.path, runtime.threshold = keras_path, configured_threshold(keras_path)
         yield runtime
 
 
@@ -129,7 +129,7 @@ def export_model(
     validation = task.parity_data(image_size, channels, run_dir, validation_data, masks,
                                   representative_data) if variants else None
 
-    saved, names = task.export_savedmodel(model, target, tta)
+    saved, names = task.export_savedmodel(model, target, tta, configured_threshold(keras_path))
     log(f"SavedModel version {saved.name} written to {saved}")
     summary: dict = {"model": str(keras_path), "savedmodel": str(saved), "version": int(saved.name),
                      "tflite": {}, "parity": None, **names}

@@ -21,7 +21,6 @@ from braintumor_tf.data.segmentation import SegmentationSource, find_segmentatio
 from braintumor_tf.data.splits import manifest_split
 from braintumor_tf.plots import plot_segmentation_cases
 from braintumor_tf.training.seg_metrics import (
-    THRESHOLD,
     SegmentationAccumulator,
     format_segmentation_report,
 )
@@ -45,13 +44,14 @@ def _truths(source: SegmentationSource) -> dict[str, tuple]:
 
 
 def evaluate_segmentation_images(runtime, image_paths: Sequence[str], source: SegmentationSource,
-                                 out_dir=None, json_path=None, threshold: float = THRESHOLD,
+                                 out_dir=None, json_path=None, threshold: float | None = None,
                                  batch_size: int = 32, verbose: bool = True) -> dict:
     """One pass over the images; every truth is accumulated alongside, overlays re-predict only the
     few cases shown, so nothing of split size is held in memory."""
     if runtime.task != "segmentation":
         raise ValueError(f"{runtime.path} is a {runtime.task} model, not a segmenter")
     truths = _truths(source)
+    threshold = runtime.threshold if threshold is None else float(threshold)
     image_paths = [os.fspath(p) for p in image_paths]
     if not image_paths:
         raise ValueError("no images to evaluate")
@@ -146,7 +146,7 @@ def _merge(sources: Sequence[SegmentationSource]) -> SegmentationSource:
 
 
 def evaluate_segmenter(runtime, data_paths: Sequence[str | os.PathLike], masks=None, json_path=None,
-                       out_dir=None, batch_size: int = 32, threshold: float = THRESHOLD,
+                       out_dir=None, batch_size: int = 32, threshold: float | None = None,
                        split: str | None = None) -> dict:
     """Every decodable image under ``data_paths`` (COCO split folders, or plain image folders when
     ``masks`` is given), or the ``split`` rows of a run's ``split_manifest.csv`` (their folders

@@ -111,11 +111,12 @@ def segmentation_parity(
     ``truth_masks`` [N, S, S] at the model's size, optional; without them only agreement with the
     Keras masks is gated. Fewer latency repeats than the classifier: a UNet call is slow on CPU.
     """
-    from braintumor_tf.training.seg_metrics import THRESHOLD, mean_dice
+    from braintumor_tf.training.seg_metrics import mean_dice
 
     pixels = _checked_pixels(pixels)
     want = reference.predict(pixels)[..., 0]
-    want_mask = (want > THRESHOLD).astype(np.float32)
+    threshold = reference.threshold
+    want_mask = (want > threshold).astype(np.float32)
     truth = None if truth_masks is None else np.asarray(truth_masks)
     reference_dice = None if truth is None else mean_dice(truth, want)
 
@@ -130,7 +131,7 @@ def segmentation_parity(
                 "gate": max_dice_drop, "passed": bool(max(drops) <= max_dice_drop)}
 
     report: dict = {"task": "segmentation", "reference": str(reference.path),
-                    "images": int(len(pixels)), "threshold": THRESHOLD,
+                    "images": int(len(pixels)), "threshold": threshold,
                     "reference_dice": reference_dice, "gates": {"max_dice_drop": max_dice_drop},
                     "variants": _judge_variants(reference, tflite_files, pixels, judge,
                                                 latency_repeats)}

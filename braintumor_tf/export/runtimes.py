@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from braintumor_tf.config import DEFAULT_SEGMENTATION_THRESHOLD, TASKS
+
 # Re-exported: conversion lives with the other TFLite code, callers may import it from here.
 from braintumor_tf.export.tflite import TFLITE_VARIANTS, convert_to_tflite  # noqa: F401
 
@@ -18,8 +20,22 @@ _ACCEPTED = (
     "a TF Serving base directory (numeric version sub-directories) or a .tflite file"
 )
 
+# Segmenters: probability above which a pixel is tumour, unless the model says otherwise.
+DEFAULT_THRESHOLD = DEFAULT_SEGMENTATION_THRESHOLD
 
-TASKS = ("classification", "segmentation")
+
+def configured_threshold(keras_path: Path) -> float:
+    """A segmenter's ``segmentation.threshold`` from the run's config.yaml beside its .keras file
+    (training, evaluation, export and predict then agree); the default without one."""
+    import yaml
+
+    config_file = Path(keras_path).parent / "config.yaml"
+    if config_file.is_file():
+        tree = yaml.safe_load(config_file.read_text()) or {}
+        value = (tree.get("segmentation") or {}).get("threshold")
+        if isinstance(value, int | float) and 0.0 < float(value) < 1.0:
+            return float(value)
+    return DEFAULT_THRESHOLD
 
 
 class Runtime:
@@ -37,6 +53,7 @@ class Runtime:
         class_names: Sequence[str] | None,
         batch_size: int = 64,
         task: str = "classification",
+        threshold: float = DEFAULT_THRESHOLD,
     ):
         if task not in TASKS:
             raise ValueError(f"{path}: unknown model task {task!r}; expected one of {TASKS}")
@@ -57,6 +74,7 @@ class Runtime:
         self.channels = int(channels)
         self.class_names = tuple(str(n) for n in class_names)
         self.batch_size = int(batch_size)
+        self.threshold = float(threshold)  # segmenters: where a probability becomes tumour
 
     def __repr__(self) -> str:
         return (
@@ -99,6 +117,7 @@ class _KerasRuntime(Runtime):
         super().__init__(
             path, shape[1], shape[3], int(self._model.output_shape[-1]), class_names, batch_size,
             task=task_of_output_rank(len(self._model.output_shape)),
+            threshold=configured_threshold(path),
         )
 
     @property
@@ -131,7 +150,8 @@ class _SavedModelRuntime(Runtime):
                 f"{path}: class names {tuple(class_names)} differ from the exported {tuple(stored)}"
             )
         super().__init__(
-            path, meta["image_size"], meta["channels"], len(stored), stored, batch_size, task=task
+            path, meta["image_size"], meta["channels"], len(stored), stored, batch_size, task=task,
+            threshold=meta.get("threshold", DEFAULT_THRESHOLD),
         )
 
     def _predict_batch(self, pixels):
@@ -147,6 +167,7 @@ def _savedmodel_metadata(path: Path, loaded) -> dict:
             "image_size": int(loaded.image_size.numpy()),
             "channels": int(loaded.channels.numpy()),
             "task": loaded.task.numpy().decode() if hasattr(loaded, "task") else "classification",
+            **({"threshold": float(loaded.threshold.numpy())} if hasattr(loaded, "threshold") else {}),
         }
     meta_file = path / "assets.extra" / "braintumor_tf.json"
     if meta_file.is_file():
@@ -169,9 +190,12 @@ class _TFLiteRuntime(Runtime):
         signature = self._input.get("shape_signature", shape)
         self._dynamic_batch = len(signature) > 0 and int(signature[0]) == -1
         self._batch = int(shape[0])
+        sidecar = path.with_suffix(".json")
+        stored = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
         super().__init__(
             path, shape[1], shape[3], int(self._output["shape"][-1]), class_names, batch_size,
             task=task_of_output_rank(len(self._output["shape"])),
+            threshold=stored.get("threshold", DEFAULT_THRESHOLD),
         )
 
     def _resize(self, n: int) -> None:

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from braintumor_tf.config import DEFAULT_SEGMENTATION_THRESHOLD
+
 METADATA_FILE = "braintumor_tf.json"
 METADATA_DIR = "assets.extra"
 LUMINANCE_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601, as PIL "L" and OpenCV grey use
@@ -91,34 +93,19 @@ def checked_pixels(pixels: tf.Tensor, channels: int, size: int) -> tuple[tf.Tens
         return resize_to(to_channels(tf.identity(pixels), channels), size), shape
 
 
-class ClassifierModule(tf.Module):
-    """Holds the Keras model plus what a client needs to interpret its output."""
+class _ServingModule(tf.Module):
+    """What both tasks' SavedModels share: geometry, metadata variables, decoding and checks."""
 
-    def __init__(self, model, class_names: Sequence[str]):
-        super().__init__(name="braintumor_classifier")
-        size, channels = model_geometry(model)
-        num_classes = int(model.output_shape[-1])
-        if len(class_names) != num_classes:
-            raise ValueError(
-                f"model has {num_classes} outputs but {len(class_names)} class names were given"
-            )
+    def __init__(self, model, class_names: Sequence[str], name: str):
+        super().__init__(name=name)
+        self._size, self._channels = model_geometry(model)
         self.model = model
-        self._size = size
-        self._channels = channels
         self.class_names = tf.Variable(list(class_names), dtype=tf.string, trainable=False)
-        self.image_size = tf.Variable(size, dtype=tf.int32, trainable=False)
-        self.channels = tf.Variable(channels, dtype=tf.int32, trainable=False)
+        self.image_size = tf.Variable(self._size, dtype=tf.int32, trainable=False)
+        self.channels = tf.Variable(self._channels, dtype=tf.int32, trainable=False)
 
-    def _outputs(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
-        probabilities = tf.cast(self.model(images, training=False), tf.float32)
-        class_id = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
-        return {
-            "probabilities": probabilities,
-            "class_id": class_id,
-            "class_name": tf.gather(self.class_names, class_id),
-        }
-
-    def _decode_one(self, data: tf.Tensor) -> tf.Tensor:
+    def _decode_full_size(self, data: tf.Tensor) -> tf.Tensor:
+        """Encoded bytes -> [H, W, C] float32 0..255 at the image's own size."""
         known = tf.reduce_any(
             tf.stack([tf.equal(tf.strings.substr(data, 0, len(p)), p) for p in _MAGIC_PREFIXES])
         )
@@ -129,11 +116,32 @@ class ClassifierModule(tf.Module):
         # predict_pixels, not from each decoder's own RGB-to-grey. float32 decoding scales
         # uint8 by 1/255 and uint16 PNG by 1/65535.
         with tf.control_dependencies([check]):
-            image = tf.io.decode_image(
-                data, channels=3, dtype=tf.float32, expand_animations=False
+            image = tf.io.decode_image(data, channels=3, dtype=tf.float32, expand_animations=False)
+        return to_channels(image[tf.newaxis] * 255.0, self._channels)[0]
+
+    def _decode_one(self, data: tf.Tensor) -> tf.Tensor:
+        return resize_to(self._decode_full_size(data)[tf.newaxis], self._size)[0]
+
+
+class ClassifierModule(_ServingModule):
+    """Holds the Keras model plus what a client needs to interpret its output."""
+
+    def __init__(self, model, class_names: Sequence[str]):
+        num_classes = int(model.output_shape[-1])
+        if len(class_names) != num_classes:
+            raise ValueError(
+                f"model has {num_classes} outputs but {len(class_names)} class names were given"
             )
-        image = to_channels(image[tf.newaxis] * 255.0, self._channels)
-        return resize_to(image, self._size)[0]
+        super().__init__(model, class_names, name="braintumor_classifier")
+
+    def _outputs(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        probabilities = tf.cast(self.model(images, training=False), tf.float32)
+        class_id = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
+        return {
+            "probabilities": probabilities,
+            "class_id": class_id,
+            "class_name": tf.gather(self.class_names, class_id),
+        }
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     def serve_images(self, images):
@@ -152,7 +160,7 @@ class ClassifierModule(tf.Module):
         return self._outputs(images)
 
 
-class SegmenterModule(ClassifierModule):
+class SegmenterModule(_ServingModule):
     """Same inputs and checks as the classifier's module; outputs a tumour mask at the input's size.
 
     ``mask_probability`` is float32 [N, H, W, 1] (bilinear back from the model's size), ``mask``
@@ -160,20 +168,14 @@ class SegmenterModule(ClassifierModule):
     stack into one tensor.
     """
 
-    def __init__(self, model, threshold: float = 0.5):
-        tf.Module.__init__(self, name="braintumor_segmenter")
-        size, channels = model_geometry(model)
+    def __init__(self, model, threshold: float = DEFAULT_SEGMENTATION_THRESHOLD):
+        size, _ = model_geometry(model)
         if tuple(model.output_shape[1:]) != (size, size, 1):
             raise ValueError(f"segmenter output must be [N, {size}, {size}, 1], got {model.output_shape}")
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold!r}")
-        self.model = model
-        self._size = size
-        self._channels = channels
+        super().__init__(model, ["tumour"], name="braintumor_segmenter")
         self._threshold = float(threshold)
-        self.class_names = tf.Variable(["tumour"], dtype=tf.string, trainable=False)
-        self.image_size = tf.Variable(size, dtype=tf.int32, trainable=False)
-        self.channels = tf.Variable(channels, dtype=tf.int32, trainable=False)
         self.task = tf.Variable("segmentation", dtype=tf.string, trainable=False)
         self.threshold = tf.Variable(self._threshold, dtype=tf.float32, trainable=False)
 
@@ -184,19 +186,8 @@ class SegmenterModule(ClassifierModule):
                 "mask": tf.cast(probability > self._threshold, tf.uint8)}
 
     def _decode_with_size(self, data: tf.Tensor):
-        image = self._decode_one_full(data)
+        image = self._decode_full_size(data)
         return resize_to(image[tf.newaxis], self._size)[0], tf.shape(image)[:2]
-
-    def _decode_one_full(self, data: tf.Tensor) -> tf.Tensor:
-        known = tf.reduce_any(
-            tf.stack([tf.equal(tf.strings.substr(data, 0, len(p)), p) for p in _MAGIC_PREFIXES])
-        )
-        check = tf.debugging.Assert(
-            known, ["images: expected encoded JPEG, PNG, BMP or GIF bytes"], summarize=1
-        )
-        with tf.control_dependencies([check]):
-            image = tf.io.decode_image(data, channels=3, dtype=tf.float32, expand_animations=False)
-        return to_channels(image[tf.newaxis] * 255.0, self._channels)[0]
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     def serve_images(self, images):
@@ -257,7 +248,7 @@ def export_classifier(model, out_dir: str | os.PathLike, class_names: Sequence[s
                    {"task": "classification", "class_names": list(class_names)}, len(class_names))
 
 
-def export_segmenter(model, out_dir: str | os.PathLike, threshold: float = 0.5,
+def export_segmenter(model, out_dir: str | os.PathLike, threshold: float = DEFAULT_SEGMENTATION_THRESHOLD,
                      tta: str = "none") -> Path:
     """The segmenter's SavedModel: ``serving_default`` (encoded images) and ``predict_pixels``.
     ``tta`` only records which test-time augmentation ``model`` already contains."""

@@ -11,7 +11,6 @@ import numpy as np
 from braintumor_tf.data.decode import DecodeError, read_image, resize_image
 from braintumor_tf.inference.common import error_text, unique_name
 from braintumor_tf.overlays import mask_overlay
-from braintumor_tf.training.seg_metrics import THRESHOLD
 
 SEGMENT_CSV_COLUMNS = ("path", "height", "width", "tumour_area_pixels", "tumour_fraction", "mask",
                        "error")
@@ -27,10 +26,10 @@ def segment_record(path, error=None, mask=None, mask_file=None) -> dict:
             "error": None}
 
 
-def predict_masks(runtime, paths, masks_dir, explain_dir=None, batch_size: int = 32,
-                  threshold: float = THRESHOLD) -> list[dict]:
+def predict_masks(runtime, paths, masks_dir, explain_dir=None, batch_size: int = 32) -> list[dict]:
     """Batch by batch, so a large folder of full-size images is never in memory at once. The
-    probability map is resized back bilinearly before thresholding, as the SavedModel does."""
+    probability map is resized back bilinearly before thresholding at the model's own threshold,
+    as the SavedModel does."""
     masks_dir = Path(masks_dir)
     masks_dir.mkdir(parents=True, exist_ok=True)
     if explain_dir is not None:
@@ -53,7 +52,7 @@ def predict_masks(runtime, paths, masks_dir, explain_dir=None, batch_size: int =
             height, width = image.shape[:2]
             if (height, width) != probability.shape:
                 probability = cv2.resize(probability, (width, height), interpolation=cv2.INTER_LINEAR)
-            mask = (probability > threshold).astype(np.uint8)
+            mask = (probability > runtime.threshold).astype(np.uint8)
             name = unique_name(Path(path).stem, used)
             records[path] = segment_record(path, mask=mask, mask_file=write_mask(mask, masks_dir, name))
             if explain_dir is not None:

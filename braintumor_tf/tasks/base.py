@@ -63,8 +63,9 @@ class Task:
         """``braintumor-tf evaluate`` for a saved model of this task."""
         raise NotImplementedError
 
-    def export_savedmodel(self, model, target: Path, tta: str) -> tuple[Path, dict]:
-        """Write the SavedModel version; returns it and the metadata every export file records."""
+    def export_savedmodel(self, model, target: Path, tta: str, threshold: float) -> tuple[Path, dict]:
+        """Write the SavedModel version; returns it and the metadata every export file records
+        (``threshold``: the run's segmentation.threshold, for segmenters)."""
         raise NotImplementedError
 
     def parity_data(self, image_size: int, channels: int, run_dir=None, validation_data=None,

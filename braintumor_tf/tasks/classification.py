@@ -98,7 +98,7 @@ class ClassificationTask(Task):
     def evaluate(self, runtime, data_paths, **options) -> dict:
         return evaluate_classifier(runtime, data_paths, **options)
 
-    def export_savedmodel(self, model, target: Path, tta: str) -> tuple[Path, dict]:
+    def export_savedmodel(self, model, target: Path, tta: str, threshold: float) -> tuple[Path, dict]:
         return export_classifier(model, target, CLASS_NAMES), {"class_names": list(CLASS_NAMES)}
 
     def parity_data(self, image_size: int, channels: int, run_dir=None, validation_data=None,

@@ -107,9 +107,9 @@ class SegmentationTask(Task):
     def evaluate(self, runtime, data_paths, **options) -> dict:
         return evaluate_segmenter(runtime, data_paths, **options)
 
-    def export_savedmodel(self, model, target: Path, tta: str) -> tuple[Path, dict]:
-        return (export_segmenter(model, target, tta=tta),
-                {"task": "segmentation", "test_time_augmentation": tta})
+    def export_savedmodel(self, model, target: Path, tta: str, threshold: float) -> tuple[Path, dict]:
+        return (export_segmenter(model, target, threshold=threshold, tta=tta),
+                {"task": "segmentation", "test_time_augmentation": tta, "threshold": threshold})
 
     def parity_data(self, image_size: int, channels: int, run_dir=None, validation_data=None,
                     masks=None, representative_data=None):

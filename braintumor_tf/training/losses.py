@@ -13,8 +13,10 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from braintumor_tf.config import DEFAULT_SEGMENTATION_THRESHOLD
+
 SEGMENTATION_LOSSES = ("bce", "dice", "bce_dice")
-DICE_THRESHOLD = 0.5
+DICE_THRESHOLD = DEFAULT_SEGMENTATION_THRESHOLD
 
 
 def _float32(y_true, y_pred):

@@ -1,7 +1,8 @@
 """Evaluation metrics computed from softmax probabilities.
 
-Pure numpy so that reports can be produced (and tested) without importing TensorFlow. Every value
-in the returned report is a plain Python ``int``/``float``/``None`` so it can go straight to JSON.
+The counting is scikit-learn's (confusion matrix, precision/recall/F1, ROC AUC, log loss); this
+module validates the input, adds the expected calibration error, and applies the conventions below.
+No TensorFlow here. Every value in the report is a plain ``int``/``float``/``None`` for JSON.
 
 Conventions for degenerate classes (documented here because they change the averages):
 
@@ -20,9 +21,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from sklearn import metrics
 
 ECE_BINS = 15
-LOG_LOSS_EPS = 1e-15
 _SUM_TOLERANCE = 1e-3
 
 
@@ -66,30 +67,12 @@ def _validate(
     return labels, probs
 
 
-def confusion_matrix(y_true, y_pred, n_classes: int) -> np.ndarray:
-    """Rows are true classes, columns predicted; int64 counts."""
-    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(matrix, (np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)), 1)
-    return matrix
-
-
-def _average_ranks(scores: np.ndarray) -> np.ndarray:
-    """1-based ranks where tied scores share the mean of the ranks they span."""
-    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    upper = np.cumsum(counts).astype(np.float64)
-    return (upper - (counts - 1) / 2.0)[inverse]
-
-
 def binary_auc(is_positive, scores) -> float | None:
-    """Mann-Whitney AUC: P(score_pos > score_neg) + 0.5 * P(tie); None if one side is empty."""
+    """ROC AUC of one class against the rest; None when one side is empty (undefined)."""
     positive = np.asarray(is_positive, dtype=bool)
-    n_pos = int(positive.sum())
-    n_neg = positive.size - n_pos
-    if n_pos == 0 or n_neg == 0:
+    if positive.all() or not positive.any():
         return None
-    ranks = _average_ranks(np.asarray(scores, dtype=np.float64))
-    u_statistic = ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u_statistic / (n_pos * n_neg))
+    return float(metrics.roc_auc_score(positive, np.asarray(scores, dtype=np.float64)))
 
 
 def calibration_bins(y_true, probabilities, n_bins: int = ECE_BINS) -> dict:
@@ -124,17 +107,11 @@ def expected_calibration_error(y_true, probabilities, n_bins: int = ECE_BINS) ->
     return float(np.sum(weights * np.abs(bins["accuracy"] - bins["confidence"])))
 
 
-def log_loss(y_true, probabilities, eps: float = LOG_LOSS_EPS) -> float:
-    """Mean negative log-likelihood of the true class, clipped so a confident miss stays finite."""
+def log_loss(y_true, probabilities) -> float:
+    """Mean negative log-likelihood of the true class (scikit-learn clips at float64 eps, so a
+    confident miss stays finite)."""
     labels, probs = _validate(y_true, probabilities)
-    picked = np.clip(probs[np.arange(labels.size), labels], eps, 1.0)
-    return float(-np.mean(np.log(picked)))
-
-
-def _safe_ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    out = np.zeros(numerator.shape, dtype=np.float64)
-    np.divide(numerator, denominator, out=out, where=denominator > 0)
-    return out
+    return float(metrics.log_loss(labels, probs, labels=np.arange(probs.shape[1])))
 
 
 def classification_report(y_true, probabilities, class_names: Sequence[str]) -> dict:
@@ -144,15 +121,12 @@ def classification_report(y_true, probabilities, class_names: Sequence[str]) -> 
     labels, probs = _validate(y_true, probabilities, class_names)
     k = len(class_names)
     predicted = probs.argmax(axis=1)
-    matrix = confusion_matrix(labels, predicted, k)
-
-    true_positive = np.diag(matrix).astype(np.float64)
-    support = matrix.sum(axis=1)
-    predicted_count = matrix.sum(axis=0)
-    precision = _safe_ratio(true_positive, predicted_count.astype(np.float64))
-    recall = _safe_ratio(true_positive, support.astype(np.float64))
-    f1 = _safe_ratio(2.0 * precision * recall, precision + recall)
+    every_class = np.arange(k)
+    matrix = metrics.confusion_matrix(labels, predicted, labels=every_class)
+    precision, recall, f1, support = metrics.precision_recall_fscore_support(
+        labels, predicted, labels=every_class, zero_division=0.0)
     present = support > 0
+    true_positive = np.diag(matrix)
 
     auc_per_class = {
         name: binary_auc(labels == index, probs[:, index]) for index, name in enumerate(class_names)

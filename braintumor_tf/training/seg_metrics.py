@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 
-THRESHOLD = 0.5
+from braintumor_tf.config import DEFAULT_SEGMENTATION_THRESHOLD
+
+THRESHOLD = DEFAULT_SEGMENTATION_THRESHOLD
 MISSED_DICE = 0.1  # images below this Dice are reported as (almost entirely) missed
 
 
