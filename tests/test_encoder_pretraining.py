@@ -11,7 +11,8 @@ import pytest
 
 from braintumor_tf.config import CONFIG_DIR, ModelConfig, load_config
 from braintumor_tf.data.discover import ImageRecord
-from braintumor_tf.data.splits import best_matches, drop_near_duplicates_of, image_signature
+from braintumor_tf.data.duplicates import best_matches, drop_near_duplicates_of
+from braintumor_tf.data.signatures import image_signature
 from braintumor_tf.models.classifier import build_classifier
 from braintumor_tf.models.resnet50_classifier import build_resnet50_classifier, save_encoder_weights
 from braintumor_tf.models.unet import build_resnet50_unet

@@ -3,14 +3,9 @@ import numpy as np
 import pytest
 
 from braintumor_tf.data.decode import DecodeError
+from braintumor_tf.data.manifest import read_manifest, write_manifest
 from braintumor_tf.data.masks import mask_has_foreground, pair_images_with_masks, read_mask
-from braintumor_tf.data.splits import (
-    SEGMENTATION_LABELS,
-    make_split,
-    read_manifest,
-    segmentation_records,
-    write_manifest,
-)
+from braintumor_tf.data.splits import SEGMENTATION_LABELS, make_split, segmentation_records
 
 
 def _png(path, array):

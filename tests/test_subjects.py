@@ -11,7 +11,7 @@ from synthetic import base_image, write_image
 
 from braintumor_tf.commands.audit import audit
 from braintumor_tf.config import load_config
-from braintumor_tf.data import splits as sp
+from braintumor_tf.data import splits
 from braintumor_tf.data import subjects as subj
 from braintumor_tf.data.discover import CLASS_NAMES, discover_images
 from braintumor_tf.data.run_split import split_and_write_manifest
@@ -49,11 +49,11 @@ def test_subject_never_straddles_while_groups_alone_would(tmp_path):
     table = subj.read_subjects(tmp_path / "subjects.csv")
     names = table.lookup([r.path for r in records])
     assert all(names) and len(set(names)) == 24
-    by_subject = sp.make_split(records, 0.25, 0.25, seed=0, subjects=names, progress=False)
+    by_subject = splits.make_split(records, 0.25, 0.25, seed=0, subjects=names, progress=False)
     assert straddling(by_subject.subjects, by_subject.splits) == 0
     assert set(by_subject.splits) == {"train", "val", "test"}
     # Without subjects each slice is its own group: patients land on several sides.
-    by_group = sp.make_split(records, 0.25, 0.25, seed=0, progress=False)
+    by_group = splits.make_split(records, 0.25, 0.25, seed=0, progress=False)
     assert straddling(names, by_group.splits) > 5
 
 

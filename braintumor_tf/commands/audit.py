@@ -21,13 +21,9 @@ from matplotlib.figure import Figure
 
 from braintumor_tf.data.decode import DecodeError, read_image
 from braintumor_tf.data.discover import CLASS_NAMES, class_counts, discover_images
+from braintumor_tf.data.duplicates import TRANSFORM_NAMES, find_pairs, groups_from_pairs
 from braintumor_tf.data.segmentation import SPLIT_FOLDER_NAMES
-from braintumor_tf.data.splits import (
-    TRANSFORM_NAMES,
-    compute_signatures,
-    find_pairs,
-    groups_from_pairs,
-)
+from braintumor_tf.data.signatures import compute_signatures
 from braintumor_tf.data.subjects import resolve_subjects, split_units
 
 NEAR_LOW = 0.75  # pairs in [NEAR_LOW, threshold) are reported as "near misses" to tune it

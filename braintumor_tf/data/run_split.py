@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from braintumor_tf.config import Config
-from braintumor_tf.data import splits as splits_lib
 from braintumor_tf.data.decode import write_bad_file_report
 from braintumor_tf.data.discover import CLASS_NAMES, ImageRecord
+from braintumor_tf.data.manifest import read_manifest, write_manifest
+from braintumor_tf.data.splits import make_split
 from braintumor_tf.data.subjects import describe, subjects_for
 from braintumor_tf.log import log
 
@@ -31,7 +32,7 @@ def split_and_write_manifest(config: Config, run_dir: Path, records: Sequence[Im
     data = config.data
     subjects, report = subjects_for([r.path for r in records], data.subjects, roots)
     log(describe(report))
-    result = splits_lib.make_split(records, data.val_fraction, data.test_fraction, data.split_seed,
+    result = make_split(records, data.val_fraction, data.test_fraction, data.split_seed,
                                    group_aware=data.group_aware, threshold=data.group_threshold,
                                    cache_dir=run_dir / "cache", subjects=subjects)
     splits = result.splits
@@ -47,9 +48,9 @@ def split_and_write_manifest(config: Config, run_dir: Path, records: Sequence[Im
         log(f"skipped {len(result.bad)} unreadable files, listed in {run_dir / 'bad_files.csv'}")
     (run_dir / SUBJECTS_REPORT).write_text(json.dumps(report.as_dict(), indent=2))
     manifest_path = run_dir / "split_manifest.csv"
-    splits_lib.write_manifest(manifest_path, result.records, result.groups, splits,
+    write_manifest(manifest_path, result.records, result.groups, splits,
                               class_names=class_names, subjects=result.subjects)
-    return splits_lib.read_manifest(manifest_path)
+    return read_manifest(manifest_path)
 
 
 def subjects_summary(run_dir: Path) -> dict | None:

@@ -10,7 +10,7 @@ import numpy as np
 from braintumor_tf.data.datasets import image_dataset
 from braintumor_tf.data.decode import check_images
 from braintumor_tf.data.discover import CLASS_NAMES, ImageRecord, discover_images
-from braintumor_tf.data.splits import manifest_split
+from braintumor_tf.data.manifest import manifest_split
 from braintumor_tf.export.runtimes import load_runtime
 from braintumor_tf.plots import plot_confusion_matrix
 from braintumor_tf.training.metrics import classification_report, format_report

@@ -17,8 +17,8 @@ import numpy as np
 
 from braintumor_tf.data.datasets import image_dataset
 from braintumor_tf.data.decode import check_images, read_image
+from braintumor_tf.data.manifest import manifest_split
 from braintumor_tf.data.segmentation import SegmentationSource, find_segmentation_images, mask_at_size
-from braintumor_tf.data.splits import manifest_split
 from braintumor_tf.plots import plot_segmentation_cases
 from braintumor_tf.training.seg_metrics import (
     SegmentationAccumulator,

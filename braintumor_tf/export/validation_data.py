@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from braintumor_tf.config import load_config
-from braintumor_tf.data import splits as splits_lib
 from braintumor_tf.data.decode import DecodeError, read_image
 from braintumor_tf.data.discover import discover_images
+from braintumor_tf.data.manifest import manifest_split
 from braintumor_tf.data.segmentation import find_segmentation_images, mask_at_size, training_source
 
 
@@ -22,7 +22,7 @@ def manifest_rows(run_dir: Path, split: str) -> list[tuple[str, int]]:
     manifest = run_dir / "split_manifest.csv"
     if not manifest.is_file():
         raise FileNotFoundError(f"no split_manifest.csv in run directory {run_dir}")
-    return [(row["path"], int(row["label"])) for row in splits_lib.manifest_split(manifest, split)]
+    return [(row["path"], int(row["label"])) for row in manifest_split(manifest, split)]
 
 
 def folder_rows(folder) -> list[tuple[str, int]]:

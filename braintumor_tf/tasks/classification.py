@@ -10,9 +10,10 @@ import keras
 import numpy as np
 
 from braintumor_tf.config import Config
-from braintumor_tf.data import splits as splits_lib
 from braintumor_tf.data.datasets import classification_dataset
 from braintumor_tf.data.discover import CLASS_NAMES, class_counts, discover_images
+from braintumor_tf.data.duplicates import drop_near_duplicates_of
+from braintumor_tf.data.manifest import read_manifest
 from braintumor_tf.data.phantoms import write_phantom_dataset
 from braintumor_tf.data.run_split import split_and_write_manifest
 from braintumor_tf.data.subjects import resolve_subjects
@@ -37,7 +38,7 @@ class ClassificationTask(Task):
         manifest_path = run_dir / "split_manifest.csv"
         if manifest_path.exists():
             log(f"reusing split from {manifest_path}")
-            return TaskData(splits_lib.read_manifest(manifest_path))
+            return TaskData(read_manifest(manifest_path))
         if config.data.root is None:
             root = run_dir / "data" / "phantoms"
             log(f"no data.root given: generating the built-in phantom data set in {root}")
@@ -149,7 +150,7 @@ def _exclude_near_duplicates(records, config: Config, run_dir: Path, roots):
     if not references:
         raise ValueError("data.exclude_duplicates_of: no images found under "
                          f"{', '.join(config.data.exclude_duplicates_of)}")
-    kept, dropped = splits_lib.drop_near_duplicates_of(records, references,
+    kept, dropped = drop_near_duplicates_of(records, references,
                                                        config.data.group_threshold, run_dir / "cache")
     table, _ = resolve_subjects(config.data.subjects, [*roots, *exclude_roots])
     if table is not None:

@@ -11,10 +11,11 @@ from pathlib import Path
 import keras
 
 from braintumor_tf.config import Config
-from braintumor_tf.data import splits as splits_lib
 from braintumor_tf.data.datasets import segmentation_dataset
+from braintumor_tf.data.manifest import read_manifest
 from braintumor_tf.data.run_split import split_and_write_manifest
 from braintumor_tf.data.segmentation import training_source
+from braintumor_tf.data.splits import SEGMENTATION_LABELS, segmentation_records
 from braintumor_tf.evaluation.segmentation import evaluate_segmentation_images, evaluate_segmenter
 from braintumor_tf.export.parity import segmentation_parity
 from braintumor_tf.export.savedmodel import export_segmenter
@@ -43,16 +44,16 @@ class SegmentationTask(Task):
         manifest_path = run_dir / "split_manifest.csv"
         if manifest_path.exists():
             log(f"reusing split from {manifest_path}")
-            return TaskData(splits_lib.read_manifest(manifest_path), extras)
+            return TaskData(read_manifest(manifest_path), extras)
         images = source.images_with(targets)
-        records = splits_lib.segmentation_records(images, source.has_tumour(images, targets),
+        records = segmentation_records(images, source.has_tumour(images, targets),
                                                   source=str(config.data.root or "phantoms"))
         folder_splits = None
         if config.segmentation.use_split_folders and source.has_split_folders:
             folder_splits = dict(zip(source.image_paths, source.folder_splits, strict=True))
         roots = [config.data.root] if config.data.root is not None else []
         rows = split_and_write_manifest(config, run_dir, records, roots,
-                                        class_names=splits_lib.SEGMENTATION_LABELS,
+                                        class_names=SEGMENTATION_LABELS,
                                         folder_splits=folder_splits)
         return TaskData(rows, extras)
 
