@@ -7,6 +7,7 @@ below check them once; after that nothing reads YAML, flags or the environment.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from pathlib import Path
 
@@ -280,6 +281,10 @@ class Config:
         _check(self.task in TASKS, f"task must be one of {TASKS}, got {self.task!r}")
         if self.task == "segmentation":
             self._check_segmentation()
+        else:
+            monitors = ("val_accuracy", "val_loss", "accuracy", "loss")
+            _check(self.train.monitor in monitors, f"train.monitor must be a logged metric, one of "
+                   f"{monitors} for classification, got {self.train.monitor!r}")
 
     def _check_segmentation(self) -> None:
         """Cross-section rules: the encoder downsamples 32x and the run is judged by Dice."""
@@ -332,15 +337,52 @@ def _coerce(cls, data: dict, prefix: str):
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
             kwargs[name] = _coerce(hint, value, f"{prefix}{name}.")
-        elif typing.get_origin(hint) is tuple and value is not None:
-            if not isinstance(value, (list, tuple)):
-                raise ValueError(f"{prefix}{name} must be a list, got {value!r}")
-            kwargs[name] = tuple(value)
-        elif hint is float and isinstance(value, int) and not isinstance(value, bool):
-            kwargs[name] = float(value)
         else:
-            kwargs[name] = value
+            kwargs[name] = _coerce_value(hint, value, f"{prefix}{name}")
     return cls(**kwargs)
+
+
+def _coerce_value(hint, value, key: str):
+    """Coerce by the field's type, so ``--set optimizer.learning_rate=1e-3`` (text to YAML 1.1)
+    works and ``train.epochs=2.5`` or ``=abc`` fails with one line naming the key and the type."""
+    args = typing.get_args(hint)
+    if type(None) in args:  # X | None
+        if value is None:
+            return None
+        hint = next(arg for arg in args if arg is not type(None))
+        args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{key} must be a list, got {value!r}")
+        return tuple(_coerce_value(args[0], item, f"{key}[{index}]") for index, item in enumerate(value))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{key} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        number = _number(value, key, "an integer")
+        if number != int(number):
+            raise ValueError(f"{key} must be an integer, got {value!r}")
+        return int(number)
+    if hint is float:
+        return _number(value, key, "a finite number")
+    if hint is str:
+        if isinstance(value, dict | list | tuple) or value is None:
+            raise ValueError(f"{key} must be text, got {value!r}")
+        return str(value)
+    return value
+
+
+def _number(value, key: str, expected: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"{key} must be {expected}, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{key} must be {expected}, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{key} must be {expected}, got {value!r}")
+    return number
 
 
 def from_dict(tree: dict) -> Config:
@@ -362,7 +404,10 @@ def parse_override(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise ValueError(f"--set expects key=value, got {text!r}")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+    try:
+        return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise ValueError(f"--set {key.strip()}: cannot read the value {raw!r}") from None
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> Config:
@@ -375,7 +420,13 @@ def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] 
         where = " (the packaged default is missing: reinstall braintumor_tf)" \
             if path == DEFAULT_CLASSIFICATION_CONFIG else ""
         raise ValueError(f"config file not found: {path}{where}")
-    tree = yaml.safe_load(path.read_text()) or {}
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or "not valid YAML"
+        raise ValueError(f"{path}{where}: {problem}") from None
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(tree, key, value)

@@ -80,3 +80,37 @@ def test_packaged_configs_by_name_and_missing_file(tmp_path, monkeypatch):
     assert load_config("configs/segmentation_seed.yaml").task == "segmentation"
     with pytest.raises(ValueError, match="config file not found: nope.yaml"):
         load_config("nope.yaml")
+
+
+def test_values_are_coerced_by_the_field_type():
+    config = load_config(None, ["optimizer.learning_rate=1e-3", "train.epochs=3.0",
+                                "model.dropout=0", "data.image_size=96"])
+    assert config.optimizer.learning_rate == 0.001 and isinstance(config.optimizer.learning_rate, float)
+    assert config.train.epochs == 3 and isinstance(config.train.epochs, int)
+    assert config.model.dropout == 0.0 and config.data.image_size == 96
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.epochs=abc", "train.epochs must be an integer, got 'abc'"),
+    ("train.epochs=2.5", "train.epochs must be an integer, got 2.5"),
+    ("model.dropout=abc", "model.dropout must be a finite number, got 'abc'"),
+    ("data.image_size=[1, 2]", r"data.image_size must be an integer, got \[1, 2\]"),
+    ("optimizer.learning_rate=.inf", "optimizer.learning_rate must be a finite number"),
+    ("optimizer.learning_rate=nan", "optimizer.learning_rate must be a finite number"),
+    ("data.augment.horizontal_flip=3", "data.augment.horizontal_flip must be true or false"),
+    ("model.block_filters=[16, x]", r"model.block_filters\[1\] must be an integer"),
+    ("train.monitor=val_dice", "train.monitor must be a logged metric"),
+    ("train.epochs=[", "--set train.epochs: cannot read the value"),
+])
+def test_bad_values_are_one_line_naming_the_key(override, message):
+    with pytest.raises(ValueError, match=message) as error:
+        load_config(None, [override])
+    assert "\n" not in str(error.value)
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("task: classification\ntrain:\n  epochs: [1,\n  batch_size: 4\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml, line \d+") as error:
+        load_config(path)
+    assert "\n" not in str(error.value)

@@ -13,15 +13,36 @@ from braintumor_tf.log import log
 from braintumor_tf.plots import plot_learning_rate
 from braintumor_tf.training.schedules import schedule_values
 
+# Written when a run splits its data; stale once the config changes.
+SPLIT_FILES = ("split_manifest.csv", "subjects.json", "bad_files.csv", "excluded.csv")
+
+
+def has_trained(run_dir: Path) -> bool:
+    """True once a run has finished an epoch (a backup, a best checkpoint or a history row)."""
+    history = run_dir / "history.csv"
+    rows = history.read_text().strip().splitlines() if history.is_file() else []
+    return (run_dir / "backup").exists() or (run_dir / "best.keras").exists() or len(rows) > 1
+
 
 def check_resumable(config: Config, run_dir: Path) -> None:
+    """Same config: resume. Different config: an error if the run trained, otherwise (a start that
+    failed, e.g. on an empty data folder) start over, dropping its split."""
     saved = run_dir / "config.yaml"
-    if saved.exists():
-        previous = load_config(saved)
-        if previous.to_dict() != config.to_dict():
-            raise ValueError(
-                f"{run_dir} holds a run with a different config; resume it with the same "
-                "settings or choose a new --out directory")
+    if not saved.exists():
+        return
+    try:
+        same = load_config(saved).to_dict() == config.to_dict()
+    except ValueError:
+        same = False
+    if same:
+        return
+    if has_trained(run_dir):
+        raise ValueError(
+            f"{run_dir} holds a run with a different config; resume it with the same "
+            "settings or choose a new --out directory")
+    log(f"{run_dir} holds a start that never trained; starting over with the new config")
+    for name in SPLIT_FILES:
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def start_run(config: Config, run_dir: str | Path) -> tuple[Path, dict | None]:

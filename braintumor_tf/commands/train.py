@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,10 @@ from braintumor_tf.tasks import get_task
 from braintumor_tf.training.callbacks import read_history, run_callbacks
 from braintumor_tf.training.optimizers import make_optimizer
 from braintumor_tf.training.schedules import make_schedule
+
+# Keras says these on every epoch of a finite, already shuffled tf.data input: noise, not news.
+warnings.filterwarnings("ignore", message="Your input ran out of data")
+warnings.filterwarnings("ignore", message="`shuffle=True` was passed")
 
 
 def train(config: Config, run_dir: str | Path) -> dict:

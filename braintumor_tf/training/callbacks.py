@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import time
 from pathlib import Path
 
@@ -28,6 +29,26 @@ class EpochTimer(keras.callbacks.Callback):
             seconds = time.perf_counter() - self._start
             logs["epoch_seconds"] = seconds
             logs["images_per_second"] = self._batches * self.batch_size / max(seconds, 1e-9)
+
+
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite: stopping is all that makes sense."""
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops at the first non-finite loss, mid-epoch, so no backup or best checkpoint is written
+    from broken weights: the last finite ones stay in backup/ and best.keras."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise TrainingDiverged(
+                f"training diverged: loss is {float(loss)} at epoch {self._epoch + 1}, step "
+                f"{batch + 1}; the last finite checkpoint is kept. Try a lower "
+                "optimizer.learning_rate, optimizer.clipnorm, or train.precision=float32")
 
 
 def monitor_mode(monitor: str) -> str:
@@ -63,7 +84,8 @@ class ResumingCSVLogger(keras.callbacks.CSVLogger):
 
 
 def run_callbacks(run_dir: str | Path, batch_size: int, monitor: str) -> list[keras.callbacks.Callback]:
-    """Resume (backup/), throughput, best checkpoint (best.keras), history.csv, TensorBoard (logs/).
+    """Resume (backup/), stop on divergence, throughput, best checkpoint (best.keras), history.csv,
+    TensorBoard (logs/).
 
     BackupAndRestore comes first so a resumed run restores before anything else sees an epoch.
     """
@@ -71,6 +93,7 @@ def run_callbacks(run_dir: str | Path, batch_size: int, monitor: str) -> list[ke
     return [
         # double_checkpoint: a kill during the save falls back to the previous epoch's backup.
         keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True),
+        StopOnNonFiniteLoss(),
         EpochTimer(batch_size),
         keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor=monitor,
                                         mode=monitor_mode(monitor), save_best_only=True),

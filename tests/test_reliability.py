@@ -1,0 +1,43 @@
+"""A careless or unlucky run ends with one clear line and nothing broken left behind."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from braintumor_tf.commands.run_dir import check_resumable, start_run
+from braintumor_tf.commands.train import train
+from braintumor_tf.config import load_config, save_config
+from braintumor_tf.custom_objects import load_model
+from braintumor_tf.training.callbacks import TrainingDiverged
+
+TINY = ["data.phantom_images_per_class=12", "data.phantom_image_size=32", "data.image_size=32",
+        "model.stem_filters=8", "model.block_filters=[8, 16]", "model.block_kernel_sizes=[3, 3]",
+        "model.block_downsample=[true, false]", "model.dense_units=0", "train.batch_size=8",
+        "train.precision=float32", "train.verbose=0", "train.epochs=3"]
+
+
+@pytest.mark.usefixtures("float32_policy")
+def test_divergence_stops_at_the_first_non_finite_loss(tmp_path):
+    config = load_config(None, [*TINY, "optimizer.learning_rate=1e6", "schedule.name=constant"])
+    run_dir = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at epoch \d+, step \d+.*learning_rate"):
+        train(config, run_dir)
+    assert not (run_dir / "model.keras").exists() and not (run_dir / "summary.json").exists()
+    if (run_dir / "best.keras").exists():  # only from an epoch that ended finite
+        weights = load_model(run_dir / "best.keras").get_weights()
+        assert all(np.all(np.isfinite(w)) for w in weights)
+
+
+def test_a_start_that_never_trained_does_not_lock_its_directory(tmp_path):
+    run_dir = tmp_path / "run"
+    first = load_config(None, ["data.root=/no/such/folder"])
+    start_run(first, run_dir)  # as a start that then failed on its data
+    (run_dir / "split_manifest.csv").write_text("path,label,class_name,group,split\n")
+    second = load_config(None, ["train.epochs=1"])
+    check_resumable(second, run_dir)  # no error: nothing was trained
+    assert not (run_dir / "split_manifest.csv").exists()  # the stale split is gone
+    save_config(second, run_dir / "config.yaml")
+    (run_dir / "history.csv").write_text("epoch,loss\n0,1.0\n")
+    with pytest.raises(ValueError, match="holds a run with a different config"):
+        check_resumable(first, run_dir)
