@@ -329,7 +329,8 @@ def audit(
 
     subject_stats = _subject_stats(units, labels, leaf_src, leaves, top_src, top_list, record_subjects)
     subject_stats.update(
-        file=subject_table.csv_path if subject_table else None, found_automatically=subjects_found)
+        file=os.path.relpath(subject_table.csv_path) if subject_table else None,
+        found_automatically=subjects_found)
 
     # duplicates.csv: every image that has a copy, grouped.
     with open(out / "duplicates.csv", "w", newline="", encoding="utf-8") as f:
