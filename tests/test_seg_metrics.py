@@ -93,3 +93,19 @@ def test_empty_accumulator_and_bad_threshold_are_rejected():
         SegmentationAccumulator().report()
     with pytest.raises(ValueError, match="threshold"):
         SegmentationAccumulator(threshold=1.5)
+
+
+def test_hausdorff_95_in_pixels():
+    from braintumor_tf.training.seg_metrics import hausdorff_95
+
+    truth = np.zeros((40, 40), bool)
+    truth[10:20, 10:20] = True
+    shifted = np.roll(truth, 3, axis=1)
+    assert hausdorff_95(truth, truth) == 0.0
+    assert hausdorff_95(truth, shifted) == pytest.approx(3.0)
+    assert hausdorff_95(shifted, truth) == pytest.approx(3.0)  # symmetric
+    assert np.isnan(hausdorff_95(truth, np.zeros_like(truth)))
+    report = segmentation_report(np.stack([truth, truth, np.zeros_like(truth)]),
+                                 np.stack([truth, shifted, truth]).astype(np.float32))
+    assert report["median_hd95"] == pytest.approx(1.5) and report["n_hd95_undefined"] == 1
+    assert report["per_image_hd95"][2] is None

@@ -1,8 +1,10 @@
 """Score a saved segmenter (any format) against COCO annotations and/or expert masks.
 
-Scored at the model's input size: images are decoded exactly as in training and the truth is
-resized with nearest, as the training data pipeline does. Each truth gets its own block in the
-report because the public annotations (boxes) and the expert outlines disagree a lot.
+Scored where users look: the probability map is resized back to each image's own size and then
+thresholded, as ``predict`` and the SavedModel return masks (``vs_masks``, ``vs_annotations``).
+The model-size scores (truth resized down with nearest, as training sees it) are kept under
+``at_model_size``. Each truth gets its own block because the public annotations (boxes) and the
+expert outlines disagree a lot.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from braintumor_tf.data.datasets import image_dataset
 from braintumor_tf.data.decode import check_images, read_image
 from braintumor_tf.data.manifest import manifest_split
+from braintumor_tf.data.masks import resize_mask
 from braintumor_tf.data.segmentation import SegmentationSource, find_segmentation_images, mask_at_size
 from braintumor_tf.plots import plot_segmentation_cases
 from braintumor_tf.training.seg_metrics import (
@@ -26,7 +30,10 @@ from braintumor_tf.training.seg_metrics import (
 )
 
 SUMMARY_KEYS = ("n", "micro_iou", "mean_iou", "mean_dice", "median_dice", "fraction_dice_below_0_1",
-                "pixel_accuracy", "n_empty_truth", "n_empty_prediction")
+                "pixel_accuracy", "n_empty_truth", "n_empty_prediction", "mean_hd95", "median_hd95",
+                "n_hd95_undefined")
+# Where a report keeps the scores at the model's input size (vs_* are at each image's own size).
+MODEL_SIZE_KEY = "at_model_size"
 OVERLAY_CASES = 6
 
 
@@ -56,31 +63,39 @@ def evaluate_segmentation_images(runtime, image_paths: Sequence[str], source: Se
     if not image_paths:
         raise ValueError("no images to evaluate")
     size = runtime.image_size
-    accumulators = {key: SegmentationAccumulator(threshold) for key in truths}
+    # Scored twice in one pass: at each image's own size (the probability map resized back, then
+    # thresholded, as users get masks) and at the model's input size (the truth resized down).
+    native = {key: SegmentationAccumulator(threshold) for key in truths}
+    model_size = {key: SegmentationAccumulator(threshold) for key in truths}
     scored: dict[str, list[int]] = {key: [] for key in truths}  # image indices per truth
     index = 0
     for batch in image_dataset(image_paths, size, runtime.channels, batch_size):
         probabilities = np.asarray(runtime.predict(batch.numpy()))[..., 0]
         paths = image_paths[index:index + len(probabilities)]
         for key, (reader, has_truth) in truths.items():
-            keep = [k for k, p in enumerate(paths) if has_truth is None or p in has_truth]
-            if keep:
-                truth = np.stack([mask_at_size(reader, paths[k], size) for k in keep])
-                accumulators[key].update(truth, probabilities[keep])
-                scored[key] += [index + k for k in keep]
+            for k, path in enumerate(paths):
+                if has_truth is not None and path not in has_truth:
+                    continue
+                truth = np.asarray(reader(path), np.uint8)
+                model_size[key].update(resize_mask(truth, size)[np.newaxis], probabilities[k:k + 1])
+                native[key].update(truth[np.newaxis], at_size(probabilities[k], truth.shape)[np.newaxis])
+                scored[key].append(index + k)
         index += len(probabilities)
 
     report: dict = {"n": len(image_paths), "model": str(runtime.path), "model_kind": runtime.kind,
-                    "image_size": size, "threshold": threshold}
+                    "image_size": size, "threshold": threshold, "resolution": "native",
+                    MODEL_SIZE_KEY: {}}
     per_image = {}
-    for key, accumulator in accumulators.items():
-        if accumulator.n == 0:
+    for key in truths:
+        if native[key].n == 0:
             continue
-        full = accumulator.report()
+        full = native[key].report()
         report[key] = {k: full[k] for k in SUMMARY_KEYS}
+        report[MODEL_SIZE_KEY][key] = {k: model_size[key].report()[k] for k in SUMMARY_KEYS}
         per_image[key] = (scored[key], full["per_image_iou"], full["per_image_dice"])
         if verbose:
-            print(f"{key.replace('_', ' ')}:\n{format_segmentation_report(full)}", flush=True)
+            print(f"{key.replace('_', ' ')} (at each image's own size):\n"
+                  f"{format_segmentation_report(full)}", flush=True)
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -95,6 +110,15 @@ def evaluate_segmentation_images(runtime, image_paths: Sequence[str], source: Se
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(report, indent=2))
     return report
+
+
+def at_size(probability: np.ndarray, shape) -> np.ndarray:
+    """A [S, S] probability map resized bilinearly to ``shape`` (H, W), as predict and the
+    SavedModel give masks back at the input's size."""
+    height, width = int(shape[0]), int(shape[1])
+    if probability.shape == (height, width):
+        return probability
+    return cv2.resize(np.asarray(probability, np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 def _write_per_image(path: Path, image_paths, per_image) -> None:

@@ -11,6 +11,10 @@ Two ways of averaging, because they answer different questions:
   study's definition). Large tumours dominate it.
 * ``mean_iou`` / ``mean_dice``: scored per image, then averaged; every image counts equally.
 
+``hd95``: the 95th percentile of the distances (pixels) between the two outlines, taken both ways,
+the larger of the two; it tells how far off the boundary is where Dice only says how much overlaps.
+Undefined (not counted, reported as ``n_hd95_undefined``) when either mask is empty.
+
 Empty masks (no foreground pixel), per image: if truth and prediction are both empty the image
 scores 1.0 for IoU and Dice (perfect agreement); if exactly one is empty it scores 0.0. A split
 whose union is empty everywhere has ``micro_iou`` 1.0 for the same reason.
@@ -19,6 +23,7 @@ whose union is empty everywhere has ``micro_iou`` 1.0 for the same reason.
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from braintumor_tf.config import DEFAULT_SEGMENTATION_THRESHOLD
 
@@ -55,6 +60,22 @@ def _per_image_scores(intersection, union, true_area, predicted_area):
     return iou.astype(np.float64), dice.astype(np.float64)
 
 
+def _outline(mask: np.ndarray) -> np.ndarray:
+    return mask & ~ndimage.binary_erosion(mask, border_value=0)
+
+
+def hausdorff_95(truth, predicted) -> float:
+    """Symmetric 95th-percentile Hausdorff distance in pixels between two 2-D masks; NaN when
+    either is empty."""
+    truth, predicted = np.asarray(truth) > 0, np.asarray(predicted) > 0
+    if not truth.any() or not predicted.any():
+        return float("nan")
+    truth_outline, predicted_outline = _outline(truth), _outline(predicted)
+    to_predicted = ndimage.distance_transform_edt(~predicted_outline)[truth_outline]
+    to_truth = ndimage.distance_transform_edt(~truth_outline)[predicted_outline]
+    return float(max(np.percentile(to_predicted, 95), np.percentile(to_truth, 95)))
+
+
 class SegmentationAccumulator:
     """Collects per-image counts batch by batch, so a split never has to be in memory at once."""
 
@@ -65,6 +86,7 @@ class SegmentationAccumulator:
         self._counts: list[np.ndarray] = []  # per batch: [n, 4] intersection, union, true, predicted
         self._correct_pixels = 0
         self._total_pixels = 0
+        self._hd95: list[float] = []
 
     def update(self, masks_true, probabilities_or_masks) -> None:
         truth, predicted = _binarise(masks_true, probabilities_or_masks, self.threshold)
@@ -77,6 +99,7 @@ class SegmentationAccumulator:
             np.count_nonzero(flat_predicted, axis=1),
         ], axis=1).astype(np.int64)
         self._counts.append(counts)
+        self._hd95 += [hausdorff_95(t, p) for t, p in zip(truth, predicted, strict=True)]
         self._correct_pixels += int(np.count_nonzero(flat_truth == flat_predicted))
         self._total_pixels += int(flat_truth.size)
 
@@ -89,7 +112,8 @@ class SegmentationAccumulator:
         intersection, union, true_area, predicted_area = counts.T
         iou, dice = _per_image_scores(intersection, union, true_area, predicted_area)
         return {"iou": iou, "dice": dice, "intersection": intersection, "union": union,
-                "true_area": true_area, "predicted_area": predicted_area}
+                "true_area": true_area, "predicted_area": predicted_area,
+                "hd95": np.asarray(self._hd95, np.float64)}
 
     def report(self) -> dict:
         """JSON-ready summary; ``per_image_*`` lists keep input order for best/worst selection."""
@@ -111,9 +135,18 @@ class SegmentationAccumulator:
             "pixel_accuracy": self._correct_pixels / self._total_pixels,
             "n_empty_truth": int(np.count_nonzero(scores["true_area"] == 0)),
             "n_empty_prediction": int(np.count_nonzero(scores["predicted_area"] == 0)),
+            **_hd95_summary(scores["hd95"]),
             "per_image_iou": scores["iou"].tolist(),
             "per_image_dice": scores["dice"].tolist(),
+            "per_image_hd95": [None if np.isnan(v) else float(v) for v in scores["hd95"]],
         }
+
+
+def _hd95_summary(values: np.ndarray) -> dict:
+    defined = values[~np.isnan(values)]
+    return {"mean_hd95": float(defined.mean()) if len(defined) else None,
+            "median_hd95": float(np.median(defined)) if len(defined) else None,
+            "n_hd95_undefined": int(len(values) - len(defined))}
 
 
 def segmentation_report(masks_true, probabilities_or_masks, threshold: float = THRESHOLD) -> dict:
@@ -146,5 +179,7 @@ def format_segmentation_report(report: dict) -> str:
     for key in ("micro_iou", "mean_iou", "mean_dice", "median_dice", "pixel_accuracy"):
         rows.append((key.replace("_", " "), f"{report[key]:.4f}"))
     rows.append((f"Dice < {MISSED_DICE}", f"{report['fraction_dice_below_0_1']:.1%} of images"))
+    if report.get("mean_hd95") is not None:
+        rows.append(("HD95 mean / median", f"{report['mean_hd95']:.1f} / {report['median_hd95']:.1f} px"))
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
