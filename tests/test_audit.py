@@ -7,38 +7,24 @@ import json
 
 import cv2
 import numpy as np
+from support import base_image, write_image
 
 from braintumor_tf.commands.audit import audit
 from braintumor_tf.data.discover import CLASS_NAMES
 
 
-def base_image(seed: int, size: int = 160) -> np.ndarray:
-    """Smooth random texture inside an ellipse, loosely like a slice on black."""
-    rng = np.random.default_rng(seed)
-    noise = cv2.resize(rng.random((20, 20)).astype(np.float32), (size, size),
-                       interpolation=cv2.INTER_CUBIC)
-    yy, xx = np.mgrid[:size, :size]
-    inside = ((xx - size / 2) / (0.42 * size)) ** 2 + ((yy - size / 2) / rng.uniform(
-        0.3 * size, 0.47 * size)) ** 2 < 1
-    return np.clip(noise * 255 * inside, 0, 255).astype(np.uint8)
-
-def write(path, img):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), np.ascontiguousarray(img))
-
-
 def test_audit_finds_cross_source_copies(tmp_path, capsys):
     a, b = tmp_path / "A", tmp_path / "B"
     for k in range(16):  # A/Training: 16 distinct slices, 4 per class
-        write(a / "Training" / CLASS_NAMES[k % 4] / f"tr{k}.jpg", base_image(k))
+        write_image(a / "Training" / CLASS_NAMES[k % 4] / f"tr{k}.jpg", base_image(k))
     for k in range(6):  # A/Testing: 3 mirrored/rotated copies of Training images + 3 new
         img = np.rot90(base_image(k)) if k % 2 else base_image(k)[:, ::-1]
-        write(a / "Testing" / CLASS_NAMES[k % 4] / f"te{k}.png", img if k < 3 else base_image(
+        write_image(a / "Testing" / CLASS_NAMES[k % 4] / f"te{k}.png", img if k < 3 else base_image(
             100 + k))
     # B: two resized copies of A/Training (one under another class: a label conflict), one new.
-    write(b / CLASS_NAMES[0] / "b0.jpg", cv2.resize(base_image(8), (120, 120)))
-    write(b / CLASS_NAMES[2] / "b1.jpg", cv2.resize(base_image(9), (224, 224)))
-    write(b / CLASS_NAMES[3] / "b2.jpg", base_image(200))
+    write_image(b / CLASS_NAMES[0] / "b0.jpg", cv2.resize(base_image(8), (120, 120)))
+    write_image(b / CLASS_NAMES[2] / "b1.jpg", cv2.resize(base_image(9), (224, 224)))
+    write_image(b / CLASS_NAMES[3] / "b2.jpg", base_image(200))
     (b / CLASS_NAMES[3] / "broken.jpg").write_bytes(b"\xff\xd8garbage")
 
     out = tmp_path / "report"

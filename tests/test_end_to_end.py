@@ -2,7 +2,6 @@
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -10,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support import ENV, run_python
 
 TINY = [
     "--set", "data.phantom_images_per_class=150", "--set", "data.phantom_image_size=64",
@@ -19,15 +19,8 @@ TINY = [
     "--set", "train.batch_size=16", "--set", "train.verbose=2", "--set", "train.label_smoothing=0",
     "--set", "train.precision=float32", "--set", "optimizer.weight_decay=0.0001",
 ]
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
-def run(*args, check=True, timeout=600):
-    result = subprocess.run([sys.executable, *args], capture_output=True, text=True,
-                            timeout=timeout, env=ENV)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{args} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
-    return result
 
 
 def history_epochs(run_dir: Path) -> list[int]:
@@ -38,7 +31,7 @@ def history_epochs(run_dir: Path) -> list[int]:
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("e2e") / "run"
-    run("-m", "braintumor_tf.train", "--out", str(run_dir), *TINY, "--set", "train.epochs=12",
+    run_python("-m", "braintumor_tf.train", "--out", str(run_dir), *TINY, "--set", "train.epochs=12",
         "--set", "optimizer.learning_rate=0.003")
     return run_dir
 
@@ -67,7 +60,7 @@ def test_evaluate_gives_the_same_metrics_for_keras_and_savedmodel(trained_run, t
     for name, model in (("keras", trained_run / "model.keras"),
                         ("savedmodel", trained_run / "savedmodel")):
         out = tmp_path / f"{name}.json"
-        run("-m", "braintumor_tf", "evaluate", "--model", str(model), "--data", str(data),
+        run_python("-m", "braintumor_tf", "evaluate", "--model", str(model), "--data", str(data),
             "--json", str(out), "--out", str(tmp_path / name))
         reports[name] = json.loads(out.read_text())
         assert (tmp_path / name / "confusion_matrix.png").exists()
@@ -86,7 +79,7 @@ def test_evaluate_gives_the_same_metrics_for_keras_and_savedmodel(trained_run, t
     (["--model", ".", "--data", "/nonexistent/data"], "data folder not found"),
 ])
 def test_evaluate_bad_paths_give_one_line(args, message):
-    result = run("-m", "braintumor_tf", "evaluate", *args, check=False)
+    result = run_python("-m", "braintumor_tf", "evaluate", *args, check=False)
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -110,7 +103,7 @@ def test_killed_run_resumes_from_the_last_epoch(tmp_path):
     process.wait()
     done_before = history_epochs(run_dir)
     assert 2 <= len(done_before) < 8
-    run(*command[1:])
+    run_python(*command[1:])
     epochs = history_epochs(run_dir)
     # Resumed, not restarted: every epoch appears once and in order.
     assert epochs == list(range(8)), epochs

@@ -1,17 +1,12 @@
 import cv2
 import numpy as np
 import pytest
+from support import write_png
 
 from braintumor_tf.data.decode import DecodeError
 from braintumor_tf.data.manifest import read_manifest, write_manifest
 from braintumor_tf.data.masks import mask_has_foreground, pair_images_with_masks, read_mask
 from braintumor_tf.data.splits import SEGMENTATION_LABELS, make_split, segmentation_records
-
-
-def _png(path, array):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assert cv2.imwrite(str(path), array)
-    return path
 
 
 def _square_mask(size, value, top=2, side=4):
@@ -22,14 +17,14 @@ def _square_mask(size, value, top=2, side=4):
 
 @pytest.mark.parametrize("value", [255, 1, 7])
 def test_read_mask_any_nonzero_is_tumour(tmp_path, value):
-    path = _png(tmp_path / "m.png", _square_mask(10, value))
+    path = write_png(tmp_path / "m.png", _square_mask(10, value))
     mask = read_mask(path)
     assert mask.dtype == np.uint8 and mask.shape == (10, 10)
     assert set(np.unique(mask)) == {0, 1} and mask.sum() == 16
 
 
 def test_read_mask_resizes_with_nearest(tmp_path):
-    path = _png(tmp_path / "m.png", _square_mask(10, 255, top=0, side=5))
+    path = write_png(tmp_path / "m.png", _square_mask(10, 255, top=0, side=5))
     bigger = read_mask(path, size=(20, 40))
     assert bigger.shape == (20, 40) and set(np.unique(bigger)) == {0, 1}
     assert bigger[:10, :20].all() and bigger.sum() == 200  # exactly the upper-left quarter
@@ -40,14 +35,14 @@ def test_read_mask_resizes_with_nearest(tmp_path):
 def test_read_mask_colour_and_16_bit(tmp_path):
     colour = np.zeros((6, 6, 3), np.uint8)
     colour[1, 1] = (0, 0, 1)
-    assert read_mask(_png(tmp_path / "c.png", colour)).sum() == 1
+    assert read_mask(write_png(tmp_path / "c.png", colour)).sum() == 1
     deep = np.zeros((6, 6), np.uint16)
     deep[2, 3] = 1
-    assert read_mask(_png(tmp_path / "d.png", deep)).sum() == 1
+    assert read_mask(write_png(tmp_path / "d.png", deep)).sum() == 1
 
 
 def test_truncated_mask_raises(tmp_path):
-    path = _png(tmp_path / "m.png", _square_mask(10, 255))
+    path = write_png(tmp_path / "m.png", _square_mask(10, 255))
     path.write_bytes(path.read_bytes()[:-20])
     with pytest.raises(DecodeError):
         read_mask(path)
@@ -58,17 +53,17 @@ def test_pairing_by_stem_recursively(tmp_path):
     for split in ("train", "valid"):
         for k in range(2):
             path = tmp_path / "images" / split / f"{split}_{k}.rf.abc.jpg"
-            _png(path.with_suffix(".png"), np.zeros((4, 4), np.uint8))  # written as png first
+            write_png(path.with_suffix(".png"), np.zeros((4, 4), np.uint8))  # written as png first
             path.with_suffix(".png").rename(path)
             images.append(path)
     orphan = tmp_path / "images" / "train" / "orphan.jpg"
     orphan.write_bytes(images[0].read_bytes())
     images.append(orphan)
     masks = tmp_path / "masks"
-    _png(masks / "train" / "train_0.rf.abc.png", _square_mask(8, 255))
-    _png(masks / "train" / "deeper" / "train_1.rf.abc.png", _square_mask(8, 1))
-    _png(masks / "valid_0.rf.abc.png", _square_mask(8, 255))
-    _png(masks / "valid" / "valid_1.rf.abc.png", np.zeros((8, 8), np.uint8))
+    write_png(masks / "train" / "train_0.rf.abc.png", _square_mask(8, 255))
+    write_png(masks / "train" / "deeper" / "train_1.rf.abc.png", _square_mask(8, 1))
+    write_png(masks / "valid_0.rf.abc.png", _square_mask(8, 255))
+    write_png(masks / "valid" / "valid_1.rf.abc.png", np.zeros((8, 8), np.uint8))
 
     pairs, unmatched = pair_images_with_masks(images, masks)
     assert unmatched == [str(orphan)]
@@ -79,12 +74,12 @@ def test_pairing_by_stem_recursively(tmp_path):
 
 
 def test_same_stem_in_two_mask_folders(tmp_path):
-    image = _png(tmp_path / "images" / "valid" / "x.png", np.zeros((4, 4), np.uint8))
-    _png(tmp_path / "masks" / "train" / "x.png", np.zeros((4, 4), np.uint8))
-    right = _png(tmp_path / "masks" / "valid" / "x.png", np.zeros((4, 4), np.uint8))
+    image = write_png(tmp_path / "images" / "valid" / "x.png", np.zeros((4, 4), np.uint8))
+    write_png(tmp_path / "masks" / "train" / "x.png", np.zeros((4, 4), np.uint8))
+    right = write_png(tmp_path / "masks" / "valid" / "x.png", np.zeros((4, 4), np.uint8))
     pairs, _ = pair_images_with_masks([image], tmp_path / "masks")
     assert pairs == [(str(image), str(right))]
-    other = _png(tmp_path / "elsewhere" / "x.png", np.zeros((4, 4), np.uint8))
+    other = write_png(tmp_path / "elsewhere" / "x.png", np.zeros((4, 4), np.uint8))
     with pytest.raises(ValueError, match="several masks match"):
         pair_images_with_masks([other], tmp_path / "masks")
 
@@ -99,10 +94,10 @@ def test_group_aware_split_of_one_mask_folder(tmp_path):
     images, masks = [], []
     for k in range(16):
         image = (rng.random((32, 32)) * 255).astype(np.uint8)
-        images.append(_png(tmp_path / "images" / f"{k}.png", image))
-        masks.append(_png(tmp_path / "masks" / f"{k}.png", _square_mask(32, 255 * (k % 2))))
+        images.append(write_png(tmp_path / "images" / f"{k}.png", image))
+        masks.append(write_png(tmp_path / "masks" / f"{k}.png", _square_mask(32, 255 * (k % 2))))
     # A mirrored copy of image 0 must land in image 0's split.
-    images.append(_png(tmp_path / "images" / "copy.png", cv2.flip(cv2.imread(str(images[0]), 0), 1)))
+    images.append(write_png(tmp_path / "images" / "copy.png", cv2.flip(cv2.imread(str(images[0]), 0), 1)))
     masks.append(masks[0])
     records = segmentation_records(images, [mask_has_foreground(m) for m in masks])
     result = make_split(records, 0.25, 0.25, seed=0, progress=False)

@@ -2,12 +2,11 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import cv2
 import numpy as np
 import pytest
+from support import run_python, write_png
 
 from braintumor_tf.config import CONFIG_DIR, load_config
 
@@ -19,15 +18,8 @@ TINY = [
     "--set", "train.batch_size=8", "--set", "train.precision=float32",
     "--set", "train.run_eagerly=true", "--set", "train.verbose=2",
 ]
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
-def run(*args):
-    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600,
-                            env=ENV)
-    if result.returncode != 0:
-        raise AssertionError(f"{args} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
-    return result
 
 
 # ----------------------------------------------------------------------------- config
@@ -87,7 +79,7 @@ def test_mask_targets_need_a_mask_folder_for_real_data():
 @pytest.fixture(scope="module")
 def seg_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("seg") / "run"
-    run("-m", "braintumor_tf.train", "--out", str(run_dir), *TINY, "--set", "train.epochs=3")
+    run_python("-m", "braintumor_tf.train", "--out", str(run_dir), *TINY, "--set", "train.epochs=3")
     return run_dir
 
 
@@ -136,8 +128,8 @@ def _split_folders_with_a_straddling_duplicate(root, masks_root, per_folder=12, 
             elif split == "train" and k == 0:
                 first_train = image
             mask = (image > np.median(image)).astype(np.uint8) * 255
-            _png(root / split / f"{split}_{k}.png", image)
-            _png(masks_root / split / f"{split}_{k}.png", mask)
+            write_png(root / split / f"{split}_{k}.png", image)
+            write_png(masks_root / split / f"{split}_{k}.png", mask)
 
 
 @pytest.mark.parametrize("use_split_folders", [False, True])
@@ -173,9 +165,6 @@ def test_split_folders_are_pooled_group_aware_unless_asked_to_keep_them(tmp_path
 # ----------------------------------------------------------------------------- evaluate
 
 
-def _png(path, array):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assert cv2.imwrite(str(path), array)
 
 
 def _write_coco_and_masks(root, masks_root, size=80):
@@ -195,8 +184,8 @@ def _write_coco_and_masks(root, masks_root, size=80):
                 x1, y1 = centre[0] + radius, centre[1] + radius
                 annotations.append({"id": len(annotations) + 1, "image_id": k, "category_id": 1,
                                     "segmentation": [[x0, y0, x1, y0, x1, y1, x0, y1]]})
-            _png(root / split / name, image)
-            _png(masks_root / split / f"{split}_{k}.png", mask)
+            write_png(root / split / name, image)
+            write_png(masks_root / split / f"{split}_{k}.png", mask)
             images.append({"id": k, "file_name": name, "height": size, "width": size})
         coco = {"images": images, "annotations": annotations,
                 "categories": [{"id": 1, "name": "tumour"}]}
@@ -207,7 +196,7 @@ def test_evaluate_scores_annotations_and_masks_and_writes_overlays(seg_run, tmp_
     data, masks = tmp_path / "coco", tmp_path / "masks"
     _write_coco_and_masks(data, masks)
     out_json, out_dir = tmp_path / "seg.json", tmp_path / "eval"
-    run("-m", "braintumor_tf", "evaluate", "--model", str(seg_run / "model.keras"),
+    run_python("-m", "braintumor_tf", "evaluate", "--model", str(seg_run / "model.keras"),
         "--data", str(data), "--masks", str(masks), "--json", str(out_json), "--out", str(out_dir))
     report = json.loads(out_json.read_text())
     assert report["n"] == 6
@@ -232,7 +221,7 @@ def test_evaluate_takes_a_run_manifest_and_scores_only_its_split(seg_run, tmp_pa
         lines.append(f"../coco/{split}/{split}_{k}.jpg,1,tumour,{group},{chosen}")
     (run_dir / "split_manifest.csv").write_text("\n".join(lines) + "\n")
     out_json = tmp_path / "seg.json"
-    run("-m", "braintumor_tf", "evaluate", "--model", str(seg_run / "model.keras"),
+    run_python("-m", "braintumor_tf", "evaluate", "--model", str(seg_run / "model.keras"),
         "--data", str(run_dir / "split_manifest.csv"), "--split", "test", "--masks", str(masks),
         "--json", str(out_json))
     report = json.loads(out_json.read_text())

@@ -7,21 +7,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from support import base_image
 
 from braintumor_tf.data import duplicates, manifest, signatures
 from braintumor_tf.data import splits as splitting
 from braintumor_tf.data.discover import CLASS_NAMES, ImageRecord
-
-
-def base_image(seed: int, size: int = 160) -> np.ndarray:
-    """Smooth random texture inside an ellipse, loosely like a slice on black."""
-    rng = np.random.default_rng(seed)
-    noise = cv2.resize(rng.random((20, 20)).astype(np.float32), (size, size),
-                       interpolation=cv2.INTER_CUBIC)
-    yy, xx = np.mgrid[:size, :size]
-    inside = ((xx - size / 2) / (0.42 * size)) ** 2 + ((yy - size / 2) / rng.uniform(
-        0.3 * size, 0.47 * size)) ** 2 < 1
-    return np.clip(noise * 255 * inside, 0, 255).astype(np.uint8)
 
 
 def jpeg(img: np.ndarray, quality: int) -> np.ndarray:

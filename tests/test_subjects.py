@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from synthetic import base_image, write_image
+from support import base_image, write_image
 
 from braintumor_tf.commands.audit import audit
 from braintumor_tf.config import load_config
