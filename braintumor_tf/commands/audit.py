@@ -12,6 +12,7 @@ import json
 import os
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -152,28 +153,28 @@ def _plot_sample_grid(paths: list[str], labels: np.ndarray, path: Path, per_clas
     _save(fig, path, grey=True)
 
 
-def _pick_example_pairs(pi, pj, pc, pt, leaf_src, top_src, groups, k: int = 8) -> list[int]:
+def _pick_example_pairs(pairs: _Pairs, leaf_index, top_index, groups, count: int = 8) -> list[int]:
     """Most telling first: a rotated/mirrored copy across Training/Testing of one set, then
     across sets, then identical copies across folders; one pair per group, mixed transforms."""
-    same_top = top_src[pi] == top_src[pj]
-    cross_leaf = leaf_src[pi] != leaf_src[pj]
-    moved = pt != 0
+    same_set = top_index[pairs.first] == top_index[pairs.second]
+    across_folders = leaf_index[pairs.first] != leaf_index[pairs.second]
+    moved = pairs.transform != 0
     rank = np.select(
-        [cross_leaf & same_top & moved, ~same_top & moved, cross_leaf & same_top, ~same_top,
+        [across_folders & same_set & moved, ~same_set & moved, across_folders & same_set, ~same_set,
          moved],
         [0, 1, 2, 3, 4], 5)
-    order = np.lexsort((-pc, rank))
+    order = np.lexsort((-pairs.correlation, rank))
     chosen, seen_groups, seen_kind = [], set(), Counter()
-    for limit in (1, 2, k):  # spread over transforms before repeating one
+    for limit in (1, 2, count):  # spread over transforms before repeating one
         for p in order:
-            if len(chosen) >= k:
+            if len(chosen) >= count:
                 return chosen
-            g = int(groups[pi[p]])
-            kind = (int(rank[p]), int(pt[p]))
-            if g in seen_groups or seen_kind[kind] >= limit:
+            group = int(groups[pairs.first[p]])
+            kind = (int(rank[p]), int(pairs.transform[p]))
+            if group in seen_groups or seen_kind[kind] >= limit:
                 continue
             chosen.append(int(p))
-            seen_groups.add(g)
+            seen_groups.add(group)
             seen_kind[kind] += 1
     return chosen
 
@@ -206,6 +207,31 @@ def _caption(rec_a, rec_b, leaf_a, leaf_b, corr, transform) -> str:
             f"{TRANSFORM_NAMES[transform]}, r={corr:.3f}")
 
 
+@dataclass
+class _Pairs:
+    """Pairs of images (indices into the readable records) at or above the near-miss level."""
+
+    first: np.ndarray
+    second: np.ndarray
+    correlation: np.ndarray
+    transform: np.ndarray
+
+    def select(self, keep: np.ndarray) -> _Pairs:
+        return _Pairs(self.first[keep], self.second[keep], self.correlation[keep], self.transform[keep])
+
+
+@dataclass
+class _Sources:
+    """Where each image came from: its data set (``top``) and sub-folder (``leaf``)."""
+
+    tops: list[str]  # data set names in the order given
+    leaves: list[str]  # sub-folder names in the order found
+    top_of_every_file: list[str]  # per discovered file, readable or not
+    leaf_of_every_file: list[str]
+    top_index: np.ndarray  # per readable record, index into tops
+    leaf_index: np.ndarray  # per readable record, index into leaves
+
+
 def audit(
     paths: list[str],
     out_dir,
@@ -221,165 +247,202 @@ def audit(
         raise ValueError("give at least one data folder to audit")
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
-    t_start = time.perf_counter()
+    clock = {"start": time.perf_counter()}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     roots = [os.fspath(p) for p in paths]
-    tops = _source_names(roots)
     all_records = discover_images(roots, require_label=True)
-    root_index = {r: k for k, r in enumerate(roots)}
-    t_discover = time.perf_counter()
+    clock["discover"] = time.perf_counter()
 
-    sigs, bad, ok_index = compute_signatures(
+    signatures, bad, readable = compute_signatures(
         [r.path for r in all_records], workers=workers, progress=progress)
-    records = [all_records[k] for k in ok_index]
-    t_sigs = time.perf_counter()
-    pi, pj, pc, pt = find_pairs(sigs, min(threshold, NEAR_LOW))
-    dup = pc >= threshold
-    groups = groups_from_pairs(len(records), pi[dup], pj[dup])
+    records = [all_records[k] for k in readable]
+    clock["signatures"] = time.perf_counter()
+    pairs = _Pairs(*find_pairs(signatures, min(threshold, NEAR_LOW)))
+    duplicate = pairs.correlation >= threshold
+    groups = groups_from_pairs(len(records), pairs.first[duplicate], pairs.second[duplicate])
     subject_table, subjects_found = resolve_subjects(subjects, roots)
     record_subjects = (subject_table.lookup([r.path for r in records]) if subject_table is not None
                        else [""] * len(records))
     units = split_units(groups, record_subjects)
-    t_pairs = time.perf_counter()
+    clock["pairs"] = time.perf_counter()
 
-    all_top = [tops[root_index[r.source]] for r in all_records]
-    all_leaf = [_leaf_name(r.path, r.source, t) for r, t in zip(all_records, all_top, strict=True)]
-    top_of = [all_top[k] for k in ok_index]
-    leaf_of = [all_leaf[k] for k in ok_index]
-    leaves = list(dict.fromkeys(all_leaf))
-    top_list = [t for t in tops if t in set(all_top)]
-    top_src = np.array([top_list.index(t) for t in top_of], np.int64)
-    leaf_src = np.array([leaves.index(s) for s in leaf_of], np.int64)
+    sources = _sources(roots, all_records, readable)
     labels = np.array([r.label for r in records], np.int64)
+    leaf_of = [sources.leaf_of_every_file[k] for k in readable]
     bad_paths = {b["path"] for b in bad}
-    bad_top = Counter(t for r, t in zip(all_records, all_top, strict=True) if r.path in bad_paths)
+    bad_by_source = Counter(top for record, top in zip(all_records, sources.top_of_every_file,
+                                                       strict=True) if record.path in bad_paths)
+    subject_stats = _subject_stats(units, labels, sources.leaf_index, sources.leaves,
+                                   sources.top_index, sources.tops, record_subjects)
+    subject_stats.update(
+        file=os.path.relpath(subject_table.csv_path) if subject_table else None,
+        found_automatically=subjects_found)
+    _write_duplicates_csv(out / "duplicates.csv", records, groups, leaf_of, labels)
 
-    # Per source counts (all files found, readable or not), each top then its sub-folders.
-    source_order = []
-    for t in top_list:
-        source_order.append(t)
-        source_order += [s for s in leaves if s != t and s.startswith(t + "/")]
+    clock["plots_start"] = time.perf_counter()
+    _plot_class_distribution(_counts_by_source(all_records, sources), sources.leaves,
+                             out / "class_distribution.png")
+    _plot_sample_grid([r.path for r in records], labels, out / "sample_grid.png")
+    _plot_duplicate_examples(records, pairs.select(duplicate), groups, sources, leaf_of, threshold,
+                             out / "duplicate_examples.png")
+    clock["end"] = time.perf_counter()
+
+    summary = {
+        "paths": roots,
+        "threshold": threshold,
+        "counts": _counts_by_source(all_records, sources),
+        "bad_files": {"count": len(bad), "by_source": dict(bad_by_source), "files": bad},
+        "duplicates": _group_stats(groups, pairs, duplicate, len(records)),
+        "within_source": _within_sources(groups, sources),
+        "copies_across_sources": _copy_matrix(groups, sources.top_index, sources.tops),
+        "copies_across_subfolders": _copy_matrix(groups, sources.leaf_index, sources.leaves),
+        "label_conflicts": _label_conflicts(groups, labels, records, sources.leaf_index, leaf_of),
+        "near_misses": _near_misses(pairs, groups, records, threshold),
+        "subjects": subject_stats,
+        "timings_s": {
+            "discover": round(clock["discover"] - clock["start"], 2),
+            "signatures": round(clock["signatures"] - clock["discover"], 2),
+            "pairs_and_groups": round(clock["pairs"] - clock["signatures"], 2),
+            "plots": round(clock["end"] - clock["plots_start"], 2),
+            "total": round(clock["end"] - clock["start"], 2),
+        },
+    }
+    with open(out / "summary.json", "w", encoding="utf-8") as handle:
+        json.dump(summary, handle, indent=2)
+    markdown = summary_markdown(summary)
+    (out / "summary.md").write_text(markdown, encoding="utf-8")
+    print(markdown)
+    return summary
+
+
+def _sources(roots: list[str], all_records, readable: np.ndarray) -> _Sources:
+    top_names = _source_names(roots)
+    root_index = {root: k for k, root in enumerate(roots)}
+    top_of_every_file = [top_names[root_index[r.source]] for r in all_records]
+    leaf_of_every_file = [_leaf_name(r.path, r.source, top)
+                          for r, top in zip(all_records, top_of_every_file, strict=True)]
+    leaves = list(dict.fromkeys(leaf_of_every_file))
+    present = set(top_of_every_file)
+    tops = [top for top in top_names if top in present]
+    return _Sources(
+        tops=tops, leaves=leaves, top_of_every_file=top_of_every_file,
+        leaf_of_every_file=leaf_of_every_file,
+        top_index=np.array([tops.index(top_of_every_file[k]) for k in readable], np.int64),
+        leaf_index=np.array([leaves.index(leaf_of_every_file[k]) for k in readable], np.int64))
+
+
+def _counts_by_source(all_records, sources: _Sources) -> dict:
+    """Class counts of every file found (readable or not), each data set then its sub-folders."""
+    order = []
+    for top in sources.tops:
+        order.append(top)
+        order += [leaf for leaf in sources.leaves if leaf != top and leaf.startswith(top + "/")]
     counts = {}
-    for s in source_order:
-        member = [r for r, tt, ll in zip(all_records, all_top, all_leaf, strict=True)
-                  if s in (tt, ll)]
-        c = class_counts(member)
-        c["total"] = len(member)
-        counts[s] = c
+    for name in order:
+        members = [record for record, top, leaf in zip(all_records, sources.top_of_every_file,
+                                                        sources.leaf_of_every_file, strict=True)
+                   if name in (top, leaf)]
+        counts[name] = {**class_counts(members), "total": len(members)}
+    return counts
 
+
+def _group_stats(groups: np.ndarray, pairs: _Pairs, duplicate: np.ndarray, images: int) -> dict:
     sizes = np.bincount(groups) if len(groups) else np.zeros(0, np.int64)
-    in_dup = sizes[groups] > 1 if len(groups) else np.zeros(0, bool)
-    group_stats = {
-        "images": len(records),
+    in_duplicate_group = sizes[groups] > 1 if len(groups) else np.zeros(0, bool)
+    return {
+        "images": images,
         "groups": int(len(sizes)),
         "groups_with_copies": int((sizes > 1).sum()),
-        "images_in_duplicate_groups": int(in_dup.sum()),
-        "redundant_images": int(len(records) - len(sizes)),
+        "images_in_duplicate_groups": int(in_duplicate_group.sum()),
+        "redundant_images": int(images - len(sizes)),
         "largest_group": int(sizes.max()) if len(sizes) else 0,
-        "duplicate_pairs": int(dup.sum()),
+        "duplicate_pairs": int(duplicate.sum()),
         "pair_transforms": {TRANSFORM_NAMES[t]: int(n)
-                            for t, n in sorted(Counter(pt[dup].tolist()).items())},
+                            for t, n in sorted(Counter(pairs.transform[duplicate].tolist()).items())},
     }
-    within = {}
-    for level_names, level_src in ((top_list, top_src), (leaves, leaf_src)):
-        for k, s in enumerate(level_names):
-            g = groups[level_src == k]
-            gs = np.bincount(g, minlength=len(sizes))
-            within[s] = {"images": int(len(g)),
-                         "groups_with_copies": int((gs > 1).sum()),
-                         "images_with_copy": int((gs[g] > 1).sum()),
-                         "redundant_images": int(len(g) - (gs > 0).sum())}
-    cross_top = _copy_matrix(groups, top_src, top_list)
-    cross_leaf = _copy_matrix(groups, leaf_src, leaves)
 
-    # Label conflicts: one slice, several classes.
-    conflicts, pair_counts = [], Counter()
+
+def _within_sources(groups: np.ndarray, sources: _Sources) -> dict:
+    """Per data set and sub-folder: copies whose groups have another member in the same place."""
+    group_count = int(groups.max()) + 1 if len(groups) else 0
+    within = {}
+    for names, index in ((sources.tops, sources.top_index), (sources.leaves, sources.leaf_index)):
+        for k, name in enumerate(names):
+            groups_here = groups[index == k]
+            sizes_here = np.bincount(groups_here, minlength=group_count)
+            within[name] = {"images": int(len(groups_here)),
+                            "groups_with_copies": int((sizes_here > 1).sum()),
+                            "images_with_copy": int((sizes_here[groups_here] > 1).sum()),
+                            "redundant_images": int(len(groups_here) - (sizes_here > 0).sum())}
+    return within
+
+
+def _label_conflicts(groups, labels, records, leaf_index, leaf_of) -> dict:
+    """Groups that hold one slice under different classes."""
+    sizes = np.bincount(groups) if len(groups) else np.zeros(0, np.int64)
     members_of: dict[int, list[int]] = {}
-    for idx in np.flatnonzero(in_dup):
-        members_of.setdefault(int(groups[idx]), []).append(int(idx))
-    for g, members in members_of.items():
-        labs = sorted({int(labels[m]) for m in members})
-        if len(labs) > 1:
-            conflicts.append(g)
-            pair_counts[" / ".join(CLASS_NAMES[x] for x in labs)] += 1
-    conflict_images = sum(len(members_of[g]) for g in conflicts)
-    conflict_cross = sum(len({leaf_src[m] for m in members_of[g]}) > 1 for g in conflicts)
-    label_conflicts = {
+    for index in np.flatnonzero(sizes[groups] > 1 if len(groups) else np.zeros(0, bool)):
+        members_of.setdefault(int(groups[index]), []).append(int(index))
+    conflicts, by_classes = [], Counter()
+    for group, members in members_of.items():
+        classes = sorted({int(labels[m]) for m in members})
+        if len(classes) > 1:
+            conflicts.append(group)
+            by_classes[" / ".join(CLASS_NAMES[c] for c in classes)] += 1
+    return {
         "groups": len(conflicts),
-        "images": conflict_images,
-        "groups_spanning_sources": int(conflict_cross),
-        "by_classes": dict(pair_counts.most_common()),
+        "images": sum(len(members_of[g]) for g in conflicts),
+        "groups_spanning_sources": int(sum(len({leaf_index[m] for m in members_of[g]}) > 1
+                                           for g in conflicts)),
+        "by_classes": dict(by_classes.most_common()),
         "examples": [
             [{"path": records[m].path, "source": leaf_of[m],
               "class_name": CLASS_NAMES[labels[m]]} for m in members_of[g]]
             for g in conflicts[:MAX_EXAMPLES]
         ],
     }
-    near = (pc < threshold) & (groups[pi] != groups[pj]) if len(pc) else np.zeros(0, bool)
-    near_idx = np.flatnonzero(near)
-    near_pick = near_idx[np.argsort(-pc[near_idx], kind="stable")][:MAX_EXAMPLES]
-    near_misses = {
+
+
+def _near_misses(pairs: _Pairs, groups, records, threshold: float) -> dict:
+    """Pairs just below the threshold that ended in different groups: what to look at to tune it."""
+    near = ((pairs.correlation < threshold) & (groups[pairs.first] != groups[pairs.second])
+            if len(pairs.correlation) else np.zeros(0, bool))
+    near_index = np.flatnonzero(near)
+    strongest = near_index[np.argsort(-pairs.correlation[near_index], kind="stable")][:MAX_EXAMPLES]
+    return {
         "range": [NEAR_LOW, threshold],
         "pairs_not_grouped": int(near.sum()),
-        "examples": [{"a": records[pi[p]].path, "b": records[pj[p]].path,
-                      "corr": round(float(pc[p]), 4), "transform": TRANSFORM_NAMES[pt[p]]}
-                     for p in near_pick],
+        "examples": [{"a": records[pairs.first[p]].path, "b": records[pairs.second[p]].path,
+                      "corr": round(float(pairs.correlation[p]), 4),
+                      "transform": TRANSFORM_NAMES[pairs.transform[p]]}
+                     for p in strongest],
     }
 
-    subject_stats = _subject_stats(units, labels, leaf_src, leaves, top_src, top_list, record_subjects)
-    subject_stats.update(
-        file=os.path.relpath(subject_table.csv_path) if subject_table else None,
-        found_automatically=subjects_found)
 
-    # duplicates.csv: every image that has a copy, grouped.
-    with open(out / "duplicates.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
+def _write_duplicates_csv(path: Path, records, groups, leaf_of, labels) -> None:
+    """Every image that has a copy, grouped."""
+    sizes = np.bincount(groups) if len(groups) else np.zeros(0, np.int64)
+    with_copy = np.flatnonzero(sizes[groups] > 1) if len(groups) else np.zeros(0, np.int64)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
         writer.writerow(["group", "path", "source", "class_name"])
-        for idx in sorted(np.flatnonzero(in_dup).tolist(), key=lambda m: (groups[m], m)):
-            writer.writerow([int(groups[idx]), records[idx].path, leaf_of[idx],
-                             CLASS_NAMES[labels[idx]]])
+        for index in sorted(with_copy.tolist(), key=lambda m: (groups[m], m)):
+            writer.writerow([int(groups[index]), records[index].path, leaf_of[index],
+                             CLASS_NAMES[labels[index]]])
 
-    t_plots = time.perf_counter()
-    _plot_class_distribution(counts, leaves, out / "class_distribution.png")
-    _plot_sample_grid([r.path for r in records], labels, out / "sample_grid.png")
-    dup_idx = np.flatnonzero(dup)
-    picks = _pick_example_pairs(pi[dup], pj[dup], pc[dup], pt[dup], leaf_src, top_src, groups)
-    example_pairs = []
-    for p in dup_idx[picks]:
-        a, b = int(pi[p]), int(pj[p])
-        example_pairs.append((records[a].path, records[b].path, _caption(
-            records[a], records[b], leaf_of[a], leaf_of[b], float(pc[p]), int(pt[p]))))
-    _plot_pairs(example_pairs, out / "duplicate_examples.png",
+
+def _plot_duplicate_examples(records, duplicate_pairs: _Pairs, groups, sources: _Sources, leaf_of,
+                             threshold: float, path: Path) -> None:
+    picks = _pick_example_pairs(duplicate_pairs, sources.leaf_index, sources.top_index, groups)
+    examples = []
+    for p in picks:
+        a, b = int(duplicate_pairs.first[p]), int(duplicate_pairs.second[p])
+        examples.append((records[a].path, records[b].path, _caption(
+            records[a], records[b], leaf_of[a], leaf_of[b], float(duplicate_pairs.correlation[p]),
+            int(duplicate_pairs.transform[p]))))
+    _plot_pairs(examples, path,
                 f"Duplicate pairs (r >= {threshold}); transform turns the left into the right")
-    t_end = time.perf_counter()
-
-    summary = {
-        "paths": roots,
-        "threshold": threshold,
-        "counts": counts,
-        "bad_files": {"count": len(bad), "by_source": dict(bad_top), "files": bad},
-        "duplicates": group_stats,
-        "within_source": within,
-        "copies_across_sources": cross_top,
-        "copies_across_subfolders": cross_leaf,
-        "label_conflicts": label_conflicts,
-        "near_misses": near_misses,
-        "subjects": subject_stats,
-        "timings_s": {
-            "discover": round(t_discover - t_start, 2),
-            "signatures": round(t_sigs - t_discover, 2),
-            "pairs_and_groups": round(t_pairs - t_sigs, 2),
-            "plots": round(t_end - t_plots, 2),
-            "total": round(t_end - t_start, 2),
-        },
-    }
-    with open(out / "summary.json", "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
-    markdown = summary_markdown(summary)
-    (out / "summary.md").write_text(markdown, encoding="utf-8")
-    print(markdown)
-    return summary
 
 
 def _subjects_markdown(stats: dict | None) -> str:
@@ -407,44 +470,48 @@ def summary_markdown(summary: dict) -> str:
     header = ["source", *CLASS_NAMES, "total"]
     sections.append("## Images per source and class\n\n" + _md_table(
         header, [[s, *[c.get(k, 0) for k in header[1:]]] for s, c in counts.items()]))
-    d = summary["duplicates"]
+    duplicates = summary["duplicates"]
     sections.append("## Duplicate groups (all folders together)\n\n" + _md_table(
         ["measure", "value"],
-        [["readable images", d["images"]], ["groups (distinct slices)", d["groups"]],
-         ["groups with more than one image", d["groups_with_copies"]],
-         ["images in such groups", d["images_in_duplicate_groups"]],
-         ["redundant images (images - groups)", d["redundant_images"]],
-         ["largest group", d["largest_group"]], ["duplicate pairs", d["duplicate_pairs"]],
-         ["pairs by transform", ", ".join(f"{k} {v}" for k, v in d["pair_transforms"].items())],
+        [["readable images", duplicates["images"]], ["groups (distinct slices)", duplicates["groups"]],
+         ["groups with more than one image", duplicates["groups_with_copies"]],
+         ["images in such groups", duplicates["images_in_duplicate_groups"]],
+         ["redundant images (images - groups)", duplicates["redundant_images"]],
+         ["largest group", duplicates["largest_group"]],
+         ["duplicate pairs", duplicates["duplicate_pairs"]],
+         ["pairs by transform",
+          ", ".join(f"{k} {v}" for k, v in duplicates["pair_transforms"].items())],
          ]))
-    w = summary["within_source"]
+    within = summary["within_source"]
     sections.append("## Duplicates within each source\n\n" + _md_table(
         ["source", "images", "groups with copies", "images with a copy", "redundant images"],
         [[s, v["images"], v["groups_with_copies"], v["images_with_copy"], v["redundant_images"]]
-         for s, v in w.items()]))
+         for s, v in within.items()]))
     for key, title in (("copies_across_subfolders", "sub-folders"),
                        ("copies_across_sources", "sources")):
-        m = summary[key]
-        names = list(m)
+        matrix = summary[key]
+        names = list(matrix)
         sections.append(
             f"## Copies across {title}\n\nRow A, column B: images of A that have a copy in B "
             "(diagonal: a copy elsewhere in A).\n\n"
-            + _md_table(["A \\ B", *names], [[a, *[m[a][b] for b in names]] for a in names]))
-    lc = summary["label_conflicts"]
-    rows = [[k, v] for k, v in lc["by_classes"].items()] or [["none", 0]]
+            + _md_table(["A \\ B", *names], [[a, *[matrix[a][b] for b in names]] for a in names]))
+    conflicts = summary["label_conflicts"]
+    rows = [[k, v] for k, v in conflicts["by_classes"].items()] or [["none", 0]]
     sections.append(
-        f"## Label conflicts\n\n{lc['groups']} groups ({lc['images']} images) hold one slice "
-        f"under different classes; {lc['groups_spanning_sources']} of them span sub-folders.\n\n"
+        f"## Label conflicts\n\n{conflicts['groups']} groups ({conflicts['images']} images) hold one "
+        f"slice under different classes; {conflicts['groups_spanning_sources']} of them span "
+        "sub-folders.\n\n"
         + _md_table(["classes in one group", "groups"], rows))
-    nm = summary["near_misses"]
+    near_misses = summary["near_misses"]
     sections.append(
-        f"## Near misses\n\n{nm['pairs_not_grouped']} pairs have {nm['range'][0]} <= r < "
-        f"{nm['range'][1]} and were not grouped (see summary.json for examples).")
+        f"## Near misses\n\n{near_misses['pairs_not_grouped']} pairs have "
+        f"{near_misses['range'][0]} <= r < {near_misses['range'][1]} and were not grouped "
+        "(see summary.json for examples).")
     sections.append(_subjects_markdown(summary.get("subjects")))
-    b = summary["bad_files"]
-    bad_rows = [[f["path"], f["reason"]] for f in b["files"][:MAX_EXAMPLES]] or [["none", ""]]
-    sections.append(f"## Unreadable files: {b['count']}\n\n" + _md_table(["path", "reason"],
+    bad = summary["bad_files"]
+    bad_rows = [[f["path"], f["reason"]] for f in bad["files"][:MAX_EXAMPLES]] or [["none", ""]]
+    sections.append(f"## Unreadable files: {bad['count']}\n\n" + _md_table(["path", "reason"],
                                                                           bad_rows))
-    t = summary["timings_s"]
-    sections.append("## Timings (s)\n\n" + _md_table(list(t), [list(t.values())]))
+    timings = summary["timings_s"]
+    sections.append("## Timings (s)\n\n" + _md_table(list(timings), [list(timings.values())]))
     return "\n\n".join(sections) + "\n"
