@@ -5,8 +5,13 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
+import numpy as np
 
-from braintumor_tf.training.callbacks import ResumingCSVLogger
+from braintumor_tf.training.callbacks import (
+    AtomicBackupAndRestore,
+    ResumingCSVLogger,
+    ResumingModelCheckpoint,
+)
 
 
 def _epochs(path):
@@ -42,3 +47,67 @@ def test_rows_of_epochs_to_be_retrained_are_dropped(tmp_path):
     logger.on_train_end()
     assert _epochs(path) == [0, 1, 2]
     assert path.read_text().splitlines()[-1].startswith("2,0.5")  # the new row, not the old one
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _StopAfter(keras.callbacks.Callback):
+    """Stands in for a kill after ``epochs`` finished epochs (their backups written)."""
+
+    def __init__(self, epochs):
+        super().__init__()
+        self.epochs, self.seen = epochs, []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.seen.append(epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if len(self.seen) >= self.epochs:
+            raise _Interrupt
+
+
+def _fit(backup_dir, stop_after=99, epochs=4):
+    model = _tiny_model()
+    recorder = _StopAfter(stop_after)
+    x = np.zeros((8, 3), np.float32)
+    try:
+        model.fit(x, x[:, :1], epochs=epochs, verbose=0, callbacks=[
+            AtomicBackupAndRestore(str(backup_dir), double_checkpoint=True), recorder])
+    except _Interrupt:
+        pass
+    return recorder.seen
+
+
+def test_a_truncated_backup_falls_back_then_starts_over_instead_of_failing(tmp_path):
+    backup = tmp_path / "backup"
+    assert _fit(backup, stop_after=3) == [0, 1, 2]
+    assert sorted(p.name for p in backup.iterdir()) == [
+        "latest.weights.h5", "latest.weights.h5.bkp", "training_metadata.json",
+        "training_metadata.json.bkp"]  # no partial files left behind
+    # A kill during the save: latest weights truncated, metadata empty -> the one before (epoch 2).
+    (backup / "latest.weights.h5").write_bytes((backup / "latest.weights.h5").read_bytes()[:96])
+    (backup / "training_metadata.json").write_text("")
+    assert _fit(backup, stop_after=1) == [2]
+    # Nothing readable left at all -> one line, and training starts from the first epoch.
+    for name in ("latest.weights.h5", "latest.weights.h5.bkp"):
+        (backup / name).write_bytes(b"\x89HDF\r\n\x1a\n broken")
+    assert _fit(backup) == [0, 1, 2, 3]
+
+
+def test_best_checkpoint_remembers_its_score_across_a_resume(tmp_path):
+    best = tmp_path / "best.keras"
+    model = _tiny_model()
+    model.save(best)
+    (tmp_path / "history.csv").write_text("epoch,val_loss\n0,0.5\n1,0.2\n2,0.3\n")
+    checkpoint = ResumingModelCheckpoint(str(best), tmp_path / "history.csv", "val_loss")
+    model._initial_epoch = 2  # resumed after epoch 1: epoch 2 is retrained, its row ignored
+    checkpoint.set_model(model)
+    checkpoint.on_train_begin()
+    assert checkpoint.best == 0.2
+    before = best.stat().st_mtime_ns
+    checkpoint.on_epoch_end(2, {"val_loss": 0.2})  # ties the best: must not overwrite it
+    assert best.stat().st_mtime_ns == before
+    checkpoint.on_epoch_end(3, {"val_loss": 0.1})
+    assert best.stat().st_mtime_ns != before
