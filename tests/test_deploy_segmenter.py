@@ -25,6 +25,9 @@ SIZE = 64
 # in some runs (dynamic drop 0.008 at 6 epochs, 0.0001 at 15).
 EPOCHS = 15
 
+# A segmenter trained for 15 epochs is the fixture: minutes on 2 CPU cores.
+pytestmark = pytest.mark.slow
+
 
 def discs(n: int, seed: int, size: int = SIZE):
     """Dark noisy slices with one bright disc (the tumour) in most of them."""

@@ -58,6 +58,7 @@ def test_near_duplicates_of_the_excluded_folder_are_dropped(tmp_path):
     assert dropped[0]["matches"].endswith("copy.jpg")
 
 
+@pytest.mark.slow
 def test_resnet50_classifier_learns_and_its_encoder_loads_into_the_unet(tmp_path):
     """Bright-disc vs dark-square slices: a separable task the classifier must solve."""
     rng = np.random.default_rng(0)
@@ -101,6 +102,7 @@ def test_pretraining_config_loads_with_the_exclusion():
     assert config.data.exclude_duplicates_of == ("../shared/data/segmentation/pkdarabi",)
 
 
+@pytest.mark.slow
 def test_pretraining_run_excludes_copies_and_writes_encoder_weights(tmp_path):
     import csv
     import shutil

@@ -85,6 +85,7 @@ def test_evaluate_bad_paths_give_one_line(args, message):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_the_last_epoch(tmp_path):
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "braintumor_tf.train", "--out", str(run_dir), *TINY,

@@ -83,6 +83,7 @@ def seg_run(tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow
 def test_cli_training_writes_the_run_directory(seg_run):
     for name in ("config.yaml", "split_manifest.csv", "bad_files.csv", "history.csv",
                  "training_curves.png", "learning_rate.png", "best.keras", "model.keras",
@@ -103,6 +104,7 @@ def test_cli_training_writes_the_run_directory(seg_run):
     assert ",tumour," in manifest and ",empty," in manifest
 
 
+@pytest.mark.slow
 def test_cli_training_lowers_the_loss(seg_run):
     from braintumor_tf.training.callbacks import read_history
 
@@ -192,6 +194,7 @@ def _write_coco_and_masks(root, masks_root, size=80):
         (root / split / "_annotations.coco.json").write_text(json.dumps(coco))
 
 
+@pytest.mark.slow
 def test_evaluate_scores_annotations_and_masks_and_writes_overlays(seg_run, tmp_path):
     data, masks = tmp_path / "coco", tmp_path / "masks"
     _write_coco_and_masks(data, masks)
@@ -209,6 +212,7 @@ def test_evaluate_scores_annotations_and_masks_and_writes_overlays(seg_run, tmp_
             assert (out_dir / f"overlays_{name}_{which}.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_evaluate_takes_a_run_manifest_and_scores_only_its_split(seg_run, tmp_path):
     data, masks = tmp_path / "coco", tmp_path / "masks"
     _write_coco_and_masks(data, masks)
@@ -269,6 +273,7 @@ def test_evaluate_pipeline_matches_hand_scores_for_a_perfect_model(tmp_path):
 # ----------------------------------------------------------------------------- export
 
 
+@pytest.mark.slow
 def test_savedmodel_export_matches_keras_and_serves_masks_at_the_input_size(seg_run, tmp_path):
     import tensorflow as tf
 

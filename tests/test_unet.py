@@ -62,6 +62,7 @@ def test_mixed_bfloat16_gives_float32_masks_and_a_finite_loss():
     assert np.isfinite(model.train_on_batch(images, masks))
 
 
+@pytest.mark.slow
 def test_trains_on_blob_masks_and_the_loss_falls(scratch_unet):
     images, masks = _blobs(8)
     scratch_unet.compile(optimizer=keras.optimizers.Adam(1e-3), loss=BCEDiceLoss(),
