@@ -135,3 +135,21 @@ def test_audit_reports_subjects_and_test_in_training_overlap(tmp_path):
     assert "also in training" in (tmp_path / "out" / "summary.md").read_text()
     none = audit([str(tmp_path / "set")], tmp_path / "out2", progress=False, subjects="none")
     assert none["subjects"]["file"] is None and none["subjects"]["subjects"] == 24
+
+
+def test_a_cut_short_manifest_is_refused_on_reuse(tmp_path):
+    from braintumor_tf.data.run_split import reuse_split
+
+    write_subject_set(tmp_path, subjects=8, slices=2)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    config = load_config(None, [f"data.root={tmp_path / 'data'}", "data.val_fraction=0.25",
+                                "data.test_fraction=0.25"])
+    written = split_and_write_manifest(config, run_dir, discover_images(tmp_path / "data"),
+                                       [tmp_path / "data"])
+    assert reuse_split(run_dir) == written
+    manifest = run_dir / "split_manifest.csv"
+    lines = manifest.read_text().splitlines(keepends=True)
+    manifest.write_text("".join(lines[: len(lines) // 2]))  # a resumed run would train on half
+    with pytest.raises(ValueError, match="cut short or edited"):
+        reuse_split(run_dir)

@@ -14,7 +14,7 @@ from braintumor_tf.plots import plot_learning_rate
 from braintumor_tf.training.schedules import schedule_values
 
 # Written when a run splits its data; stale once the config changes.
-SPLIT_FILES = ("split_manifest.csv", "subjects.json", "bad_files.csv", "excluded.csv")
+SPLIT_FILES = ("split_manifest.csv", "split.json", "subjects.json", "bad_files.csv", "excluded.csv")
 
 
 def has_trained(run_dir: Path) -> bool:

@@ -6,6 +6,7 @@ Shared by classification and segmentation so both split the same way; the manife
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,9 @@ from braintumor_tf.data.subjects import describe, subjects_for
 from braintumor_tf.log import log
 
 SUBJECTS_REPORT = "subjects.json"
+MANIFEST_NAME = "split_manifest.csv"
+# Row count and hash of the manifest as written, checked whenever the run reuses it.
+SPLIT_RECORD = "split.json"
 
 
 def split_and_write_manifest(config: Config, run_dir: Path, records: Sequence[ImageRecord],
@@ -47,10 +51,36 @@ def split_and_write_manifest(config: Config, run_dir: Path, records: Sequence[Im
     if result.bad:
         log(f"skipped {len(result.bad)} unreadable files, listed in {run_dir / 'bad_files.csv'}")
     (run_dir / SUBJECTS_REPORT).write_text(json.dumps(report.as_dict(), indent=2))
-    manifest_path = run_dir / "split_manifest.csv"
+    manifest_path = run_dir / MANIFEST_NAME
     write_manifest(manifest_path, result.records, result.groups, splits,
-                              class_names=class_names, subjects=result.subjects)
-    return read_manifest(manifest_path)
+                   class_names=class_names, subjects=result.subjects)
+    rows = read_manifest(manifest_path)
+    (run_dir / SPLIT_RECORD).write_text(json.dumps(
+        {"manifest": MANIFEST_NAME, "rows": len(rows), "sha256": _digest(manifest_path)}, indent=2))
+    return rows
+
+
+def reuse_split(run_dir: Path) -> list[dict] | None:
+    """The rows of a run's existing split (None when it has none), refused when the manifest is
+    not the one the split wrote: a truncated or edited file would silently train on other data."""
+    manifest_path = Path(run_dir) / MANIFEST_NAME
+    if not manifest_path.exists():
+        return None
+    rows = read_manifest(manifest_path)
+    record_path = Path(run_dir) / SPLIT_RECORD
+    if record_path.exists():
+        record = json.loads(record_path.read_text())
+        if record.get("rows") != len(rows) or record.get("sha256") != _digest(manifest_path):
+            raise ValueError(
+                f"{manifest_path} has {len(rows)} rows and is not the manifest this run's split "
+                f"wrote ({record.get('rows')} rows): it was cut short or edited. Restore it, or "
+                f"delete it and {SPLIT_RECORD} to split again")
+    log(f"reusing split from {manifest_path} ({len(rows)} images)")
+    return rows
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def subjects_summary(run_dir: Path) -> dict | None:

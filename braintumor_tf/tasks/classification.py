@@ -13,9 +13,8 @@ from braintumor_tf.config import Config
 from braintumor_tf.data.datasets import classification_dataset
 from braintumor_tf.data.discover import CLASS_NAMES, class_counts, discover_images
 from braintumor_tf.data.duplicates import drop_near_duplicates_of
-from braintumor_tf.data.manifest import read_manifest
 from braintumor_tf.data.phantoms import write_phantom_dataset
-from braintumor_tf.data.run_split import split_and_write_manifest
+from braintumor_tf.data.run_split import reuse_split, split_and_write_manifest
 from braintumor_tf.data.subjects import resolve_subjects
 from braintumor_tf.evaluation.classification import evaluate_classifier, evaluate_records
 from braintumor_tf.export.parity import tflite_parity
@@ -35,10 +34,9 @@ class ClassificationTask(Task):
     def prepare_data(self, config: Config, run_dir: Path) -> TaskData:
         """Discover images, drop broken ones and split by subject/duplicate group (or reuse the
         manifest)."""
-        manifest_path = run_dir / "split_manifest.csv"
-        if manifest_path.exists():
-            log(f"reusing split from {manifest_path}")
-            return TaskData(read_manifest(manifest_path))
+        rows = reuse_split(run_dir)
+        if rows is not None:
+            return TaskData(rows)
         if config.data.root is None:
             root = run_dir / "data" / "phantoms"
             log(f"no data.root given: generating the built-in phantom data set in {root}")

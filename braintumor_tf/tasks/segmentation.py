@@ -12,8 +12,7 @@ import keras
 
 from braintumor_tf.config import Config
 from braintumor_tf.data.datasets import segmentation_dataset
-from braintumor_tf.data.manifest import read_manifest
-from braintumor_tf.data.run_split import split_and_write_manifest
+from braintumor_tf.data.run_split import reuse_split, split_and_write_manifest
 from braintumor_tf.data.segmentation import training_source
 from braintumor_tf.data.splits import SEGMENTATION_LABELS, segmentation_records
 from braintumor_tf.evaluation.segmentation import evaluate_segmentation_images, evaluate_segmenter
@@ -41,10 +40,9 @@ class SegmentationTask(Task):
         log shows how many units straddle the published folders."""
         source, targets = training_source(config, run_dir)
         extras = {"source": source, "targets": targets}
-        manifest_path = run_dir / "split_manifest.csv"
-        if manifest_path.exists():
-            log(f"reusing split from {manifest_path}")
-            return TaskData(read_manifest(manifest_path), extras)
+        rows = reuse_split(run_dir)
+        if rows is not None:
+            return TaskData(rows, extras)
         images = source.images_with(targets)
         records = segmentation_records(images, source.has_tumour(images, targets),
                                                   source=str(config.data.root or "phantoms"))
