@@ -110,6 +110,29 @@ def test_export_cli_versions_are_numbered_and_never_overwritten(trained, tmp_pat
     assert sorted(p.name for p in base.iterdir()) == ["1", "2"]
 
 
+def test_tflite_files_are_published_only_when_their_gate_passes(trained, tmp_path, monkeypatch):
+    from braintumor_tf.export import parity
+
+    base = tmp_path / "classifier"
+    base.mkdir()
+    (base / ".5.tmp-999999999-abc").mkdir()  # left by an export that was killed
+    (base / f".6.tmp-{os.getpid()}-x").mkdir()  # an export still running (this process)
+    args = ("export", "--model", trained["model_path"], "--out", base, "--tflite", "dynamic",
+            "--validation-data", trained["val_dir"])
+    assert cli(*args).exit_code == 0
+    published = base / "classifier_dynamic.tflite"
+    before = (published.read_bytes(), published.stat().st_mtime_ns)
+    assert not (base / ".5.tmp-999999999-abc").exists() and (base / f".6.tmp-{os.getpid()}-x").exists()
+    monkeypatch.setitem(parity.AGREEMENT_GATES, "dynamic", 1.01)  # a gate nothing can pass
+    failed = cli(*args)
+    assert failed.exit_code != 0 and "failed its agreement gate" in failed.output
+    assert (published.read_bytes(), published.stat().st_mtime_ns) == before
+    assert (base / "failed_parity" / "classifier_dynamic.tflite").is_file()
+    report = json.loads((base / "tflite_parity.json").read_text())
+    assert report["variants"]["dynamic"]["file"] == str(base / "failed_parity" / "classifier_dynamic.tflite")
+    assert not list(base.glob(".tflite.tmp-*"))
+
+
 def test_export_rejects_non_keras_model_and_missing_calibration(trained, tmp_path):
     base = tmp_path / "out"
     result = cli("export", "--model", trained["root"] / "nope.keras", "--out", base)

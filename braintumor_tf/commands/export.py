@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from braintumor_tf.custom_objects import load_model
 from braintumor_tf.data.discover import CLASS_NAMES
+from braintumor_tf.export.parity import write_parity_report
 from braintumor_tf.export.runtimes import configured_threshold, load_runtime, task_of_output_rank
 from braintumor_tf.export.savedmodel import model_geometry, next_version_dir
 from braintumor_tf.export.tflite import (
@@ -133,20 +135,43 @@ def export_model(
     log(f"SavedModel version {saved.name} written to {saved}")
     summary: dict = {"model": str(keras_path), "savedmodel": str(saved), "version": int(saved.name),
                      "tflite": {}, "parity": None, **names}
-    for variant in variants:
-        path = convert_to_tflite(
-            model, out_base / tflite_file_name(out_base.name, variant, int8_io), variant,
-            representative_images=calibration, int8_io=int8_io, overwrite=True,
-            metadata={"source_version": int(saved.name), **names,
-                      "image_size": image_size, "channels": channels})
-        summary["tflite"][variant] = str(path)
-        log(f"TFLite {variant}: {path} ({path.stat().st_size / 1024:.1f} KB)")
-    if variants and validation is None:
-        log("no validation images (give --validation-data or --representative-data): "
-            "parity report skipped")
-    elif variants:
-        with _float32_reference(model, keras_path) as reference:
-            summary["parity"], summary["parity_passed"], message = task.parity(
-                reference, summary["tflite"], validation, out_base)
-        log(f"{message}; written to {out_base / 'tflite_parity.md'}")
+    # Converted into a staging folder and published beside the versions only when every gate
+    # passes, so a failing variant never replaces a good file that apps already use.
+    staging = Path(tempfile.mkdtemp(prefix=f".tflite.tmp-{os.getpid()}-", dir=out_base))
+    try:
+        staged = {}
+        for variant in variants:
+            path = convert_to_tflite(
+                model, staging / tflite_file_name(out_base.name, variant, int8_io), variant,
+                representative_images=calibration, int8_io=int8_io, overwrite=True,
+                metadata={"source_version": int(saved.name), **names,
+                          "image_size": image_size, "channels": channels})
+            staged[variant] = path
+            log(f"TFLite {variant}: {path.name} ({path.stat().st_size / 1024:.1f} KB)")
+        if variants and validation is None:
+            log("no validation images (give --validation-data or --representative-data): "
+                "parity report skipped")
+        report = None
+        if variants and validation is not None:
+            with _float32_reference(model, keras_path) as reference:
+                report, summary["parity"], message = task.parity(
+                    reference, {v: str(p) for v, p in staged.items()}, validation)
+            summary["parity_passed"] = report["passed"]
+            log(message)
+        target_folder = out_base if summary.get("parity_passed", True) else out_base / "failed_parity"
+        for variant, path in staged.items():
+            target_folder.mkdir(parents=True, exist_ok=True)
+            for file in (path, path.with_suffix(".json")):
+                os.replace(file, target_folder / file.name)
+            summary["tflite"][variant] = str(target_folder / path.name)
+            if report is not None:
+                report["variants"][variant]["file"] = summary["tflite"][variant]
+        if report is not None:
+            write_parity_report(report, out_base)
+            log(f"parity report: {out_base / 'tflite_parity.md'}")
+        if target_folder != out_base and staged:
+            log(f"a parity gate failed: the new TFLite files are in {target_folder}, the files "
+                f"beside the versions were left as they were")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return summary

@@ -257,13 +257,40 @@ def export_segmenter(model, out_dir: str | os.PathLike, threshold: float = DEFAU
                     "test_time_augmentation": tta}, 0)
 
 
+def remove_stale_partials(folder: Path) -> list[Path]:
+    """Remove ``.<name>.tmp-<pid>-*`` folders and files left by exports whose process is gone (a
+    kill mid-export); a partial of a process still running is left alone."""
+    removed = []
+    for path in Path(folder).glob(".*.tmp-*"):
+        pid = path.name.split(".tmp-", 1)[1].split("-", 1)[0]
+        if pid.isdigit() and _process_alive(int(pid)):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _export(module, model, out_dir, metadata: dict, num_classes: int) -> Path:
     out = Path(out_dir)
     if out.exists():
         raise FileExistsError(f"export directory already exists, not overwriting: {out}")
     size, channels = model_geometry(model)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    remove_stale_partials(out.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
         signatures = {
             "serving_default": module.serve_images.get_concrete_function(),

@@ -72,7 +72,7 @@ def _write_atomic(path: Path, data: bytes, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise FileExistsError(f"file already exists, not overwriting: {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

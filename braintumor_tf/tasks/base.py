@@ -73,9 +73,8 @@ class Task:
         """What ``parity`` compares on (None when no images were given)."""
         raise NotImplementedError
 
-    def parity(self, reference, tflite_files: dict, validation, out_dir: Path
-               ) -> tuple[dict, bool, str]:
-        """(per-variant summary, all gates passed, one log line); writes tflite_parity.json/md."""
+    def parity(self, reference, tflite_files: dict, validation) -> tuple[dict, dict, str]:
+        """(full report for tflite_parity.json/md, per-variant summary, one log line)."""
         raise NotImplementedError
 
     def predict_files(self, runtime, paths, masks_dir, explain_dir, batch_size: int) -> list[dict]:

@@ -110,17 +110,17 @@ class ClassificationTask(Task):
             return None
         return load_pixels(rows, image_size, channels, self.parity_images, seed=1)
 
-    def parity(self, reference, tflite_files: dict, validation, out_dir: Path):
+    def parity(self, reference, tflite_files: dict, validation):
         pixels, labels = validation
         labels = labels if np.all(labels >= 0) else None
-        report = tflite_parity(reference, tflite_files, pixels, labels, out_dir=out_dir)
+        report = tflite_parity(reference, tflite_files, pixels, labels)
         variants = report["variants"]
         message = f"parity on {len(pixels)} images: " + ", ".join(
             f"{v} {e['agreement'] * 100:.2f} % "
             f"({'no gate' if e['passed'] is None else 'pass' if e['passed'] else 'FAIL'})"
             for v, e in variants.items())
         summary = {v: {"agreement": e["agreement"], "passed": e["passed"]} for v, e in variants.items()}
-        return summary, report["passed"], message
+        return report, summary, message
 
     def predict_files(self, runtime, paths, masks_dir, explain_dir, batch_size: int) -> list[dict]:
         return inference.predict_classes(runtime, paths, explain_dir, batch_size)

@@ -115,9 +115,9 @@ class SegmentationTask(Task):
         return segmenter_validation(image_size, channels, self.parity_images, run_dir,
                                     validation_data, masks, representative_data)
 
-    def parity(self, reference, tflite_files: dict, validation, out_dir: Path):
+    def parity(self, reference, tflite_files: dict, validation):
         pixels, truth = validation
-        report = segmentation_parity(reference, tflite_files, pixels, truth, out_dir=out_dir)
+        report = segmentation_parity(reference, tflite_files, pixels, truth)
         variants = report["variants"]
         message = (f"parity on {len(pixels)} images ({'with' if truth is not None else 'without'} "
                    "truth masks): " + ", ".join(
@@ -126,7 +126,7 @@ class SegmentationTask(Task):
         summary = {v: {"dice_vs_reference": e["dice_vs_reference"],
                        "dice_delta_vs_truth": e["dice_delta_vs_truth"], "passed": e["passed"]}
                    for v, e in variants.items()}
-        return summary, report["passed"], message
+        return report, summary, message
 
     def predict_files(self, runtime, paths, masks_dir, explain_dir, batch_size: int) -> list[dict]:
         return inference.predict_masks(runtime, paths, masks_dir, explain_dir, batch_size)
