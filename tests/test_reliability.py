@@ -41,3 +41,15 @@ def test_a_start_that_never_trained_does_not_lock_its_directory(tmp_path):
     (run_dir / "history.csv").write_text("epoch,loss\n0,1.0\n")
     with pytest.raises(ValueError, match="holds a run with a different config"):
         check_resumable(first, run_dir)
+
+
+def test_predict_with_an_unexported_savedmodel_says_what_to_run(tmp_path):
+    from click.testing import CliRunner
+
+    from braintumor_tf.cli import main
+
+    image = tmp_path / "scan.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n")
+    result = CliRunner().invoke(main, ["predict", "--model", str(tmp_path / "segmenter"), str(image)])
+    assert result.exit_code != 0
+    assert "export it first, e.g. braintumor-tf export --run RUN_DIR --out" in result.output

@@ -244,6 +244,15 @@ def _resolve_serving_base(path: Path) -> Path | None:
     return max(versions, key=lambda p: int(p.name)) if versions else None
 
 
+def _how_to_make(path: Path) -> str:
+    """What to run when a SavedModel that is never committed (the segmenter's) is missing."""
+    if path.suffix in (".keras", ".tflite", ".json"):
+        return ""
+    base = path.parent if path.name.isdigit() else path
+    return (f"; export it first, e.g. braintumor-tf export --run RUN_DIR --out {base} "
+            "(docs/SERVING.md)")
+
+
 def load_runtime(
     path: str | os.PathLike,
     class_names: Sequence[str] | None = None,
@@ -259,7 +268,7 @@ def load_runtime(
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"model not found: {path}")
+        raise FileNotFoundError(f"model not found: {path}{_how_to_make(path)}")
     if path.is_file() and path.suffix == ".keras":
         return _KerasRuntime(path, class_names, batch_size, tta)
     if tta != "none":
