@@ -12,6 +12,9 @@ import click
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# `predict` exit status when some inputs failed and the rest were predicted (none predicted: 1).
+PREDICT_SOME_FAILED = 3
+
 # models.tta.TTA_MODES, spelled out so `--help` does not import Keras (a test keeps them equal).
 TTA_CHOICES = ("none", "flips", "dihedral")
 
@@ -205,9 +208,14 @@ def predict_command(inputs, model_path, server, model_name, json_path, csv_path,
     fraction of the image) and a mask PNG per file. Unreadable files are reported, the rest predicted."""
     from braintumor_tf.commands.predict import predict
 
-    predict(list(inputs), model_path=model_path, server=server, model_name=model_name,
-            json_path=json_path, csv_path=csv_path, explain_dir=explain_dir, batch_size=batch_size,
-            masks_dir=masks_dir)
+    records = predict(list(inputs), model_path=model_path, server=server, model_name=model_name,
+                      json_path=json_path, csv_path=csv_path, explain_dir=explain_dir,
+                      batch_size=batch_size, masks_dir=masks_dir)
+    failed = sum(1 for record in records if record["error"])
+    if failed == len(records):
+        raise click.ClickException(f"nothing predicted: all {failed} input(s) failed (listed above)")
+    if failed:
+        sys.exit(PREDICT_SOME_FAILED)
 
 
 @main.command("benchmark")

@@ -17,7 +17,7 @@ import tensorflow as tf
 from click.testing import CliRunner
 from serving_standin import StandIn, serving_stand_in
 
-from braintumor_tf.cli import main
+from braintumor_tf.cli import PREDICT_SOME_FAILED, main
 from braintumor_tf.commands.benchmark import benchmark
 from braintumor_tf.commands.export import export_model
 from braintumor_tf.commands.predict import predict
@@ -366,7 +366,7 @@ def test_rest_client_round_trip(trained, server, images_with_broken):
 def test_predict_folder_with_one_broken_file(trained, images_with_broken, tmp_path):
     out = tmp_path / "predictions.json"
     result = cli("predict", "--model", trained["model_path"], images_with_broken, "--json", out)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == PREDICT_SOME_FAILED, result.output  # one file was unreadable
     assert "3 predicted, 1 unreadable" in result.output
     records = {Path(r["path"]).name: r for r in json.loads(out.read_text())}
     assert records["broken.png"]["error"] == "truncated PNG (no IEND chunk)"
@@ -378,9 +378,14 @@ def test_predict_folder_with_one_broken_file(trained, images_with_broken, tmp_pa
 
     csv_path = tmp_path / "p.csv"
     assert cli("predict", "--model", trained["model_path"], images_with_broken,
-               "--csv", csv_path).exit_code == 0
+               "--csv", csv_path).exit_code == PREDICT_SOME_FAILED
     lines = csv_path.read_text().splitlines()
     assert lines[0] == "path,class_name," + ",".join(CLASS_NAMES) + ",error" and len(lines) == 5
+
+
+def test_predict_exits_1_when_nothing_could_be_predicted(trained, images_with_broken):
+    result = cli("predict", "--model", trained["model_path"], images_with_broken / "broken.png")
+    assert result.exit_code == 1 and "nothing predicted: all 1 input(s) failed" in result.output
 
 
 def test_predict_explain_writes_overlays_for_keras_only(trained, full_export, images_with_broken,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from braintumor_tf.cli import main
+from braintumor_tf.cli import PREDICT_SOME_FAILED, main
 from braintumor_tf.commands.benchmark import benchmark
 from braintumor_tf.commands.export import export_model
 from braintumor_tf.commands.predict import predict
@@ -99,7 +99,7 @@ def test_predict_writes_masks_at_the_original_size(seg, incoming, tmp_path):
     out = tmp_path / "pred.json"
     result = cli("predict", "--model", seg["path"], incoming, "--json", out,
                  "--explain", tmp_path / "overlays")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == PREDICT_SOME_FAILED, result.output
     assert "3 predicted, 1 unreadable" in result.output
     records = {Path(r["path"]).name: r for r in json.loads(out.read_text())}
     assert records["broken.png"]["error"] == "truncated PNG (no IEND chunk)"
@@ -128,7 +128,7 @@ def test_predict_csv_with_tflite_and_explicit_masks_dir(seg, exported, incoming,
     csv_path, masks = tmp_path / "p.csv", tmp_path / "m"
     result = cli("predict", "--model", summary["tflite"]["dynamic"], incoming, "--csv", csv_path,
                  "--masks-out", masks)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == PREDICT_SOME_FAILED, result.output
     lines = csv_path.read_text().splitlines()
     assert lines[0] == "path,height,width,tumour_area_pixels,tumour_fraction,mask,error"
     assert len(lines) == 5 and sorted(p.name for p in masks.iterdir()) == [
