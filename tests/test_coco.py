@@ -4,17 +4,9 @@ import cv2
 import numpy as np
 import pytest
 
-from braintumor_tf.data.coco import (
-    ANNOTATION_FILE,
-    coco_mask,
-    coco_mask_fn,
-    decode_rle_string,
-    find_coco_splits,
-    is_axis_aligned_box,
-    load_coco_split,
-    polygon_area,
-    rle_to_mask,
-)
+from braintumor_tf.data.coco import ANNOTATION_FILE, find_coco_splits, load_coco_split
+from braintumor_tf.data.coco_masks import coco_mask, coco_mask_fn, is_axis_aligned_box, polygon_area
+from braintumor_tf.data.rle import decode_rle_string, rle_to_mask
 
 H, W = 40, 50
 

@@ -10,7 +10,8 @@ from braintumor_tf.data.augment import (
     augment_image_and_mask,
     make_joint_augmenter,
 )
-from braintumor_tf.data.coco import ANNOTATION_FILE, coco_mask_fn, load_coco_split
+from braintumor_tf.data.coco import ANNOTATION_FILE, load_coco_split
+from braintumor_tf.data.coco_masks import coco_mask_fn
 from braintumor_tf.data.datasets import segmentation_dataset
 
 SIZE = 32

@@ -2,9 +2,8 @@
 ``_annotations.coco.json``.
 
 The JSON is validated once at load time, so a bad field is reported with its path in the file
-instead of surfacing as a shape error mid-epoch. Masks are rasterised lazily, per image, because
-eagerly holding ~1,700 full-size masks would cost hundreds of MB for data read once per run.
-Kept free of TensorFlow, like discover.py.
+instead of surfacing as a shape error mid-epoch (masks are drawn in coco_masks.py, RLE decoded in
+rle.py). Kept free of TensorFlow, like discover.py.
 """
 
 from __future__ import annotations
@@ -13,15 +12,15 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-import cv2
 import numpy as np
 
+from braintumor_tf.data.rle import decode_rle_string
+
 ANNOTATION_FILE = "_annotations.coco.json"
-_POLYGON_SHIFT = 4  # fixed-point bits given to cv2.fillPoly, so fractional vertices are kept
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,7 +62,6 @@ class CocoSplit:
             raise KeyError(f"{image_path} is not an image of the COCO split {self.folder}") from None
 
 
-# ----------------------------------------------------------------------------- validation
 
 
 def _is_int(value) -> bool:
@@ -115,32 +113,6 @@ def _parse_polygons(seg: list, where: str, json_path: Path) -> tuple[np.ndarray,
                         f"got {len(poly)}", json_path)
         polygons.append(np.asarray(poly, np.float64).reshape(-1, 2))
     return tuple(polygons)
-
-
-def decode_rle_string(counts: str) -> np.ndarray:
-    """COCO's compressed RLE: run lengths as 5-bit groups in characters offset by 48, bit 6
-    meaning "more groups follow", sign taken from the last group's top bit, and from the third
-    run on each value stored as a difference to the run two before."""
-    runs: list[int] = []
-    pos, n = 0, len(counts)
-    while pos < n:
-        value, shift, more = 0, 0, True
-        while more:
-            if pos >= n:
-                raise ValueError("compressed RLE ends in the middle of a number")
-            code = ord(counts[pos]) - 48
-            if not 0 <= code < 64:
-                raise ValueError(f"compressed RLE has an invalid character {counts[pos]!r}")
-            value |= (code & 0x1F) << shift
-            more = bool(code & 0x20)
-            pos += 1
-            shift += 5
-            if not more and code & 0x10:
-                value -= 1 << shift  # sign-extend
-        if len(runs) > 2:
-            value += runs[-2]
-        runs.append(value)
-    return np.asarray(runs, np.int64)
 
 
 def _parse_rle(seg: dict, where: str, size: tuple[int, int], json_path: Path) -> np.ndarray:
@@ -203,7 +175,6 @@ def _header_size(path: str) -> tuple[int, int] | None:
     return height, width
 
 
-# ----------------------------------------------------------------------------- loading
 
 
 def load_coco_split(folder: str | os.PathLike, category_ids: Iterable[int] | None = None,
@@ -332,76 +303,3 @@ def find_coco_splits(root: str | os.PathLike) -> list[Path]:
     return found
 
 
-# ----------------------------------------------------------------------------- rasterising
-
-
-def rle_to_mask(runs: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Runs alternate background/foreground starting with background, over column-major pixels."""
-    values = np.zeros(len(runs), np.uint8)
-    values[1::2] = 1
-    flat = np.repeat(values, np.asarray(runs, np.int64))
-    return flat.reshape((height, width), order="F")
-
-
-def _shape_mask(shape: CocoShape, height: int, width: int) -> np.ndarray:
-    mask = np.zeros((height, width), np.uint8)
-    if shape.polygons:
-        scale = 1 << _POLYGON_SHIFT
-        points = [np.round(p * scale).astype(np.int32) for p in shape.polygons]
-        # One call per polygon: fillPoly with several polygons applies even-odd filling, which
-        # would cut holes where a tumour's parts overlap; the union is what is meant.
-        for pts in points:
-            cv2.fillPoly(mask, [pts], 1, lineType=cv2.LINE_8, shift=_POLYGON_SHIFT)
-    if shape.rle_counts is not None:
-        mask |= rle_to_mask(shape.rle_counts, height, width)
-    return mask
-
-
-def coco_mask(record: SegRecord, category_ids: Iterable[int] | None = None) -> np.ndarray:
-    """Union of every shape (of the given categories) as uint8 0/1 at the JSON's image size.
-
-    Polygons follow cv2.fillPoly, which includes boundary pixels: an integer box from x0 to x1
-    covers columns x0..x1 inclusive.
-    """
-    wanted = None if category_ids is None else {int(c) for c in category_ids}
-    mask = np.zeros((record.height, record.width), np.uint8)
-    for shape in record.shapes:
-        if wanted is None or shape.category_id in wanted:
-            mask |= _shape_mask(shape, record.height, record.width)
-    return mask
-
-
-def coco_mask_fn(splits: CocoSplit | Sequence[CocoSplit], category_ids: Iterable[int] | None = None
-                 ) -> Callable[[str], np.ndarray]:
-    """image path -> mask, for segmentation_dataset; looks records up across several splits."""
-    if isinstance(splits, CocoSplit):
-        splits = [splits]
-    by_path: dict[str, SegRecord] = {}
-    for split in splits:
-        by_path.update(split._by_path)
-    wanted = None if category_ids is None else tuple(int(c) for c in category_ids)
-
-    def mask_for(image_path) -> np.ndarray:
-        if isinstance(image_path, bytes | np.bytes_):
-            image_path = image_path.decode("utf-8")
-        key = os.path.abspath(os.fspath(image_path))
-        if key not in by_path:
-            raise KeyError(f"{image_path} is not an image of the given COCO split(s)")
-        return coco_mask(by_path[key], wanted)
-
-    return mask_for
-
-
-def polygon_area(polygon: np.ndarray) -> float:
-    """Shoelace area of an [N, 2] polygon (what COCO's ``area`` means for polygons)."""
-    x, y = polygon[:, 0], polygon[:, 1]
-    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
-
-
-def is_axis_aligned_box(polygon: np.ndarray, tolerance: float = 1e-6) -> bool:
-    """True when the polygon fills its bounding box: how the pkdarabi "polygons" were found
-    to be boxes."""
-    width = np.ptp(polygon[:, 0])
-    height = np.ptp(polygon[:, 1])
-    box = float(width * height)
-    return box > 0 and abs(polygon_area(polygon) - box) <= tolerance * max(box, 1.0)

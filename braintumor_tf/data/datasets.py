@@ -100,7 +100,7 @@ def segmentation_dataset(
     """(image float32 [B, S, S, C] 0..255, mask float32 [B, S, S, 1] 0/1) batches.
 
     ``masks`` is either one mask file per image (masks.pair_images_with_masks) or a callable
-    image path -> uint8 [H, W] mask (coco.coco_mask_fn). Images are decoded exactly as for
+    image path -> uint8 [H, W] mask (coco_masks.coco_mask_fn). Images are decoded exactly as for
     classification; masks are resized with nearest so they stay 0/1. ``augment`` (training
     only) is a JointAugmentParams or config-like object; augmentation runs on whole batches with
     one stateless seed per batch from ``seed``, so runs repeat exactly.

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from braintumor_tf.data.coco import CocoSplit, coco_mask_fn, find_coco_splits, load_coco_split
+from braintumor_tf.data.coco import CocoSplit, find_coco_splits, load_coco_split
+from braintumor_tf.data.coco_masks import coco_mask_fn
 from braintumor_tf.data.discover import discover_images
 from braintumor_tf.data.masks import mask_has_foreground, pair_images_with_masks, read_mask, resize_mask
 from braintumor_tf.data.phantoms import write_phantom_dataset
