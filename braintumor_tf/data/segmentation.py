@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from braintumor_tf.config import SEGMENTATION_TARGETS
 from braintumor_tf.data.coco import CocoSplit, find_coco_splits, load_coco_split
 from braintumor_tf.data.coco_masks import coco_mask_fn
 from braintumor_tf.data.discover import discover_images
@@ -23,7 +24,6 @@ from braintumor_tf.log import log
 # Folder names of published splits (Roboflow writes train/valid/test) -> our split names.
 SPLIT_FOLDER_NAMES = {"train": "train", "training": "train", "valid": "val", "val": "val",
                       "validation": "val", "test": "test", "testing": "test"}
-TARGET_SOURCES = ("annotations", "masks")
 
 
 @dataclass
@@ -99,8 +99,8 @@ class SegmentationSource:
         return [mask_has_foreground(self.mask_paths[p]) for p in image_paths]
 
     def _require(self, targets: str) -> None:
-        if targets not in TARGET_SOURCES:
-            raise ValueError(f"targets must be one of {TARGET_SOURCES}, got {targets!r}")
+        if targets not in SEGMENTATION_TARGETS:
+            raise ValueError(f"targets must be one of {SEGMENTATION_TARGETS}, got {targets!r}")
         if targets == "annotations" and not self.has_annotations:
             raise ValueError("targets 'annotations' need COCO split folders (images + "
                              "_annotations.coco.json); give a mask folder and use targets 'masks'")

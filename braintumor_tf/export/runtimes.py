@@ -11,9 +11,6 @@ import numpy as np
 
 from braintumor_tf.config import DEFAULT_SEGMENTATION_THRESHOLD, TASKS
 
-# Re-exported: conversion lives with the other TFLite code, callers may import it from here.
-from braintumor_tf.export.tflite import TFLITE_VARIANTS, convert_to_tflite  # noqa: F401
-
 RUNTIME_KINDS = ("keras", "savedmodel", "tflite")
 _ACCEPTED = (
     "expected a .keras file, a SavedModel directory (with saved_model.pb), "

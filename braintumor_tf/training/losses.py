@@ -13,9 +13,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from braintumor_tf.config import DEFAULT_SEGMENTATION_THRESHOLD
+from braintumor_tf.config import DEFAULT_SEGMENTATION_THRESHOLD, SEGMENTATION_LOSSES
 
-SEGMENTATION_LOSSES = ("bce", "dice", "bce_dice")
 DICE_THRESHOLD = DEFAULT_SEGMENTATION_THRESHOLD
 
 
