@@ -74,6 +74,8 @@ def test_trains_on_blob_masks_and_the_loss_falls(scratch_unet):
 
 def test_keras_file_round_trip_keeps_custom_layers_and_outputs(scratch_unet, tmp_path):
     images, _ = _blobs(2, seed=3)
+    if scratch_unet.loss is None:  # compiled by the (slow) training test when that one ran first
+        scratch_unet.compile(optimizer="adam", loss=BCEDiceLoss(), metrics=[DiceCoefficient()])
     path = tmp_path / "unet.keras"
     scratch_unet.save(path)
     loaded = keras.saving.load_model(path)
