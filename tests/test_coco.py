@@ -225,3 +225,39 @@ def test_polygon_helpers():
     assert polygon_area(box) == 70
     assert is_axis_aligned_box(box)
     assert not is_axis_aligned_box(np.array([[0, 0], [10, 0], [0, 10]], float))
+
+
+@pytest.mark.parametrize("segmentation, message", [
+    ({"size": [H, W], "counts": [10 ** 30, 5]}, "run length larger than the image"),
+    ({"size": [H, W], "counts": "o" * 40 + "0"}, "run length too large"),
+    ([[0, 0, 1e9, 0, 1e9, 1e9, 0, 1e9]], "far outside the 50x40 image"),
+    ([[float(v) for v in range(2 * 10_001)]], "at most 10000 are accepted"),
+])
+def test_hostile_shapes_are_refused_with_the_field_named(tmp_path, segmentation, message):
+    folder = _write_split(tmp_path / "s", [_image(1, "a.png")], [_ann(1, 1, segmentation)])
+    with pytest.raises(ValueError, match=message) as error:
+        load_coco_split(folder)
+    assert "annotations[0].segmentation" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_hostile_json_files_give_one_line_naming_the_file(tmp_path):
+    folder = _write_split(tmp_path / "s", [_image(1, "a.png")], [])
+    json_path = folder / ANNOTATION_FILE
+    json_path.write_text("[" * 5000 + "]" * 5000)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        load_coco_split(folder)
+    json_path.write_bytes(b'{"images": [], "annotations": [], "x": "\xff\xfe"}')
+    with pytest.raises(ValueError, match=f"{ANNOTATION_FILE}: not UTF-8"):
+        load_coco_split(folder)
+    json_path.write_text(json.dumps({"images": [_image(1, "a.png")]}))
+    with pytest.raises(ValueError, match="annotations: missing"):
+        load_coco_split(folder)
+
+
+def test_a_file_name_linking_outside_the_folder_is_refused(tmp_path):
+    outside = tmp_path / "secret.png"
+    _write_image(outside)
+    folder = _write_split(tmp_path / "s", [_image(1, "a.png")], [], write_files=False)
+    (folder / "a.png").symlink_to(outside)
+    with pytest.raises(ValueError, match="link to a file outside the split folder"):
+        load_coco_split(folder)

@@ -101,10 +101,28 @@ def _checked_file_name(name, where: str, json_path: Path) -> str:
     return name
 
 
+# Far beyond any real outline; keeps hostile files from running for minutes in validation.
+MAX_POLYGON_POINTS = 10_000
+# Vertices may sit a little outside the image; this far out they are garbage (and would overflow
+# OpenCV's fixed-point rasteriser, silently drawing a wrong mask).
+MAX_OUTSIDE_FACTOR = 4
+
+
+def _check_within_reach(polygons, where: str, size: tuple[int, int], json_path: Path) -> None:
+    limit = MAX_OUTSIDE_FACTOR * max(size)
+    for k, polygon in enumerate(polygons):
+        if np.abs(polygon).max() > limit:
+            raise _fail(f"{where}[{k}]", f"a coordinate ({np.abs(polygon).max():.4g}) lies far "
+                        f"outside the {size[1]}x{size[0]} image", json_path)
+
+
 def _parse_polygons(seg: list, where: str, json_path: Path) -> tuple[np.ndarray, ...]:
     polygons = []
     for k, poly in enumerate(seg):
         here = f"{where}[{k}]"
+        if isinstance(poly, list) and len(poly) > 2 * MAX_POLYGON_POINTS:
+            raise _fail(here, f"a polygon of {len(poly) // 2} points; at most {MAX_POLYGON_POINTS} "
+                        "are accepted", json_path)
         if not isinstance(poly, list) or not all(_is_number(v) for v in poly):
             raise _fail(here, f"expected a polygon as a flat list of numbers [x1, y1, x2, y2, ...], "
                         f"got {_short(poly)}", json_path)
@@ -132,7 +150,11 @@ def _parse_rle(seg: dict, where: str, size: tuple[int, int], json_path: Path) ->
             runs = decode_rle_string(counts)
         except ValueError as exc:
             raise _fail(f"{where}.counts", str(exc), json_path) from None
+        except OverflowError:
+            raise _fail(f"{where}.counts", "a run length too large for the image", json_path) from None
     elif isinstance(counts, list) and all(_is_int(v) for v in counts):
+        if any(abs(v) > size[0] * size[1] for v in counts):
+            raise _fail(f"{where}.counts", "a run length larger than the image", json_path)
         runs = np.asarray(counts, np.int64)
     else:
         raise _fail(f"{where}.counts", f"expected a list of run lengths or a compressed string, "
@@ -194,6 +216,10 @@ def load_coco_split(folder: str | os.PathLike, category_ids: Iterable[int] | Non
             data = json.load(f)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{json_path}: not valid JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{json_path}: not UTF-8 text (byte {exc.start}): not a COCO file") from None
+    except RecursionError:
+        raise ValueError(f"{json_path}: JSON nested too deeply to be a COCO file") from None
     if not isinstance(data, dict):
         raise _fail("top level", f"expected an object, got {type(data).__name__}", json_path)
 
@@ -240,7 +266,10 @@ def load_coco_split(folder: str | os.PathLike, category_ids: Iterable[int] | Non
         width = _require(img, "width", positive, "a positive integer", where, json_path)
         image_info[image_id] = (name, height, width)
 
-    annotations = data.get("annotations", [])
+    if "annotations" not in data:
+        raise _fail("annotations", "missing: a COCO segmentation file lists its annotations "
+                    "(an empty list when no image has a tumour)", json_path)
+    annotations = data["annotations"]
     if not isinstance(annotations, list):
         raise _fail("annotations", f"expected a list, got {_short(annotations)}", json_path)
     shapes: dict[int, list[CocoShape]] = {}
@@ -259,6 +288,7 @@ def load_coco_split(folder: str | os.PathLike, category_ids: Iterable[int] | Non
         _, height, width = image_info[image_id]
         polygons, rle = _parse_segmentation(ann["segmentation"], f"{where}.segmentation",
                                             (height, width), json_path)
+        _check_within_reach(polygons, f"{where}.segmentation", (height, width), json_path)
         if wanted is not None and cat_id not in wanted:
             continue  # validated all the same: a bad file is bad whatever is asked of it
         shapes.setdefault(image_id, []).append(CocoShape(cat_id, polygons, rle))
@@ -266,11 +296,15 @@ def load_coco_split(folder: str | os.PathLike, category_ids: Iterable[int] | Non
     records: list[SegRecord] = []
     missing: list[str] = []
     mismatched: list[str] = []
+    folder_real = os.path.realpath(folder_path)
     for image_id, (name, height, width) in image_info.items():
         path = str(folder_path / name)
         if not os.path.isfile(path):
             missing.append(path)
             continue
+        if os.path.commonpath([folder_real, os.path.realpath(path)]) != folder_real:
+            raise ValueError(f"{json_path}: file_name {name!r} is a link to a file outside the split "
+                             "folder; COCO images must be inside it")
         if check_sizes:
             actual = _header_size(path)
             if actual is not None and actual != (height, width):
