@@ -1,4 +1,5 @@
 import csv
+import os
 
 import cv2
 import numpy as np
@@ -191,3 +192,26 @@ def test_tf_loader_error_can_be_ignored(tmp_path):
     with pytest.raises(tf.errors.OpError):
         list(ds)
     assert len(list(ds.ignore_errors())) == 2
+
+
+def test_a_file_name_that_is_not_utf8_is_handled_like_any_other(tmp_path):
+    """Linux allows any bytes in a name; it reaches Python with surrogate escapes, which neither a
+    UTF-8 CSV nor a tf.string could hold before."""
+    from braintumor_tf.data.datasets import image_dataset
+    from braintumor_tf.data.discover import ImageRecord, discover_images
+    from braintumor_tf.data.manifest import read_manifest, write_manifest
+
+    folder = tmp_path / "glioma"
+    folder.mkdir()
+    name = os.fsdecode(b"scan_\xff.png")
+    cv2.imwrite(str(tmp_path / "plain.png"), np.full((20, 20), 7, np.uint8))
+    os.rename(tmp_path / "plain.png", folder / name)
+    records = discover_images(tmp_path)
+    assert [os.path.basename(r.path) for r in records] == [name]
+    write_manifest(tmp_path / "m.csv", [ImageRecord(records[0].path, 0, "x")], [0], ["train"],
+                   subjects=["S1"])
+    assert read_manifest(tmp_path / "m.csv")[0]["path"] == records[0].path
+    good, bad = check_images([records[0].path])
+    assert good == [records[0].path] and bad == []
+    batch = next(iter(image_dataset([records[0].path], 16, 1, 1)))
+    assert batch.shape == (1, 16, 16, 1) and float(batch.numpy().mean()) == 7.0

@@ -20,6 +20,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from braintumor_tf.data.csv_files import open_csv
 from braintumor_tf.data.decode import DecodeError, read_image
 from braintumor_tf.data.discover import CLASS_NAMES, class_counts, discover_images
 from braintumor_tf.data.duplicates import TRANSFORM_NAMES, find_pairs, groups_from_pairs
@@ -424,7 +425,7 @@ def _write_duplicates_csv(path: Path, records, groups, leaf_of, labels) -> None:
     """Every image that has a copy, grouped."""
     sizes = np.bincount(groups) if len(groups) else np.zeros(0, np.int64)
     with_copy = np.flatnonzero(sizes[groups] > 1) if len(groups) else np.zeros(0, np.int64)
-    with open(path, "w", newline="", encoding="utf-8") as handle:
+    with open_csv(path, "w") as handle:
         writer = csv.writer(handle)
         writer.writerow(["group", "path", "source", "class_name"])
         for index in sorted(with_copy.tolist(), key=lambda m: (groups[m], m)):

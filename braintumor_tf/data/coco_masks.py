@@ -58,7 +58,7 @@ def coco_mask_fn(splits: CocoSplit | Sequence[CocoSplit], category_ids: Iterable
 
     def mask_for(image_path) -> np.ndarray:
         if isinstance(image_path, bytes | np.bytes_):
-            image_path = image_path.decode("utf-8")
+            image_path = os.fsdecode(bytes(image_path))
         key = os.path.abspath(os.fspath(image_path))
         if key not in by_path:
             raise KeyError(f"{image_path} is not an image of the given COCO split(s)")

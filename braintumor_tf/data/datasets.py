@@ -15,11 +15,17 @@ from braintumor_tf.data.masks import read_mask, resize_mask
 AUTOTUNE = tf.data.AUTOTUNE
 
 
+def path_bytes(paths: Sequence[str]) -> list[bytes]:
+    """File names as the file system's bytes: a tf.string cannot hold a name that is not valid
+    UTF-8 (os.fsdecode turns them back in the loaders)."""
+    return [os.fsencode(os.fspath(path)) for path in paths]
+
+
 def image_dataset(paths: Sequence[str], image_size: int, channels: int,
                   batch_size: int) -> tf.data.Dataset:
     """Unlabelled, ordered batches of pixels for inference (evaluate, predict)."""
     loader = make_tf_loader(channels, image_size)
-    dataset = tf.data.Dataset.from_tensor_slices(list(paths))
+    dataset = tf.data.Dataset.from_tensor_slices(path_bytes(paths))
     dataset = dataset.map(loader, num_parallel_calls=AUTOTUNE, deterministic=True)
     return dataset.batch(batch_size).prefetch(AUTOTUNE)
 
@@ -46,7 +52,7 @@ def classification_dataset(
     if not len(paths):
         raise ValueError("no images to build a dataset from")
     loader = make_tf_loader(channels, image_size)
-    dataset = tf.data.Dataset.from_tensor_slices((list(paths), list(labels)))
+    dataset = tf.data.Dataset.from_tensor_slices((path_bytes(paths), list(labels)))
     dataset = dataset.map(lambda path, label: (loader(path), tf.one_hot(label, num_classes)),
                           num_parallel_calls=AUTOTUNE, deterministic=True)
     dataset = dataset.ignore_errors()
@@ -74,12 +80,12 @@ def _pair_loader(masks: MaskSource, channels: int, image_size: int):
     mask_fn = masks if callable(masks) else None
 
     def load(image_path, mask_path):
-        image_path = image_path.decode("utf-8") if isinstance(image_path, bytes) else str(image_path)
+        image_path = os.fsdecode(image_path) if isinstance(image_path, bytes) else str(image_path)
         image = read_image(image_path, channels, image_size)
         if mask_fn is not None:
             mask = resize_mask(np.asarray(mask_fn(image_path), np.uint8), image_size)
         else:
-            mask_path = mask_path.decode("utf-8") if isinstance(mask_path, bytes) else str(mask_path)
+            mask_path = os.fsdecode(mask_path) if isinstance(mask_path, bytes) else str(mask_path)
             mask = read_mask(mask_path, image_size)
         return image, (mask > 0).astype(np.uint8)[:, :, None]
 
@@ -123,7 +129,7 @@ def segmentation_dataset(
         mask.set_shape([image_size, image_size, 1])
         return image, mask
 
-    dataset = tf.data.Dataset.from_tensor_slices((image_paths, mask_paths))
+    dataset = tf.data.Dataset.from_tensor_slices((path_bytes(image_paths), path_bytes(mask_paths)))
     dataset = dataset.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
     dataset = dataset.ignore_errors()  # same last guard as classification_dataset
     if cache:

@@ -12,6 +12,8 @@ import os
 import cv2
 import numpy as np
 
+from braintumor_tf.data.csv_files import open_csv
+
 _JPEG_SOI = b"\xff\xd8"
 _JPEG_EOI = b"\xff\xd9"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -141,7 +143,7 @@ def check_images(paths) -> tuple[list[str], list[dict]]:
 
 def write_bad_file_report(bad: list[dict], path: str | os.PathLike) -> None:
     """Header is written even when empty so a report's presence means the check ran."""
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with open_csv(path, "w") as f:
         writer = csv.DictWriter(f, fieldnames=["path", "reason"], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(bad)
@@ -156,7 +158,7 @@ def make_tf_loader(channels: int, image_size: int):
 
     def _load_np(path) -> np.ndarray:
         if isinstance(path, bytes | np.bytes_):
-            path = path.decode("utf-8")
+            path = os.fsdecode(bytes(path))  # the bytes of os.fsencode: any file name comes back
         return read_image(str(path), channels, image_size)
 
     def load(path_tensor):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from braintumor_tf.data.csv_files import open_csv
 from braintumor_tf.data.discover import CLASS_NAMES, ImageRecord
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -30,7 +31,7 @@ def write_manifest(path, records: Sequence[ImageRecord], groups, splits,
     if not len(records) == len(groups) == len(splits) == len(subjects):
         raise ValueError("records, groups, splits and subjects must have the same length")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with open_csv(path, "w") as f:
         writer = csv.writer(f)
         writer.writerow(MANIFEST_COLUMNS)
         for rec, g, s, subject in zip(records, groups, splits, subjects, strict=True):
@@ -40,7 +41,7 @@ def write_manifest(path, records: Sequence[ImageRecord], groups, splits,
 
 def read_manifest(path) -> list[dict]:
     """Rows as dicts with int label and group (subject "" when the manifest has none)."""
-    with open(path, newline="", encoding="utf-8") as f:
+    with open_csv(path) as f:
         reader = csv.DictReader(f)
         missing = set(_REQUIRED_MANIFEST_COLUMNS) - set(reader.fieldnames or ())
         if missing:

@@ -76,7 +76,7 @@ class SegmentationSource:
 
         def read(image_path) -> np.ndarray:
             if isinstance(image_path, bytes | np.bytes_):
-                image_path = image_path.decode("utf-8")
+                image_path = os.fsdecode(bytes(image_path))
             return read_mask(paths[os.fspath(image_path)])
 
         return read

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from braintumor_tf.data.csv_files import open_csv
 from braintumor_tf.data.datasets import image_dataset
 from braintumor_tf.data.decode import check_images
 from braintumor_tf.data.discover import CLASS_NAMES, ImageRecord, discover_images
@@ -42,7 +43,7 @@ def evaluate_records(model_path, paths, labels, out_dir=None, batch_size: int = 
                               out_dir / "confusion_matrix.png",
                               title=f"{Path(model_path).name}: n={report['n']}, "
                                     f"accuracy {report['accuracy']:.3f}")
-        with open(out_dir / "predictions.csv", "w") as handle:
+        with open_csv(out_dir / "predictions.csv", "w") as handle:
             handle.write("path,label,predicted," + ",".join(class_names) + "\n")
             for path, label, row in zip(paths, labels, probabilities, strict=True):
                 handle.write(f"{path},{class_names[label]},{class_names[int(row.argmax())]},"

@@ -18,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from braintumor_tf.data.csv_files import open_csv
 from braintumor_tf.data.datasets import image_dataset
 from braintumor_tf.data.decode import check_images, read_image
 from braintumor_tf.data.manifest import manifest_split
@@ -128,7 +129,7 @@ def _write_per_image(path: Path, image_paths, per_image) -> None:
             columns[i][f"iou_{key}"] = f"{image_iou:.6f}"
             columns[i][f"dice_{key}"] = f"{image_dice:.6f}"
     names = [f"{metric}_{key}" for key in per_image for metric in ("iou", "dice")]
-    with open(path, "w", newline="", encoding="utf-8") as handle:
+    with open_csv(path, "w") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", *names])
         for i, image_path in enumerate(image_paths):

@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from braintumor_tf.data.csv_files import open_csv
 from braintumor_tf.data.decode import DecodeError, read_image
 from braintumor_tf.data.discover import CLASS_NAMES
 from braintumor_tf.inference.common import error_text, unique_name
@@ -84,7 +85,7 @@ def describe(record: dict) -> str:
 def write_class_csv(records: list[dict], csv_path) -> None:
     names = next((list(r["probabilities"]) for r in records if r["probabilities"]), list(CLASS_NAMES))
     Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
-    with open(csv_path, "w", newline="", encoding="utf-8") as handle:
+    with open_csv(csv_path, "w") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "class_name", *names, "error"])
         for r in records:

@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from braintumor_tf.data.csv_files import open_csv
 from braintumor_tf.data.decode import DecodeError, read_image, resize_image
 from braintumor_tf.inference.common import error_text, unique_name
 from braintumor_tf.overlays import mask_overlay
@@ -90,7 +91,7 @@ def describe(record: dict) -> str:
 
 def write_segment_csv(records: list[dict], csv_path) -> None:
     Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
-    with open(csv_path, "w", newline="", encoding="utf-8") as handle:
+    with open_csv(csv_path, "w") as handle:
         writer = csv.writer(handle)
         writer.writerow(SEGMENT_CSV_COLUMNS)
         for r in records:

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 
 from braintumor_tf.config import Config
+from braintumor_tf.data.csv_files import open_csv
 from braintumor_tf.data.datasets import classification_dataset
 from braintumor_tf.data.discover import CLASS_NAMES, class_counts, discover_images
 from braintumor_tf.data.duplicates import drop_near_duplicates_of
@@ -160,7 +161,7 @@ def _exclude_near_duplicates(records, config: Config, run_dir: Path, roots):
         kept = [r for r, s in zip(kept, subjects, strict=True) if s not in excluded_subjects]
         log(f"excluding whole subjects: {len(excluded_subjects)} subjects of {table.csv_path} "
             "appear among the excluded images")
-    with open(run_dir / "excluded.csv", "w", newline="", encoding="utf-8") as handle:
+    with open_csv(run_dir / "excluded.csv", "w") as handle:
         writer = csv.DictWriter(handle, fieldnames=["path", "matches", "correlation"])
         writer.writeheader()
         writer.writerows(dropped)
