@@ -215,3 +215,12 @@ def test_a_file_name_that_is_not_utf8_is_handled_like_any_other(tmp_path):
     assert good == [records[0].path] and bad == []
     batch = next(iter(image_dataset([records[0].path], 16, 1, 1)))
     assert batch.shape == (1, 16, 16, 1) and float(batch.numpy().mean()) == 7.0
+
+
+def test_a_jpeg_with_bytes_after_its_end_marker_is_used(tmp_path):
+    ok, encoded = cv2.imencode(".jpg", np.full((24, 24), 100, np.uint8))
+    path = tmp_path / "trailing.jpg"
+    path.write_bytes(encoded.tobytes() + b"trailing metadata written by some scanner software")
+    good, bad = check_images([str(path)])
+    assert good == [str(path)] and bad == []
+    assert abs(float(read_image(str(path), 1).mean()) - 100) < 2

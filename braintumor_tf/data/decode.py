@@ -27,7 +27,11 @@ class DecodeError(ValueError):
 def _check_complete(data: bytes, name: str) -> None:
     """Decoders fill a truncated JPEG with grey and PNG errors can be soft; catch both early."""
     tail = data.rstrip(_PADDING)
-    if data.startswith(_JPEG_SOI) and not tail.endswith(_JPEG_EOI):
+    # Bytes after the end-of-image marker (some writers append metadata) are harmless; the marker
+    # must come after the last start-of-scan, since an EXIF thumbnail carries an EOI of its own.
+    last_scan = data.rfind(b"\xff\xda")
+    ends_after_scan = last_scan >= 0 and data.rfind(_JPEG_EOI) > last_scan
+    if data.startswith(_JPEG_SOI) and not tail.endswith(_JPEG_EOI) and not ends_after_scan:
         raise DecodeError(f"{name}: truncated JPEG (no end-of-image marker)")
     if data.startswith(_PNG_SIGNATURE) and b"IEND" not in data[-64:]:
         raise DecodeError(f"{name}: truncated PNG (no IEND chunk)")
