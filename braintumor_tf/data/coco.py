@@ -209,6 +209,23 @@ def load_coco_split(folder: str | os.PathLike, category_ids: Iterable[int] | Non
     """
     folder_path = Path(folder)
     json_path = folder_path / ANNOTATION_FILE
+    data = _read_json(json_path, folder)
+    categories = _parse_categories(data, json_path)
+    wanted = None
+    if category_ids is not None:
+        wanted = {int(c) for c in category_ids}
+        unknown = sorted(wanted - set(categories))
+        if unknown:
+            raise ValueError(f"{json_path}: category_ids {unknown} not among the categories "
+                             f"{categories}")
+    image_info = _parse_images(data, json_path)
+    shapes = _parse_annotations(data, image_info, categories, wanted, json_path)
+    records, missing = _records(folder_path, image_info, shapes, check_sizes, json_path)
+    by_path = {os.path.abspath(r.image_path): r for r in records}
+    return CocoSplit(str(folder_path), records, missing, categories, by_path)
+
+
+def _read_json(json_path: Path, folder) -> dict:
     if not json_path.is_file():
         raise FileNotFoundError(f"no {ANNOTATION_FILE} in {folder}: not a COCO split folder")
     try:
@@ -222,7 +239,10 @@ def load_coco_split(folder: str | os.PathLike, category_ids: Iterable[int] | Non
         raise ValueError(f"{json_path}: JSON nested too deeply to be a COCO file") from None
     if not isinstance(data, dict):
         raise _fail("top level", f"expected an object, got {type(data).__name__}", json_path)
+    return data
 
+
+def _parse_categories(data: dict, json_path: Path) -> dict[int, str]:
     categories: dict[int, str] = {}
     raw_categories = data.get("categories", [])
     if not isinstance(raw_categories, list):
@@ -233,20 +253,17 @@ def load_coco_split(folder: str | os.PathLike, category_ids: Iterable[int] | Non
             raise _fail(where, f"expected an object, got {_short(cat)}", json_path)
         cat_id = _require(cat, "id", _is_int, "an integer", where, json_path)
         categories[cat_id] = str(cat.get("name", cat_id))
+    return categories
 
-    wanted = None
-    if category_ids is not None:
-        wanted = {int(c) for c in category_ids}
-        unknown = sorted(wanted - set(categories))
-        if unknown:
-            raise ValueError(f"{json_path}: category_ids {unknown} not among the categories "
-                             f"{categories}")
 
+def _parse_images(data: dict, json_path: Path) -> dict[int, tuple[str, int, int]]:
+    """image id -> (file name, height, width)."""
     images = data.get("images")
     if not isinstance(images, list):
         raise _fail("images", f"expected a list, got {_short(images)}", json_path)
     image_info: dict[int, tuple[str, int, int]] = {}
     seen_names: dict[str, int] = {}
+    positive = lambda v: _is_int(v) and v > 0  # noqa: E731
     for k, img in enumerate(images):
         where = f"images[{k}]"
         if not isinstance(img, dict):
@@ -261,11 +278,15 @@ def load_coco_split(folder: str | os.PathLike, category_ids: Iterable[int] | Non
             raise _fail(f"{where}.file_name", f"{name!r} is listed twice (also images"
                         f"[{seen_names[name]}])", json_path)
         seen_names[name] = k
-        positive = lambda v: _is_int(v) and v > 0  # noqa: E731
         height = _require(img, "height", positive, "a positive integer", where, json_path)
         width = _require(img, "width", positive, "a positive integer", where, json_path)
         image_info[image_id] = (name, height, width)
+    return image_info
 
+
+def _parse_annotations(data: dict, image_info, categories, wanted, json_path: Path
+                       ) -> dict[int, list[CocoShape]]:
+    """image id -> its shapes (of the wanted categories; all are validated)."""
     if "annotations" not in data:
         raise _fail("annotations", "missing: a COCO segmentation file lists its annotations "
                     "(an empty list when no image has a tumour)", json_path)
@@ -292,7 +313,12 @@ def load_coco_split(folder: str | os.PathLike, category_ids: Iterable[int] | Non
         if wanted is not None and cat_id not in wanted:
             continue  # validated all the same: a bad file is bad whatever is asked of it
         shapes.setdefault(image_id, []).append(CocoShape(cat_id, polygons, rle))
+    return shapes
 
+
+def _records(folder_path: Path, image_info, shapes, check_sizes: bool, json_path: Path
+             ) -> tuple[list[SegRecord], list[str]]:
+    """Records of the images on disk (inside the folder, sizes as the JSON says) and the missing."""
     records: list[SegRecord] = []
     missing: list[str] = []
     mismatched: list[str] = []
@@ -319,8 +345,7 @@ def load_coco_split(folder: str | os.PathLike, category_ids: Iterable[int] | Non
     if missing:
         print(f"{json_path}: {len(missing)} listed image(s) not found, skipped: "
               f"{', '.join(os.path.basename(m) for m in missing[:5])}", file=sys.stderr)
-    by_path = {os.path.abspath(r.image_path): r for r in records}
-    return CocoSplit(str(folder_path), records, missing, categories, by_path)
+    return records, missing
 
 
 def find_coco_splits(root: str | os.PathLike) -> list[Path]:
