@@ -30,16 +30,6 @@ MIN_IMAGE_SIZE = 32
 _GLIOMA, _MENINGIOMA, _NOTUMOR, _PITUITARY = range(4)
 
 
-def _label_index(label: str | int) -> int:
-    if isinstance(label, str):
-        if label in CLASS_NAMES:
-            return CLASS_NAMES.index(label)
-    elif isinstance(label, numbers.Integral) and not isinstance(label, bool):
-        if 0 <= int(label) < len(CLASS_NAMES):
-            return int(label)
-    raise ValueError(f"unknown label {label!r}; expected one of {CLASS_NAMES} or 0..3")
-
-
 def _check_int(name: str, value, minimum: int) -> int:
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
