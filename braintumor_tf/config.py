@@ -255,6 +255,10 @@ class TrainConfig:
     # Start from these weights (a .keras model or .weights.h5 of the same architecture) instead of
     # a fresh initialisation: fine-tuning a finished run, or an in-domain pretrained model.
     initial_weights: str | None = None
+    # Op determinism plus data order and augmentation keyed by (seed, epoch, step): two runs, or a
+    # run killed anywhere and resumed, end with identical weights. Slower input pipeline (no
+    # parallel nondeterminism) and a different augmenter than Keras' random layers.
+    deterministic: bool = False
 
     def __post_init__(self):
         _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size!r}")

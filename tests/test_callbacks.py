@@ -1,6 +1,7 @@
-"""history.csv stays one row per epoch across resumes."""
+"""history.csv stays one row per epoch across resumes; backups survive kills."""
 
 import csv
+import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -83,17 +84,54 @@ def _fit(backup_dir, stop_after=99, epochs=4):
 def test_a_truncated_backup_falls_back_then_starts_over_instead_of_failing(tmp_path):
     backup = tmp_path / "backup"
     assert _fit(backup, stop_after=3) == [0, 1, 2]
+    # Only the weights the two metadata files name are kept; no partial files left behind.
     assert sorted(p.name for p in backup.iterdir()) == [
-        "latest.weights.h5", "latest.weights.h5.bkp", "training_metadata.json",
-        "training_metadata.json.bkp"]  # no partial files left behind
-    # A kill during the save: latest weights truncated, metadata empty -> the one before (epoch 2).
-    (backup / "latest.weights.h5").write_bytes((backup / "latest.weights.h5").read_bytes()[:96])
+        "epoch-2-batch-0.weights.h5", "epoch-3-batch-0.weights.h5", "training_metadata.json",
+        "training_metadata.json.bkp"]
+    # A kill during the save: newest weights truncated, metadata empty -> the one before (epoch 2).
+    newest = backup / "epoch-3-batch-0.weights.h5"
+    newest.write_bytes(newest.read_bytes()[:96])
     (backup / "training_metadata.json").write_text("")
     assert _fit(backup, stop_after=1) == [2]
     # Nothing readable left at all -> one line, and training starts from the first epoch.
-    for name in ("latest.weights.h5", "latest.weights.h5.bkp"):
-        (backup / name).write_bytes(b"\x89HDF\r\n\x1a\n broken")
+    for path in backup.glob("*.weights.h5"):
+        path.write_bytes(b"\x89HDF\r\n\x1a\n broken")
     assert _fit(backup) == [0, 1, 2, 3]
+
+
+def test_weights_written_but_not_committed_are_not_paired_with_the_old_epoch(tmp_path):
+    backup = tmp_path / "backup"
+    assert _fit(backup, stop_after=2) == [0, 1]
+    committed = json.loads((backup / "training_metadata.json").read_text())
+    # As a kill between the weights file and its metadata: a newer, uncommitted weights file.
+    (backup / "epoch-9-batch-0.weights.h5").write_bytes(b"not what the metadata names")
+    assert _fit(backup, stop_after=1) == [committed["epoch"]]
+
+
+def test_dropout_draws_continue_across_a_resume(tmp_path):
+    """The dropout generator's state is not in Keras' weights: the backup carries it."""
+    def model_with_dropout():
+        keras.utils.set_random_seed(3)
+        inputs = keras.Input((3,))
+        outputs = keras.layers.Dense(1)(keras.layers.Dropout(0.5)(keras.layers.Dense(8)(inputs)))
+        model = keras.Model(inputs, outputs)
+        model.compile("sgd", "mse")
+        return model
+
+    x = np.random.default_rng(0).random((8, 3)).astype(np.float32)
+    straight = model_with_dropout()
+    straight.fit(x, x[:, :1], epochs=3, batch_size=8, shuffle=False, verbose=0)
+    interrupted = model_with_dropout()
+    try:
+        interrupted.fit(x, x[:, :1], epochs=3, batch_size=8, shuffle=False, verbose=0, callbacks=[
+            AtomicBackupAndRestore(str(tmp_path / "b"), double_checkpoint=True), _StopAfter(2)])
+    except _Interrupt:
+        pass
+    resumed = model_with_dropout()
+    resumed.fit(x, x[:, :1], epochs=3, batch_size=8, shuffle=False, verbose=0,
+                callbacks=[AtomicBackupAndRestore(str(tmp_path / "b"), double_checkpoint=True)])
+    for got, want in zip(resumed.get_weights(), straight.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_best_checkpoint_remembers_its_score_across_a_resume(tmp_path):

@@ -39,7 +39,9 @@ def test_a_start_that_never_trained_does_not_lock_its_directory(tmp_path):
     assert not (run_dir / "split_manifest.csv").exists()  # the stale split is gone
     save_config(second, run_dir / "config.yaml")
     (run_dir / "history.csv").write_text("epoch,loss\n0,1.0\n")
-    with pytest.raises(ValueError, match="holds a run with a different config"):
+    # The error names what differs, in the form --set takes.
+    with pytest.raises(ValueError, match=r"holds a run with a different config \(data\.root: None "
+                       r"in the run, '/no/such/folder' now; train\.epochs: 1 in the run, 20 now\)"):
         check_resumable(first, run_dir)
 
 

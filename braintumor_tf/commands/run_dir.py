@@ -31,18 +31,31 @@ def check_resumable(config: Config, run_dir: Path) -> None:
     if not saved.exists():
         return
     try:
-        same = load_config(saved).to_dict() == config.to_dict()
+        differences = _differences(load_config(saved).to_dict(), config.to_dict())
     except ValueError:
-        same = False
-    if same:
+        differences = ["(its config.yaml no longer loads)"]
+    if not differences:
         return
     if has_trained(run_dir):
+        shown = "; ".join(differences[:5]) + ("; ..." if len(differences) > 5 else "")
         raise ValueError(
-            f"{run_dir} holds a run with a different config; resume it with the same "
-            "settings or choose a new --out directory")
+            f"{run_dir} holds a run with a different config ({shown}); resume it with the same "
+            "settings (--set KEY=VALUE) or choose a new --out directory")
     log(f"{run_dir} holds a start that never trained; starting over with the new config")
     for name in SPLIT_FILES:
         (run_dir / name).unlink(missing_ok=True)
+
+
+def _differences(saved: dict, wanted: dict, prefix: str = "") -> list[str]:
+    """``key: saved -> wanted`` for every leaf that differs, dotted as --set takes them."""
+    found = []
+    for key in sorted(set(saved) | set(wanted)):
+        old, new = saved.get(key), wanted.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            found += _differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            found.append(f"{prefix}{key}: {old!r} in the run, {new!r} now")
+    return found
 
 
 def start_run(config: Config, run_dir: str | Path) -> tuple[Path, dict | None]:
@@ -66,6 +79,10 @@ def setup_training(config: Config):
     from braintumor_tf.training.precision import apply_precision
 
     keras.utils.set_random_seed(config.train.seed)
+    if config.train.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
     policy = apply_precision(config.train.precision)
     strategy = make_strategy(config.train.distribute)
     log(f"precision policy {policy}; strategy {type(strategy).__name__} with "

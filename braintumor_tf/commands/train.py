@@ -8,12 +8,14 @@ is returned as it is.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from braintumor_tf import faults
 from braintumor_tf.commands.run_dir import (
     load_initial_weights,
     setup_training,
@@ -22,6 +24,7 @@ from braintumor_tf.commands.run_dir import (
 )
 from braintumor_tf.config import Config
 from braintumor_tf.custom_objects import load_model
+from braintumor_tf.data.datasets import EpochPlan
 from braintumor_tf.data.run_split import rows_of_split, subjects_summary
 from braintumor_tf.log import log
 from braintumor_tf.models.macs import count_macs_nested
@@ -56,10 +59,13 @@ def train(config: Config, run_dir: str | Path) -> dict:
                          "change data.val_fraction / data.test_fraction")
 
     train_settings = config.train
-    train_dataset, val_dataset = task.datasets(config, data, train_rows, val_rows)
     steps_per_epoch = train_settings.steps_per_epoch or int(
         np.ceil(len(train_rows) / train_settings.batch_size))
-    if train_settings.steps_per_epoch:
+    plan = (EpochPlan(train_settings.epochs, steps_per_epoch,
+                      repeat=bool(train_settings.steps_per_epoch))
+            if train_settings.deterministic else None)
+    train_dataset, val_dataset = task.datasets(config, data, train_rows, val_rows, plan=plan)
+    if train_settings.steps_per_epoch and plan is None:
         train_dataset = train_dataset.repeat()
     total_steps = steps_per_epoch * train_settings.epochs
 
@@ -81,9 +87,12 @@ def train(config: Config, run_dir: str | Path) -> dict:
     write_learning_rate_plot(schedule, total_steps, steps_per_epoch, run_dir)
 
     start = time.perf_counter()
+    # An epoch-keyed set is one iterator over all epochs: Keras needs the steps to split it.
+    fit_steps = steps_per_epoch if (train_settings.steps_per_epoch or plan) else None
     model.fit(train_dataset, validation_data=val_dataset, epochs=train_settings.epochs,
-              steps_per_epoch=steps_per_epoch if train_settings.steps_per_epoch else None,
-              callbacks=run_callbacks(run_dir, train_settings.batch_size, train_settings.monitor),
+              steps_per_epoch=fit_steps,
+              callbacks=run_callbacks(run_dir, train_settings.batch_size, train_settings.monitor,
+                                      plan.start_epoch if plan else None),
               verbose=train_settings.verbose)
     summary["fit_seconds"] = time.perf_counter() - start
 
@@ -91,6 +100,8 @@ def train(config: Config, run_dir: str | Path) -> dict:
     best_path = run_dir / "best.keras"
     best = load_model(best_path, compile=True) if best_path.exists() else model
     best.save(run_dir / "model.keras")
+    faults.reached("finish")
     summary.update(task.finish(config, run_dir, best, data, test_rows))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    shutil.rmtree(run_dir / "backup", ignore_errors=True)  # finished: summary.json says so
     return summary

@@ -131,16 +131,17 @@ def augment_image_and_mask(image, mask, seed, params: JointAugmentParams):
     Works on single examples ([H, W, C] / [H, W, 1]) or batches, eagerly or inside tf.data.map.
     ``seed`` is a stateless seed (shape [2] integers), so a pipeline that zips in
     ``tf.data.Dataset.random`` is reproducible whatever its parallelism. Image values are
-    0..255 float; the mask comes back float32 0/1. Square inputs assumed for quarter turns
-    (a non-square image would be cropped by them).
+    0..255 float; the mask comes back float32 0/1 (``mask=None``: images only, and ``None``
+    back). Square inputs assumed for quarter turns (a non-square image would be cropped by them).
     """
     image = tf.convert_to_tensor(image)
-    mask = tf.convert_to_tensor(mask)
     single = image.shape.rank == 3
     if single:
-        image, mask = image[None], mask[None]
+        image = image[None]
     image = tf.cast(image, tf.float32)
-    mask = tf.cast(mask, tf.float32)
+    if mask is not None:
+        mask = tf.cast(tf.convert_to_tensor(mask), tf.float32)
+        mask = mask[None] if single else mask
     seeds = tf.unstack(tf.random.experimental.stateless_split(
         tf.cast(seed, tf.int64), num=12), axis=0)
     batch = tf.shape(image)[0]
@@ -149,13 +150,14 @@ def augment_image_and_mask(image, mask, seed, params: JointAugmentParams):
         transforms = _inverse_transforms(params, seeds, batch, tf.cast(shape[1], tf.float32),
                                          tf.cast(shape[2], tf.float32))
         image = _warp(image, transforms, "BILINEAR")
-        mask = _warp(mask, transforms, "NEAREST")
+        if mask is not None:
+            mask = _warp(mask, transforms, "NEAREST")
     if params.intensity:
         image = _intensity(params, image, seeds, batch)
-    mask = tf.cast(mask > 0.5, tf.float32)
-    if single:
-        image, mask = image[0], mask[0]
-    return image, mask
+    if mask is not None:
+        mask = tf.cast(mask > 0.5, tf.float32)
+        mask = mask[0] if single else mask
+    return (image[0] if single else image), mask
 
 
 def make_joint_augmenter(params, seed: int = 0):

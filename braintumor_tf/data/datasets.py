@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 
@@ -13,6 +14,56 @@ from braintumor_tf.data.decode import make_tf_loader, read_image
 from braintumor_tf.data.masks import read_mask, resize_mask
 
 AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclasses.dataclass
+class EpochPlan:
+    """What a deterministic (``train.deterministic``) training set needs to know about the fit.
+
+    ``start_epoch`` is read when the iterator starts, after BackupAndRestore has restored a
+    resumed run (training.callbacks.StartEpochSync sets it), so the set can begin at that epoch.
+    """
+
+    epochs: int
+    steps_per_epoch: int
+    repeat: bool = False  # True when train.steps_per_epoch is set: an epoch is not one pass
+    start_epoch: tf.Variable = dataclasses.field(
+        default_factory=lambda: tf.Variable(0, dtype=tf.int64, trainable=False))
+
+
+def epoch_keyed_batches(examples: tf.data.Dataset, plan: EpochPlan, batch_size: int,
+                        buffer_size: int, seed: int, augment_batch=None) -> tf.data.Dataset:
+    """Training batches whose order and augmentation depend only on (seed, epoch, step).
+
+    The usual reshuffle-each-iteration and stateful random layers carry state that no checkpoint
+    holds, so a resumed run sees other batches than an uninterrupted one. Here epoch ``e`` is
+    shuffled with a seed made from (seed, e) and batch ``s`` of it is augmented with the stateless
+    seed (e, s) (``augment_batch(batch, seed)``); epochs before ``plan.start_epoch`` are skipped.
+    ``examples`` should be cached: every epoch re-reads it.
+    """
+    steps = plan.steps_per_epoch
+    start = plan.start_epoch
+
+    def one_epoch(epoch: int) -> tf.data.Dataset:
+        # Python ints: tf.data's shuffle takes no tensor seed once a global seed is set.
+        batches = examples.shuffle(buffer_size, seed=seed * 1_000_003 + epoch,
+                                   reshuffle_each_iteration=False)
+        batches = (batches.repeat() if plan.repeat else batches).batch(batch_size).take(steps)
+        if augment_batch is not None:
+            seeds = tf.data.Dataset.range(steps).map(
+                lambda step: tf.stack([tf.constant(epoch, tf.int64), step]),
+                num_parallel_calls=AUTOTUNE)
+            batches = tf.data.Dataset.zip((batches, seeds)).map(
+                augment_batch, num_parallel_calls=AUTOTUNE, deterministic=True)
+        # Empty when the run resumes later: decided when the iterator gets here, not now.
+        return tf.data.Dataset.range(1).filter(lambda _: epoch >= start).flat_map(
+            lambda _: batches)
+
+    parts = [one_epoch(epoch) for epoch in range(plan.epochs)]
+    while len(parts) > 1:  # balanced, so a long schedule does not nest hundreds deep
+        parts = [parts[i].concatenate(parts[i + 1]) if i + 1 < len(parts) else parts[i]
+                 for i in range(0, len(parts), 2)]
+    return parts[0].prefetch(AUTOTUNE)
 
 
 def path_bytes(paths: Sequence[str]) -> list[bytes]:
@@ -41,11 +92,14 @@ def classification_dataset(
     augment_config=None,
     cache: bool = True,
     seed: int = 0,
+    plan: EpochPlan | None = None,
 ) -> tf.data.Dataset:
     """(pixels, one-hot) batches; decoding happens once when ``cache`` is on.
 
     Files are checked before they get here; ``ignore_errors`` is the last guard so a
     file that breaks between the check and the epoch drops out instead of killing it.
+    With a ``plan`` (training only) the batches are epoch-keyed (``epoch_keyed_batches``) and
+    augmented by the stateless augmenter instead of Keras' random layers.
     """
     if len(paths) != len(labels):
         raise ValueError(f"got {len(paths)} paths but {len(labels)} labels")
@@ -58,6 +112,16 @@ def classification_dataset(
     dataset = dataset.ignore_errors()
     if cache:
         dataset = dataset.cache()
+    if training and plan is not None:
+        augment = (make_joint_augmenter(augment_config, seed=seed)
+                   if augment_config is not None else None)
+        augment_batch = None
+
+        if augment is not None:
+            def augment_batch(batch, batch_seed):
+                return augment(batch[0], None, batch_seed)[0], batch[1]
+        return epoch_keyed_batches(dataset, plan, batch_size, min(len(paths), 4096), seed,
+                                   augment_batch)
     if training:
         dataset = dataset.shuffle(min(len(paths), 4096), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size, drop_remainder=False)
@@ -102,6 +166,7 @@ def segmentation_dataset(
     augment=None,
     cache: bool = True,
     seed: int = 0,
+    plan: EpochPlan | None = None,
 ) -> tf.data.Dataset:
     """(image float32 [B, S, S, C] 0..255, mask float32 [B, S, S, 1] 0/1) batches.
 
@@ -109,7 +174,8 @@ def segmentation_dataset(
     image path -> uint8 [H, W] mask (coco_masks.coco_mask_fn). Images are decoded exactly as for
     classification; masks are resized with nearest so they stay 0/1. ``augment`` (training
     only) is a JointAugmentParams or config-like object; augmentation runs on whole batches with
-    one stateless seed per batch from ``seed``, so runs repeat exactly.
+    one stateless seed per batch from ``seed``, so runs repeat exactly; with a ``plan`` the
+    seeds and the order are also keyed by epoch, so a resumed run repeats too.
     """
     image_paths = [os.fspath(p) for p in image_paths]
     if not image_paths:
@@ -134,6 +200,17 @@ def segmentation_dataset(
     dataset = dataset.ignore_errors()  # same last guard as classification_dataset
     if cache:
         dataset = dataset.cache()
+    if training and plan is not None:
+        dataset = dataset.map(lambda image, mask: (image, tf.cast(mask, tf.float32)),
+                              num_parallel_calls=AUTOTUNE)
+        augment_pair = make_joint_augmenter(augment, seed=seed) if augment is not None else None
+        augment_batch = None
+
+        if augment_pair is not None:
+            def augment_batch(batch, batch_seed):
+                return augment_pair(batch[0], batch[1], batch_seed)
+        return epoch_keyed_batches(dataset, plan, batch_size, min(len(image_paths), 4096), seed,
+                                   augment_batch)
     if training:
         dataset = dataset.shuffle(min(len(image_paths), 4096), seed=seed,
                                   reshuffle_each_iteration=True)

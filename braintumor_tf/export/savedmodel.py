@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from braintumor_tf import faults
 from braintumor_tf.config import DEFAULT_SEGMENTATION_THRESHOLD
 
 METADATA_FILE = "braintumor_tf.json"
@@ -302,6 +303,7 @@ def _export(module, model, out_dir, metadata: dict, num_classes: int) -> Path:
         metadata = {**metadata, "image_size": size, "channels": channels}
         (meta_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
         _verify(tmp, size, channels, num_classes)
+        faults.reached("export_written")  # whole but unpublished: must be cleaned, never used
         if out.exists():
             raise FileExistsError(f"export directory appeared while exporting: {out}")
         _open_permissions(tmp)

@@ -37,8 +37,9 @@ class Task:
     def describe_split(self, data: TaskData, counts: dict[str, int]) -> str:
         return f"split: {counts['train']} train / {counts['val']} val / {counts['test']} test images"
 
-    def datasets(self, config: Config, data: TaskData, train_rows, val_rows):
-        """(train, val) ``tf.data`` datasets of (inputs, targets) batches."""
+    def datasets(self, config: Config, data: TaskData, train_rows, val_rows, plan=None):
+        """(train, val) ``tf.data`` datasets of (inputs, targets) batches; with ``plan``
+        (data.datasets.EpochPlan, ``train.deterministic``) the training set is epoch-keyed."""
         raise NotImplementedError
 
     def build_model(self, config: Config):

@@ -55,13 +55,13 @@ class ClassificationTask(Task):
         subject_roots = roots if config.data.root is not None else []
         return TaskData(split_and_write_manifest(config, run_dir, records, subject_roots))
 
-    def datasets(self, config: Config, data: TaskData, train_rows, val_rows):
+    def datasets(self, config: Config, data: TaskData, train_rows, val_rows, plan=None):
         settings = dict(image_size=config.data.image_size, channels=config.data.channels,
                         batch_size=config.train.batch_size, num_classes=config.model.num_classes,
                         cache=config.data.cache)
         train = classification_dataset(*_paths_and_labels(train_rows), training=True,
                                        augment_config=config.data.augment, seed=config.train.seed,
-                                       **settings)
+                                       plan=plan, **settings)
         val = classification_dataset(*_paths_and_labels(val_rows), training=False, **settings)
         return train, val
 

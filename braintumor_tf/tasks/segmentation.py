@@ -58,7 +58,7 @@ class SegmentationTask(Task):
     def describe_split(self, data: TaskData, counts: dict[str, int]) -> str:
         return f"targets: {data.extras['targets']}; {super().describe_split(data, counts)}"
 
-    def datasets(self, config: Config, data: TaskData, train_rows, val_rows):
+    def datasets(self, config: Config, data: TaskData, train_rows, val_rows, plan=None):
         source, targets = data.extras["source"], data.extras["targets"]
         settings = dict(image_size=config.data.image_size, channels=config.data.channels,
                         batch_size=config.train.batch_size, cache=config.data.cache,
@@ -66,7 +66,8 @@ class SegmentationTask(Task):
         train_paths = [row["path"] for row in train_rows]
         val_paths = [row["path"] for row in val_rows]
         train = segmentation_dataset(train_paths, source.dataset_masks(train_paths, targets),
-                                     training=True, augment=config.segmentation.augment, **settings)
+                                     training=True, augment=config.segmentation.augment,
+                                     plan=plan, **settings)
         val = segmentation_dataset(val_paths, source.dataset_masks(val_paths, targets),
                                    training=False, **settings)
         return train, val
