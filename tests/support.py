@@ -50,3 +50,30 @@ def run_python(*args, check: bool = True, timeout: int = 600) -> subprocess.Comp
     if check and result.returncode != 0:
         raise AssertionError(f"{args} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
     return result
+
+
+def pixel_bombs(width: int = 12000, height: int = 12000) -> dict[str, bytes]:
+    """Small files whose headers declare ``width`` x ``height`` pixels, one per format.
+
+    The PNG is a real, decodable image (its zeros compress ~1000:1); the others are headers that
+    only a size check reads before their (absent) pixel data would be decoded.
+    """
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    compressor = zlib.compressobj(9)
+    row = b"\x00" * (width + 1)
+    pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+           + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+    ok, small_jpeg = cv2.imencode(".jpg", np.zeros((8, 8), np.uint8))
+    jpeg = bytearray(small_jpeg.tobytes())
+    frame = jpeg.find(b"\xff\xc0")
+    jpeg[frame + 5:frame + 9] = struct.pack(">HH", min(height, 65535), min(width, 65535))
+    bmp = (b"BM" + struct.pack("<IHHI", 54, 0, 0, 54) + struct.pack("<IiiHH", 40, width, -height, 1, 24)
+           + b"\x00" * 24)
+    gif = b"GIF89a" + struct.pack("<HH", min(width, 65535), min(height, 65535)) + b"\x00" * 20
+    return {"bomb.png": png, "bomb.jpg": bytes(jpeg), "bomb.bmp": bmp, "bomb.gif": gif}

@@ -5,6 +5,7 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
+from support import pixel_bombs
 
 from braintumor_tf.data.decode import (
     DecodeError,
@@ -14,6 +15,7 @@ from braintumor_tf.data.decode import (
     read_image,
     write_bad_file_report,
 )
+from braintumor_tf.data.image_header import header_size
 
 H, W = 7, 5  # non-square, odd
 
@@ -224,3 +226,27 @@ def test_a_jpeg_with_bytes_after_its_end_marker_is_used(tmp_path):
     good, bad = check_images([str(path)])
     assert good == [str(path)] and bad == []
     assert abs(float(read_image(str(path), 1).mean()) - 100) < 2
+
+
+def test_pixel_bombs_are_refused_from_their_header_before_decoding(monkeypatch):
+    import time
+
+    for name, data in pixel_bombs(12000, 12000).items():
+        start = time.perf_counter()
+        with pytest.raises(DecodeError, match=rf"{name}: 12000 x 12000 pixels declared in its "
+                           r"header, more than the 50,000,000-pixel limit"):
+            decode_bytes(data, channels=1, name=name)
+        assert time.perf_counter() - start < 0.05, name  # nothing was decoded
+    # The limit is configurable both ways; header sizes are read right for every format.
+    small = np.full((30, 40, 3), 90, np.uint8)
+    for extension in (".png", ".jpg", ".bmp", ".tiff", ".webp"):
+        ok, encoded = cv2.imencode(extension, small)
+        assert header_size(encoded.tobytes()) == (40, 30), extension
+    monkeypatch.setenv("BRAINTUMOR_TF_MAX_IMAGE_PIXELS", "1000")
+    with pytest.raises(DecodeError, match="40 x 30 pixels"):
+        decode_bytes(cv2.imencode(".png", small)[1].tobytes(), channels=1)
+    monkeypatch.setenv("BRAINTUMOR_TF_MAX_IMAGE_PIXELS", "1200")
+    assert decode_bytes(cv2.imencode(".png", small)[1].tobytes(), channels=1).shape == (30, 40, 1)
+    monkeypatch.setenv("BRAINTUMOR_TF_MAX_IMAGE_PIXELS", "lots")
+    with pytest.raises(ValueError, match="BRAINTUMOR_TF_MAX_IMAGE_PIXELS must be a whole number"):
+        decode_bytes(cv2.imencode(".png", small)[1].tobytes(), channels=1)

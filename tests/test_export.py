@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
+from support import pixel_bombs
 
 from braintumor_tf.export import savedmodel
 from braintumor_tf.export.runtimes import Runtime, load_runtime
@@ -56,6 +57,8 @@ for name, spec in job.items():
         "two_channels": lambda: pixels_fn(pixels=tf.zeros([1, 8, 8, 2])),
         "rank_3": lambda: pixels_fn(pixels=tf.zeros([8, 8, 1])),
     }
+    for bomb_name, bomb_path in spec.get("bombs", {}).items():
+        bad_calls[bomb_name] = lambda p=bomb_path: serve(images=tf.stack([tf.io.read_file(p)]))
     for key, call in bad_calls.items():
         try:
             call()
@@ -160,6 +163,10 @@ def exported(tmp_path_factory):
         rng.uniform(0, 255, (2, 20, 24, 1)).astype(np.float32),
         rng.uniform(0, 255, (1, 28, 36, 3)).astype(np.float32),
     ]
+    bombs = {}
+    for bomb_name, data in pixel_bombs(20000, 20000).items():
+        (root / bomb_name).write_bytes(data)
+        bombs[bomb_name] = str(root / bomb_name)
     models, job = {}, {}
     for channels in (1, 3):
         name = f"c{channels}"
@@ -169,6 +176,7 @@ def exported(tmp_path_factory):
             "model_dir": str(model_dir),
             "images": [str(path) for path, _ in images.values()],
             "pixels": [p.tolist() for p in pixel_inputs],
+            "bombs": bombs,
         }
     (root / "job.json").write_text(json.dumps(job))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
@@ -223,6 +231,15 @@ def test_bad_inputs_fail_with_clear_message(exported):
     assert "expected rank 4" in errors["rank_3"]
 
 
+def test_pixel_bombs_are_refused_by_the_graph_before_decoding(exported):
+    """20000 x 20000 declared (400 MP) in PNG, JPEG, BMP and GIF headers: refused by the header
+    check inside serving_default, not by the decoder (which would first allocate)."""
+    errors = exported["results"]["c1"]["errors"]
+    for name in ("bomb.png", "bomb.jpg", "bomb.bmp", "bomb.gif"):
+        assert errors[name] is not None and "pixels declared in the image header" in errors[name], (
+            name, errors[name])
+
+
 def test_metadata_travels_with_the_model(exported):
     assert exported["results"]["c3"]["metadata"] == {
         "class_names": list(CLASS_NAMES), "image_size": SIZE, "channels": 3
@@ -230,7 +247,7 @@ def test_metadata_travels_with_the_model(exported):
     meta_file = exported["root"] / "c1" / "1" / "assets.extra" / "braintumor_tf.json"
     meta = json.loads(meta_file.read_text())
     assert meta == {"task": "classification", "class_names": list(CLASS_NAMES),
-                    "image_size": SIZE, "channels": 1}
+                    "image_size": SIZE, "channels": 1, "max_image_pixels": 50_000_000}
 
 
 def test_existing_out_dir_is_refused_and_untouched(tmp_path):

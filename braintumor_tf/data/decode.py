@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from braintumor_tf.data.csv_files import open_csv
+from braintumor_tf.data.image_header import check_pixel_count
 
 _JPEG_SOI = b"\xff\xd8"
 _JPEG_EOI = b"\xff\xd9"
@@ -97,6 +98,7 @@ def decode_bytes(
     if len(data) == 0:
         raise DecodeError(f"{name}: empty file")
     _check_complete(data, name)
+    check_pixel_count(data, name, DecodeError)
     buf = np.frombuffer(data, dtype=np.uint8)
     try:
         img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)

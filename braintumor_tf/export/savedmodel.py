@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from braintumor_tf import faults
 from braintumor_tf.config import DEFAULT_SEGMENTATION_THRESHOLD
+from braintumor_tf.data.image_header import max_image_pixels
 
 METADATA_FILE = "braintumor_tf.json"
 METADATA_DIR = "assets.extra"
@@ -27,6 +28,36 @@ LUMINANCE_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601, as PIL "L" and OpenCV gr
 # First bytes of the formats decode_image understands; checked up front so a
 # bad upload gets a message about what was expected instead of a decoder error.
 _MAGIC_PREFIXES = (b"\xff\xd8\xff", b"\x89PNG", b"BM", b"GIF8")
+
+
+def _declared_pixels(data: tf.Tensor) -> tf.Tensor:
+    """Width x height from a JPEG, PNG, BMP or GIF header (int64), before decoding: the graph's
+    guard against pixel bombs, as data.image_header is the Python loaders'."""
+    padded = tf.strings.join([data, tf.constant(b"\x00" * 32)])
+
+    def number(offset: int, length: int, big_endian: bool) -> tf.Tensor:
+        raw = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, offset, length), tf.uint8),
+                      tf.int64)
+        powers = [256 ** k for k in (range(length - 1, -1, -1) if big_endian else range(length))]
+        return tf.reduce_sum(raw * tf.constant(powers, tf.int64))
+
+    def signed_magnitude(value: tf.Tensor) -> tf.Tensor:  # BMP heights are negative top-down
+        return tf.where(value >= 2 ** 31, 2 ** 32 - value, value)
+
+    def prefix(magic: bytes) -> tf.Tensor:
+        return tf.equal(tf.strings.substr(data, 0, len(magic)), magic)
+
+    def jpeg():
+        shape = tf.cast(tf.image.extract_jpeg_shape(data), tf.int64)
+        return shape[0] * shape[1]
+
+    return tf.case([
+        (prefix(b"\x89PNG"), lambda: number(16, 4, True) * number(20, 4, True)),
+        (prefix(b"\xff\xd8\xff"), jpeg),
+        (prefix(b"BM"), lambda: signed_magnitude(number(18, 4, False))
+         * signed_magnitude(number(22, 4, False))),
+        (prefix(b"GIF8"), lambda: number(6, 2, False) * number(8, 2, False)),
+    ], default=lambda: tf.constant(0, tf.int64), exclusive=False)
 
 
 def model_geometry(model) -> tuple[int, int]:
@@ -104,6 +135,7 @@ class _ServingModule(tf.Module):
         self.class_names = tf.Variable(list(class_names), dtype=tf.string, trainable=False)
         self.image_size = tf.Variable(self._size, dtype=tf.int32, trainable=False)
         self.channels = tf.Variable(self._channels, dtype=tf.int32, trainable=False)
+        self.max_image_pixels = max_image_pixels()  # fixed into the graph at export
 
     def _decode_full_size(self, data: tf.Tensor) -> tf.Tensor:
         """Encoded bytes -> [H, W, C] float32 0..255 at the image's own size."""
@@ -113,6 +145,11 @@ class _ServingModule(tf.Module):
         check = tf.debugging.Assert(
             known, ["images: expected encoded JPEG, PNG, BMP or GIF bytes"], summarize=1
         )
+        with tf.control_dependencies([check]):
+            small_enough = _declared_pixels(data) <= self.max_image_pixels
+        check = tf.debugging.Assert(small_enough, [
+            f"images: more than {self.max_image_pixels} pixels declared in the image header "
+            "(a decompression bomb or a huge scan); refused before decoding"], summarize=1)
         # Always decode RGB and convert here, so grey comes from the same luminance weights as
         # predict_pixels, not from each decoder's own RGB-to-grey. float32 decoding scales
         # uint8 by 1/255 and uint16 PNG by 1/65535.
@@ -300,7 +337,8 @@ def _export(module, model, out_dir, metadata: dict, num_classes: int) -> Path:
         tf.saved_model.save(module, str(tmp), signatures=signatures)
         meta_dir = tmp / METADATA_DIR
         meta_dir.mkdir(exist_ok=True)
-        metadata = {**metadata, "image_size": size, "channels": channels}
+        metadata = {**metadata, "image_size": size, "channels": channels,
+                    "max_image_pixels": module.max_image_pixels}
         (meta_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
         _verify(tmp, size, channels, num_classes)
         faults.reached("export_written")  # whole but unpublished: must be cleaned, never used
