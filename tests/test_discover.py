@@ -9,6 +9,7 @@ from braintumor_tf.data.discover import (
     class_for_path,
     discover_images,
     discover_images_with_report,
+    odd_entries,
 )
 
 
@@ -123,3 +124,28 @@ def test_empty_root_and_file_root(tmp_path):
     f = touch(tmp_path / "glioma" / "b.png")
     with pytest.raises(ValueError, match="must be a folder"):
         discover_images([f])
+
+
+def test_odd_entries_are_reported_not_silently_skipped(tmp_path, caplog):
+    import logging
+
+    glioma = tmp_path / "glioma"
+    good = touch(glioma / "a.png")
+    (glioma / "folder.jpg").mkdir()
+    os.mkfifo(glioma / "pipe.png")
+    (glioma / "dangling.png").symlink_to(tmp_path / "gone.png")
+    (glioma / "self.png").symlink_to(glioma / "self.png")
+    (glioma / "loop").symlink_to(glioma)  # a folder linking back to its parent
+    with caplog.at_level(logging.WARNING, logger="braintumor_tf"):
+        records = discover_images([tmp_path])
+    assert [record.path for record in records] == [str(good)]
+    reasons = {os.path.basename(entry["path"]): entry["reason"] for entry in odd_entries(tmp_path)}
+    assert reasons == {
+        "folder.jpg": "a folder named like an image file; skipped",
+        "pipe.png": "a FIFO (named pipe), not an image file; skipped",
+        "dangling.png": f"a symbolic link to a missing file ({tmp_path / 'gone.png'}); skipped",
+        "self.png": "a symbolic link loop; skipped",
+        "loop": "folder already listed through another path (a symbolic link loop or a second "
+                "link); not entered again",
+    }
+    assert "5 entries under" in caplog.text and "look like images but are not readable" in caplog.text

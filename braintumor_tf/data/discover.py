@@ -11,6 +11,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from braintumor_tf.log import logger
+
 # Index = model output index; every other module takes the class order from here.
 CLASS_NAMES = ("glioma", "meningioma", "notumor", "pituitary")
 
@@ -65,22 +67,63 @@ def class_for_path(path: PathLike, root: PathLike) -> str | None:
     return canonical_class(root_path.name)
 
 
-def _walk_images(root: Path) -> Iterable[Path]:
-    """Sorted walk that follows symlinks but enters each real directory once (no loops)."""
+def _walk_images(root: Path, odd: list[dict] | None = None) -> Iterable[Path]:
+    """Sorted walk that follows symlinks but enters each real directory once (no loops).
+
+    Entries that are named like images but are not readable files (folders named ``x.jpg``,
+    dangling or looping links, FIFOs, sockets, devices), and folders reached a second time
+    through a link, are appended to ``odd`` as ``{"path", "reason"}`` instead of vanishing.
+    """
     seen: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen:
+            if odd is not None:
+                odd.append({"path": dirpath, "reason": "folder already listed through another "
+                            "path (a symbolic link loop or a second link); not entered again"})
             dirnames[:] = []
             continue
         seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if odd is not None:
+            odd.extend({"path": os.path.join(dirpath, d), "reason": "a folder named like an "
+                        "image file; skipped"} for d in dirnames if is_image_file(d))
         for name in sorted(filenames):
             if name.startswith(".") or not is_image_file(name):
                 continue
             full = Path(dirpath) / name
             if full.is_file():
                 yield full
+            elif odd is not None:
+                odd.append({"path": str(full), "reason": _why_not_a_file(full)})
+
+
+def _why_not_a_file(path: Path) -> str:
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        if path.is_symlink():
+            if error.errno == 40:  # ELOOP
+                return "a symbolic link loop; skipped"
+            return f"a symbolic link to a missing file ({os.readlink(path)}); skipped"
+        return f"cannot read: {error.strerror}; skipped"
+    kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISBLK(mode) or stat.S_ISCHR(mode) else "not a regular file")
+    return f"{kind}, not an image file; skipped"
+
+
+def odd_entries(roots: PathLike | Sequence[PathLike]) -> list[dict]:
+    """What a listing of ``roots`` skips besides non-image names: see _walk_images."""
+    if isinstance(roots, str | os.PathLike):
+        roots = [roots]
+    odd: list[dict] = []
+    for root in roots:
+        if Path(root).is_dir():
+            for _ in _walk_images(Path(root), odd):
+                pass
+    return odd
 
 
 def _layout_hint() -> str:
@@ -107,7 +150,8 @@ def discover_images_with_report(
         if not root_path.is_dir():
             raise ValueError(f"data root must be a folder, not a file: {root}")
         found = 0
-        for file_path in _walk_images(root_path):
+        odd: list[dict] = []
+        for file_path in _walk_images(root_path, odd):
             name = class_for_path(file_path, root_path)
             if name is not None or not require_label:
                 found += 1  # counted before de-duplication: a repeated root is not empty
@@ -123,6 +167,10 @@ def discover_images_with_report(
             else:
                 label = CLASS_NAMES.index(name)
             records.append(ImageRecord(path=str(file_path), label=label, source=str(root)))
+        if odd:
+            shown = "; ".join(f"{entry['path']}: {entry['reason']}" for entry in odd[:3])
+            logger.warning(f"{len(odd)} entries under {root} look like images but are not "
+                           f"readable files ({shown}{'; ...' if len(odd) > 3 else ''})")
         if found == 0:
             kind = "labelled image" if require_label else "image"
             raise ValueError(f"no {kind} found in {root}: {_layout_hint()}")

@@ -15,7 +15,7 @@ import numpy as np
 
 from braintumor_tf.config import Config
 from braintumor_tf.data.decode import write_bad_file_report
-from braintumor_tf.data.discover import CLASS_NAMES, ImageRecord
+from braintumor_tf.data.discover import CLASS_NAMES, ImageRecord, odd_entries
 from braintumor_tf.data.manifest import read_manifest, write_manifest
 from braintumor_tf.data.splits import make_split
 from braintumor_tf.data.subjects import describe, subjects_for
@@ -47,9 +47,10 @@ def split_and_write_manifest(config: Config, run_dir: Path, records: Sequence[Im
             "groups) have images in more than one of them")
     report.split_units = int(len(np.unique(result.units)))
     report.straddling_units = units_in_several_splits(result.units, splits)
-    write_bad_file_report(result.bad, run_dir / "bad_files.csv")
-    if result.bad:
-        log(f"skipped {len(result.bad)} unreadable files, listed in {run_dir / 'bad_files.csv'}")
+    skipped = [*result.bad, *odd_entries(roots)]
+    write_bad_file_report(skipped, run_dir / "bad_files.csv")
+    if skipped:
+        log(f"skipped {len(skipped)} unreadable files, listed in {run_dir / 'bad_files.csv'}")
     (run_dir / SUBJECTS_REPORT).write_text(json.dumps(report.as_dict(), indent=2))
     manifest_path = run_dir / MANIFEST_NAME
     write_manifest(manifest_path, result.records, result.groups, splits,
