@@ -20,13 +20,14 @@ TTA_CHOICES = ("none", "flips", "dihedral")
 
 
 def _friendly_errors(function):
-    """User mistakes (bad path, bad config value) end in one line, not a traceback."""
+    """User mistakes (bad path, bad config value) and an unreachable server end in one line, not a
+    traceback."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         try:
             return function(*args, **kwargs)
-        except (FileNotFoundError, FileExistsError, ValueError) as error:
+        except (FileNotFoundError, FileExistsError, ValueError, ConnectionError) as error:
             raise click.ClickException(str(error).splitlines()[0] if str(error) else
                                        type(error).__name__) from None
 
@@ -190,6 +191,8 @@ def export_command(model_path, run_dir, out_base, version, tflite_variants, repr
               help=".keras file, SavedModel dir, TF Serving base dir or .tflite file.")
 @click.option("--server", default=None, help="TF Serving REST address, e.g. http://localhost:8501.")
 @click.option("--model-name", default=None, help="Model name on the server (with --server).")
+@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="With --server: seconds allowed for each request, answer included.")
 @click.option("--json", "json_path", default=None, help="Write the predictions as JSON.")
 @click.option("--csv", "csv_path", default=None, help="Write the predictions as CSV.")
 @click.option("--explain", "explain_dir", default=None,
@@ -202,15 +205,15 @@ def export_command(model_path, run_dir, out_base, version, tflite_variants, repr
                    "else ./masks/.")
 @click.option("--batch-size", default=32, show_default=True)
 @_friendly_errors
-def predict_command(inputs, model_path, server, model_name, json_path, csv_path, explain_dir,
-                    masks_dir, batch_size):
+def predict_command(inputs, model_path, server, model_name, timeout, json_path, csv_path,
+                    explain_dir, masks_dir, batch_size):
     """Classifier: class and probabilities. Segmenter: tumour area (pixels at the original size and
     fraction of the image) and a mask PNG per file. Unreadable files are reported, the rest predicted."""
     from braintumor_tf.commands.predict import predict
 
     records = predict(list(inputs), model_path=model_path, server=server, model_name=model_name,
                       json_path=json_path, csv_path=csv_path, explain_dir=explain_dir,
-                      batch_size=batch_size, masks_dir=masks_dir)
+                      batch_size=batch_size, masks_dir=masks_dir, timeout=timeout)
     failed = sum(1 for record in records if record["error"])
     if failed == len(records):
         raise click.ClickException(f"nothing predicted: all {failed} input(s) failed (listed above)")

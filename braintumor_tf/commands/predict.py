@@ -41,6 +41,7 @@ def predict(
     explain_dir=None,
     batch_size: int = 32,
     masks_dir=None,
+    timeout: float = 60.0,
 ) -> list[dict]:
     """One record per file: class and probabilities (classifier), tumour area and mask file
     (segmenter), or the reason the file could not be read."""
@@ -59,7 +60,7 @@ def predict(
 
         if not model_name:
             raise ValueError("--server needs --model-name (the name in models.config)")
-        outputs = predict_files(server, model_name, paths, batch_size=batch_size)
+        outputs = predict_files(server, model_name, paths, batch_size=batch_size, timeout=timeout)
         served = "segmentation" if any(out.get("task") == "segmentation" for out in outputs) \
             else "classification"
         task = get_task(served)

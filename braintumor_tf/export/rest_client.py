@@ -16,17 +16,24 @@ one tensor, so images of different sizes go one per request (``predict_files`` d
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
-import urllib.error
-import urllib.request
+import socket
+import threading
+import urllib.parse
 from collections.abc import Sequence
 
 import numpy as np
 
 
 class ServingError(RuntimeError):
-    """The server answered with an error (bad image, unknown model) or could not be reached."""
+    """One request failed: a bad image, a malformed or late answer. Other requests may work."""
+
+
+class ServerUnavailable(ServingError, ConnectionError):
+    """No request can work: the server cannot be reached, or it does not serve this model.
+    (A ConnectionError too, so the CLI reports it in one line like other environment errors.)"""
 
 
 def predict_url(server: str, model_name: str, version: int | None = None) -> str:
@@ -45,24 +52,54 @@ def predict_encoded(
     version: int | None = None,
     timeout: float = 60.0,
 ) -> list[dict]:
-    """One request for all ``images``; TF Serving fails the whole batch if one image is bad."""
-    body = {
+    """One request for all ``images``; TF Serving fails the whole batch if one image is bad.
+
+    ``timeout`` is a deadline for the whole request (connect, send, every byte of the answer):
+    a server that drips its answer is cut off at the deadline, not after each slow read.
+    """
+    body = json.dumps({
         "signature_name": signature_name,
         "instances": [{"b64": base64.b64encode(data).decode("ascii")} for data in images],
-    }
-    request = urllib.request.Request(
-        predict_url(server, model_name, version),
-        data=json.dumps(body).encode("utf-8"),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
+    }).encode("utf-8")
+    url = urllib.parse.urlsplit(predict_url(server, model_name, version))
+    connection_type = (http.client.HTTPSConnection if url.scheme == "https"
+                       else http.client.HTTPConnection)
+    connection = connection_type(url.hostname, url.port, timeout=timeout)
+    opened: list[socket.socket] = []  # the socket, which http.client hands to the response
+    fired = threading.Event()
+    watchdog = threading.Timer(timeout, _cut_off, [opened, fired])
+    watchdog.daemon = True
+    watchdog.start()
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            payload = json.loads(response.read().decode("utf-8"))
-    except urllib.error.HTTPError as error:
-        raise ServingError(_error_message(error)) from None
-    except (urllib.error.URLError, OSError) as error:
-        raise ServingError(f"cannot reach {server}: {getattr(error, 'reason', error)}") from None
+        try:
+            connection.connect()
+        except OSError as error:
+            raise ServerUnavailable(f"cannot reach {server}: {error.strerror or error}") from None
+        opened.append(connection.sock)
+        connection.request("POST", url.path, body=body,
+                           headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        status, reason, raw = response.status, response.reason, response.read()
+    except ServerUnavailable:
+        raise
+    except (OSError, http.client.HTTPException) as error:
+        if fired.is_set():
+            raise ServingError(f"no complete answer from {server} within {timeout:g} s "
+                               "(--timeout)") from None
+        raise ServingError(f"the connection to {server} broke: {error}") from None
+    finally:
+        watchdog.cancel()
+        connection.close()
+    payload = _json_or_none(raw)
+    if status != 200:
+        detail = payload.get("error", "") if isinstance(payload, dict) else ""
+        message = f"HTTP {status}: {detail or reason}"
+        if status == 404:  # unknown model or version: no other request will do better
+            raise ServerUnavailable(f"{message} (is --model-name right?)")
+        raise ServingError(message)
+    if not isinstance(payload, dict):
+        shown = raw[:120].decode("utf-8", "replace")
+        raise ServingError(f"the server's answer is not a JSON object: {shown!r}")
     if "error" in payload:
         raise ServingError(str(payload["error"]))
     predictions = payload.get("predictions")
@@ -71,12 +108,21 @@ def predict_encoded(
     return [_parse_prediction(item) for item in predictions]
 
 
-def _error_message(error: urllib.error.HTTPError) -> str:
+def _cut_off(opened: list, fired: threading.Event) -> None:
+    """At the deadline: shut the socket so the blocked read in the other thread returns."""
+    fired.set()
+    for sock in opened:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _json_or_none(raw: bytes):
     try:
-        detail = json.loads(error.read().decode("utf-8")).get("error", "")
-    except (ValueError, AttributeError):
-        detail = ""
-    return f"HTTP {error.code}: {detail or error.reason}"
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
 
 
 def _parse_prediction(item) -> dict:
@@ -84,12 +130,17 @@ def _parse_prediction(item) -> dict:
     segmenter rows ``{"task": "segmentation", "mask": uint8 [H, W], "mask_probability": [H, W]}``."""
     if isinstance(item, dict) and "probabilities" in item:
         probabilities = np.asarray(item["probabilities"], np.float32)
+        if probabilities.ndim != 1 or not np.all(np.isfinite(probabilities)):
+            raise ServingError("unexpected probabilities (not finite numbers): "
+                               f"{item['probabilities']!r:.200}")
         class_id = int(item.get("class_id", int(probabilities.argmax())))
         return {"task": "classification", "probabilities": probabilities, "class_id": class_id,
                 "class_name": str(item.get("class_name", class_id))}
     if isinstance(item, dict) and "mask" in item:
         mask = np.asarray(item["mask"], np.uint8)
         probability = np.asarray(item.get("mask_probability", mask), np.float32)
+        if not np.all(np.isfinite(probability)):
+            raise ServingError("unexpected mask_probability: not finite numbers")
         if mask.ndim == 3 and mask.shape[-1] == 1:
             mask, probability = mask[..., 0], probability[..., 0]
         if mask.ndim != 2:
@@ -102,9 +153,9 @@ def _parse_prediction(item) -> dict:
 def _predict_one(server, model_name, data: bytes, kwargs) -> dict:
     try:
         return predict_encoded(server, model_name, [data], **kwargs)[0]
+    except ServerUnavailable:
+        raise
     except ServingError as error:
-        if str(error).startswith("cannot reach"):
-            raise
         return {"error": str(error)}
 
 
@@ -135,9 +186,9 @@ def predict_files(
         start += len(chunk)
         try:
             outputs = predict_encoded(server, model_name, [data for _, data in chunk], **kwargs)
+        except ServerUnavailable:
+            raise
         except ServingError as error:
-            if str(error).startswith("cannot reach"):
-                raise
             outputs = [{"error": str(error)}] if len(chunk) == 1 else \
                 [_predict_one(server, model_name, data, kwargs) for _, data in chunk]
         for (index, _), output in zip(chunk, outputs, strict=True):
