@@ -10,6 +10,9 @@ from pathlib import Path
 
 import click
 
+# TensorFlow's C++ info and warning lines (CPU features, oneDNN) are noise to a user; errors stay.
+# --verbose shows them all, unless the user set the variable.
+_TF_LOG_LEVEL_OURS = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # `predict` exit status when some inputs failed and the rest were predicted (none predicted: 1).
@@ -41,6 +44,8 @@ def main(verbose, quiet):
     """braintumor_tf: brain-tumour MRI models from a folder on disk to a served model."""
     from braintumor_tf.log import configure
 
+    if verbose and _TF_LOG_LEVEL_OURS:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"  # before any command imports TensorFlow
     configure(-1 if quiet else 1 if verbose else 0)
 
 

@@ -6,8 +6,11 @@ user sees them on stdout (``--quiet``: warnings only; ``--verbose``: debug).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
+import tempfile
 
 logger = logging.getLogger("braintumor_tf")
 
@@ -28,3 +31,33 @@ def configure(verbosity: int = 0) -> None:
         logger.addHandler(handler)
     handler.setStream(sys.stdout)  # the current stdout (test runners swap it)
     logger.propagate = False
+
+
+@contextlib.contextmanager
+def native_stderr_without(*noise: str):
+    """Run a block whose C++ libraries write to file descriptor 2, dropping lines that contain
+    one of ``noise`` and passing every other line through afterwards.
+
+    TensorFlow's converter logs known-harmless lines at error level (``E0000 ... NodeDef mentions
+    attribute Truncate``), which TF_CPP_MIN_LOG_LEVEL cannot hide without hiding real errors.
+    """
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no real stderr (embedded interpreters): nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().decode("utf-8", "replace").splitlines(True)
+                    if not any(pattern in line for pattern in noise)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()

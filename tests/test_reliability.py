@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -55,3 +58,18 @@ def test_predict_with_an_unexported_savedmodel_says_what_to_run(tmp_path):
     result = CliRunner().invoke(main, ["predict", "--model", str(tmp_path / "segmenter"), str(image)])
     assert result.exit_code != 0
     assert "export it first, e.g. braintumor-tf export --run RUN_DIR --out" in result.output
+
+
+def test_native_noise_is_dropped_and_real_errors_pass_through():
+    """Lines written straight to file descriptor 2 (as TensorFlow's C++ does) are filtered."""
+    script = (
+        "import os\n"
+        "from braintumor_tf.log import native_stderr_without\n"
+        "with native_stderr_without('mentions attribute Truncate'):\n"
+        "    os.write(2, b'E0000 graph.cc NodeDef mentions attribute Truncate which is not\\n')\n"
+        "    os.write(2, b'E0000 a real converter error\\n')\n"
+        "os.write(2, b'after\\n')\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0
+    assert result.stderr == "E0000 a real converter error\nafter\n"

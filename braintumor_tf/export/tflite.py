@@ -14,7 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
+from braintumor_tf.log import native_stderr_without
+
 TFLITE_VARIANTS = ("float32", "float16", "dynamic", "int8")
+# What the converter prints at error level although nothing is wrong (checked on TF 2.21):
+# dropped from its output, everything else is passed through.
+CONVERTER_NOISE = ("NodeDef mentions attribute Truncate",
+                   "All log messages before absl::InitializeLog() is called",
+                   "fully_quantize: 0, inference_type:")
 INT8_IO_TYPES = ("int8", "float32")
 # A file's suffix says its contract: <name>_<suffix>.tflite. Written into every sidecar JSON.
 CONTRACTS = {
@@ -168,7 +175,8 @@ def convert_to_tflite(
             io_type = tf.int8 if int8_io == "int8" else tf.float32
             converter.inference_input_type = io_type
             converter.inference_output_type = io_type
-        flatbuffer = converter.convert()
+        with native_stderr_without(*CONVERTER_NOISE):
+            flatbuffer = converter.convert()
     info = {
         "variant": variant,
         "file": path.name,
