@@ -115,6 +115,9 @@ class ModelConfig:
     num_classes: int = 4
     stem_filters: int = 32  # 0: no stem, the first block sees the image
     stem_stride: int = 2
+    # 3 by default (the study); use at least the stride (e.g. 4 with stride 4), or the stem's
+    # kernel skips pixels.
+    stem_kernel_size: int = 3
     block_filters: tuple[int, ...] = (32, 64, 128, 256, 256)
     block_kernel_sizes: tuple[int, ...] = (3, 3, 3, 3, 3)
     block_downsample: tuple[bool, ...] = (True, True, True, True, False)

@@ -88,3 +88,10 @@ def test_save_and_load_round_trip(tmp_path):
     model.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras")
     np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), atol=1e-6)
+
+
+def test_a_stem_whose_kernel_skips_pixels_is_refused():
+    with pytest.raises(ValueError, match="stem_kernel_size 3 is smaller than stem_stride 4"):
+        build_residual_cnn(**{**TINY, "stem_stride": 4})
+    model = build_residual_cnn(**{**TINY, "stem_stride": 4, "stem_kernel_size": 4})
+    assert model.get_layer("stem_conv").kernel.shape[:2] == (4, 4)

@@ -71,6 +71,7 @@ def build_residual_cnn(
     num_classes: int = 4,
     stem_filters: int = 0,
     stem_stride: int = 1,
+    stem_kernel_size: int = 3,
     block_filters: Sequence[int] = (32, 64, 128, 192, 256),
     block_kernel_sizes: Sequence[int] = (3, 3, 3, 3, 3),
     block_downsample: Sequence[bool] = (True, True, True, True, True),
@@ -85,11 +86,14 @@ def build_residual_cnn(
     """A residual CNN; downsampling is a 2x2 stride-2 convolution after a block, as in the study."""
     _validate(image_size, channels, num_classes, block_filters, block_kernel_sizes,
               block_downsample, convs_per_block, head, dropout)
+    if stem_filters and stem_kernel_size < stem_stride:
+        raise ValueError(f"stem_kernel_size {stem_kernel_size} is smaller than stem_stride "
+                         f"{stem_stride}: the stem would skip pixels")
     inputs = keras.Input((image_size, image_size, channels), name="pixels", dtype="float32")
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
     if stem_filters:
-        x = layers.Conv2D(stem_filters, 3, strides=stem_stride, padding="same", use_bias=False,
-                          name="stem_conv")(x)
+        x = layers.Conv2D(stem_filters, stem_kernel_size, strides=stem_stride, padding="same",
+                          use_bias=False, name="stem_conv")(x)
         x = _norm(x, batch_norm, "stem_bn")
         x = layers.Activation("relu", name="stem_relu")(x)
     for index, (filters, kernel_size, downsample) in enumerate(
@@ -127,6 +131,7 @@ def build_classifier(model_config, image_size: int, channels: int) -> keras.Mode
         num_classes=model_config.num_classes,
         stem_filters=model_config.stem_filters,
         stem_stride=model_config.stem_stride,
+        stem_kernel_size=model_config.stem_kernel_size,
         block_filters=model_config.block_filters,
         block_kernel_sizes=model_config.block_kernel_sizes,
         block_downsample=model_config.block_downsample,
