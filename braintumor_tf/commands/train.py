@@ -87,13 +87,13 @@ def train(config: Config, run_dir: str | Path) -> dict:
     write_learning_rate_plot(schedule, total_steps, steps_per_epoch, run_dir)
 
     start = time.perf_counter()
-    # An epoch-keyed set is one iterator over all epochs: Keras needs the steps to split it.
-    fit_steps = steps_per_epoch if (train_settings.steps_per_epoch or plan) else None
-    model.fit(train_dataset, validation_data=val_dataset, epochs=train_settings.epochs,
-              steps_per_epoch=fit_steps,
-              callbacks=run_callbacks(run_dir, train_settings.batch_size, train_settings.monitor,
-                                      plan.start_epoch if plan else None),
-              verbose=train_settings.verbose)
+    if _fit_already_finished(run_dir, train_settings.epochs):
+        # A run stopped after its last epoch by a version that deleted the backup at the end of
+        # fit: train nothing again, go on to scoring.
+        log(f"{run_dir}: history.csv holds all {train_settings.epochs} epochs and best.keras exists;"
+            " scoring the test split")
+    else:
+        _fit(model, train_dataset, val_dataset, train_settings, steps_per_epoch, plan, run_dir)
     summary["fit_seconds"] = time.perf_counter() - start
 
     plot_history(read_history(run_dir / "history.csv"), run_dir / "training_curves.png")
@@ -105,3 +105,20 @@ def train(config: Config, run_dir: str | Path) -> dict:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     shutil.rmtree(run_dir / "backup", ignore_errors=True)  # finished: summary.json says so
     return summary
+
+
+def _fit(model, train_dataset, val_dataset, train_settings, steps_per_epoch, plan, run_dir):
+    # An epoch-keyed set is one iterator over all epochs: Keras needs the steps to split it.
+    fit_steps = steps_per_epoch if (train_settings.steps_per_epoch or plan) else None
+    model.fit(train_dataset, validation_data=val_dataset, epochs=train_settings.epochs,
+              steps_per_epoch=fit_steps,
+              callbacks=run_callbacks(run_dir, train_settings.batch_size, train_settings.monitor,
+                                      plan.start_epoch if plan else None),
+              verbose=train_settings.verbose)
+
+
+def _fit_already_finished(run_dir: Path, epochs: int) -> bool:
+    if (run_dir / "backup").exists() or not (run_dir / "best.keras").exists():
+        return False
+    history = read_history(run_dir / "history.csv")
+    return len(history.get("loss", [])) >= epochs
