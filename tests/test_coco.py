@@ -261,3 +261,33 @@ def test_a_file_name_linking_outside_the_folder_is_refused(tmp_path):
     (folder / "a.png").symlink_to(outside)
     with pytest.raises(ValueError, match="link to a file outside the split folder"):
         load_coco_split(folder)
+
+
+def test_our_rle_codec_agrees_with_pycocotools():
+    """Our decoder stays (it refuses hostile run lengths before allocating; pycocotools' C decoder
+    trusts them), but on valid input it must give exactly the reference implementation's masks."""
+    mask_api = pytest.importorskip("pycocotools.mask")
+    rng = np.random.default_rng(0)
+    for height, width in [(40, 50), (1, 1), (64, 17), (128, 128)]:
+        mask = np.zeros((height, width), np.uint8)
+        for _ in range(rng.integers(0, 6)):
+            y, x = rng.integers(0, height), rng.integers(0, width)
+            mask[y:y + rng.integers(1, 30), x:x + rng.integers(1, 30)] = 1
+        encoded = mask_api.encode(np.asfortranarray(mask))
+        runs = decode_rle_string(encoded["counts"].decode("ascii"))
+        np.testing.assert_array_equal(rle_to_mask(runs, height, width), mask)
+        np.testing.assert_array_equal(rle_to_mask(runs, height, width), mask_api.decode(encoded))
+
+
+def test_polygon_boundary_convention_differs_from_pycocotools_by_design(tmp_path):
+    """Documented, not accidental: polygons are filled with OpenCV (vertices and edges included,
+    as the training masks always were); pycocotools covers pixel centres strictly inside, so a
+    box from x0 to x1 is one pixel wider here. Switching would move every mask edge."""
+    mask_api = pytest.importorskip("pycocotools.mask")
+    polygon = _box(2, 3, 12, 10)
+    folder = _write_split(tmp_path / "s", [_image(1, "a.png")], [_ann(1, 1, [polygon])])
+    ours = coco_mask(load_coco_split(folder).records[0])
+    reference = mask_api.decode(mask_api.merge(mask_api.frPyObjects([polygon], H, W)))
+    assert ours.sum() == _box_pixels(2, 3, 12, 10) == 11 * 8
+    assert reference.sum() == 10 * 7
+    assert np.all(ours[reference > 0] == 1)  # the reference mask lies inside ours
