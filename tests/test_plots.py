@@ -110,3 +110,89 @@ def test_image_grid_validates(tmp_path):
     with pytest.raises(ValueError):
         plots.plot_image_grid([np.zeros((8, 8, 2))], ["x"], tmp_path / "c.png")
 
+
+
+# What is drawn, read from the figure before it is rasterised: a plot that shows the wrong numbers
+# fails here, not only one that is blank.
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """Each saved figure as {axes title: {texts, ticks, lines, images, yscale, labels}}."""
+    figures = []
+    save = plots._save
+
+    def capture(figure, path):
+        panels = {}
+        for axes in figure.axes:
+            panels[axes.get_title()] = {
+                "texts": [text.get_text() for text in axes.texts],
+                "xticks": [label.get_text() for label in axes.get_xticklabels()],
+                "yticks": [label.get_text() for label in axes.get_yticklabels()],
+                "lines": {line.get_label(): (np.asarray(line.get_xdata()), np.asarray(line.get_ydata()))
+                          for line in axes.get_lines()},
+                "images": [np.asarray(image.get_array()) for image in axes.get_images()],
+                "yscale": axes.get_yscale(),
+                "labels": (axes.get_xlabel(), axes.get_ylabel()),
+            }
+        figures.append(panels)
+        return save(figure, path)
+
+    monkeypatch.setattr(plots, "_save", capture)
+    return figures
+
+
+def test_confusion_matrix_draws_the_counts_and_row_fractions(tmp_path, drawn):
+    matrix = np.array([[50, 2, 1, 0], [3, 40, 5, 2], [0, 1, 60, 0], [1, 0, 2, 45]])
+    plots.plot_confusion_matrix(matrix, NAMES, tmp_path / "cm.png", title="val")
+    panel = drawn[-1]["val"]
+    assert panel["xticks"] == NAMES and panel["yticks"] == NAMES
+    assert panel["labels"] == ("predicted", "true")
+    assert panel["texts"][0] == "50\n94.3%"  # row 0: 50 of 53
+    assert panel["texts"][4 * 1 + 3] == "2\n4.0%"  # row 1, column 3: 2 of 50
+    np.testing.assert_allclose(panel["images"][0], matrix / matrix.sum(axis=1, keepdims=True))
+    plots.plot_confusion_matrix(matrix, NAMES, tmp_path / "raw.png", normalize=False)
+    np.testing.assert_array_equal(drawn[-1]["Confusion matrix"]["images"][0], matrix)
+
+
+def test_history_draws_train_and_validation_per_metric(tmp_path, drawn):
+    history = {"loss": [1.2, 0.8, 0.6], "val_loss": [1.3, 0.9, 0.95],
+               "accuracy": [0.5, 0.7, 0.8], "val_accuracy": [0.45, 0.65, 0.7],
+               "learning_rate": [1e-3, 5e-4, 1e-6]}
+    plots.plot_history(history, tmp_path / "history.png")
+    panels = drawn[-1]
+    assert list(panels) == ["loss", "accuracy", "learning_rate"]
+    for family in ("loss", "accuracy"):
+        lines = panels[family]["lines"]
+        np.testing.assert_array_equal(lines["train"][1], history[family])
+        np.testing.assert_array_equal(lines["validation"][1], history[f"val_{family}"])
+        np.testing.assert_array_equal(lines["train"][0], [1, 2, 3])  # epochs count from 1
+    assert panels["learning_rate"]["yscale"] == "log"  # spans 1000x
+    assert panels["loss"]["yscale"] == "linear"
+
+
+def test_learning_rate_draws_every_step(tmp_path, drawn):
+    values = np.concatenate([np.linspace(1e-4, 1e-3, 10), np.full(20, 1e-3)])
+    plots.plot_learning_rate(values, tmp_path / "lr.png", steps_per_epoch=10)
+    panel = drawn[-1]["Learning-rate schedule"]
+    (steps, rates), = panel["lines"].values()
+    np.testing.assert_array_equal(steps, np.arange(30))
+    np.testing.assert_array_equal(rates, values)
+    assert panel["yscale"] == "linear" and panel["labels"] == ("step", "learning rate")
+
+
+def test_segmentation_cases_tint_truth_and_prediction_where_they_are(tmp_path, drawn):
+    image = np.full((16, 16), 100, np.uint8)
+    truth = np.zeros((16, 16), np.uint8)
+    truth[2:6, 2:6] = 1
+    probabilities = np.zeros((16, 16), np.float32)
+    probabilities[10:14, 10:14] = 0.9
+    plots.plot_segmentation_cases([(image, truth, probabilities, "case 1")], tmp_path / "cases.png")
+    panels = drawn[-1]
+    assert list(panels) == ["case 1", "truth", "prediction"]
+    truth_pixels, predicted_pixels = panels["truth"]["images"][0], panels["prediction"]["images"][0]
+    untouched = panels["case 1"]["images"][0]
+    changed_truth = np.any(np.abs(truth_pixels - untouched[..., None]) > 1e-6, axis=-1)
+    changed_prediction = np.any(np.abs(predicted_pixels - untouched[..., None]) > 1e-6, axis=-1)
+    np.testing.assert_array_equal(changed_truth, truth > 0)
+    np.testing.assert_array_equal(changed_prediction, probabilities > 0.5)
