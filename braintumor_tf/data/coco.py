@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -19,6 +18,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 
 from braintumor_tf.data.rle import decode_rle_string
+from braintumor_tf.log import logger
 
 ANNOTATION_FILE = "_annotations.coco.json"
 
@@ -343,8 +343,8 @@ def _records(folder_path: Path, image_info, shapes, check_sizes: bool, json_path
         raise ValueError(f"{json_path}: image sizes differ from the JSON's height/width, so the "
                          f"annotations would not line up: {'; '.join(mismatched[:5])}{more}")
     if missing:
-        print(f"{json_path}: {len(missing)} listed image(s) not found, skipped: "
-              f"{', '.join(os.path.basename(m) for m in missing[:5])}", file=sys.stderr)
+        logger.warning(f"{json_path}: {len(missing)} listed image(s) not found, skipped: "
+                       f"{', '.join(os.path.basename(m) for m in missing[:5])}")
     return records, missing
 
 

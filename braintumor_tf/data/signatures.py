@@ -7,7 +7,6 @@ low-frequency look of a scanner; the cache is keyed by path, size and mtime.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +16,7 @@ import cv2
 import numpy as np
 
 from braintumor_tf.data.decode import DecodeError, error_text, read_image
+from braintumor_tf.log import log, logger
 
 THUMB = 64
 SIGNATURE_SIZE = THUMB * THUMB
@@ -73,8 +73,8 @@ def compute_signatures(
                 ok[i] = True
             done = i + 1
             if progress and (done % 500 == 0 or done == n):
-                print(f"signatures: {done}/{n} images, {len(bad)} bad, "
-                      f"{time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+                log(f"signatures: {done}/{n} images, {len(bad)} bad, "
+                    f"{time.perf_counter() - start:.1f} s")
     ok_index = np.flatnonzero(ok)
     return sigs[ok_index], bad, ok_index
 
@@ -105,7 +105,7 @@ def cached_signatures(
                 stored_keys, stored_sigs = data["keys"], data["signatures"]
             cached = {k: r for r, k in enumerate(stored_keys.tolist())}
         except (OSError, KeyError, ValueError) as exc:
-            print(f"ignoring unreadable signature cache {cache_file}: {exc}", file=sys.stderr)
+            logger.warning(f"ignoring unreadable signature cache {cache_file}: {exc}")
             cached = {}
     keys = []
     for p in paths:

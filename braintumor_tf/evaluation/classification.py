@@ -13,6 +13,7 @@ from braintumor_tf.data.decode import check_images
 from braintumor_tf.data.discover import CLASS_NAMES, ImageRecord, discover_images
 from braintumor_tf.data.manifest import manifest_split
 from braintumor_tf.export.runtimes import load_runtime
+from braintumor_tf.log import logger
 from braintumor_tf.plots import plot_confusion_matrix
 from braintumor_tf.training.metrics import classification_report, format_report
 
@@ -74,9 +75,9 @@ def evaluate_classifier(runtime, data_paths, json_path=None, out_dir=None, batch
         records += discover_images(folders)
     good, bad = check_images([r.path for r in records])
     if bad:
-        print(f"skipped {len(bad)} unreadable files: "
-              + "; ".join(f"{b['path']} ({b['reason']})" for b in bad[:5])
-              + (" ..." if len(bad) > 5 else ""), flush=True)
+        logger.warning(f"skipped {len(bad)} unreadable files: "
+                       + "; ".join(f"{b['path']} ({b['reason']})" for b in bad[:5])
+                       + (" ..." if len(bad) > 5 else ""))
     good_set = set(good)
     kept = [r for r in records if r.path in good_set]
     report = evaluate_records(runtime.path, [r.path for r in kept], [r.label for r in kept],

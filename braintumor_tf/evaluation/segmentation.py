@@ -24,6 +24,7 @@ from braintumor_tf.data.decode import check_images, read_image
 from braintumor_tf.data.manifest import manifest_split
 from braintumor_tf.data.masks import resize_mask
 from braintumor_tf.data.segmentation import SegmentationSource, find_segmentation_images, mask_at_size
+from braintumor_tf.log import logger
 from braintumor_tf.plots import plot_segmentation_cases
 from braintumor_tf.training.seg_metrics import (
     SegmentationAccumulator,
@@ -195,9 +196,9 @@ def evaluate_segmenter(runtime, data_paths: Sequence[str | os.PathLike], masks=N
         candidates = [p for p in candidates if p in source.mask_paths]
     good, bad = check_images(candidates)
     if bad:
-        print(f"skipped {len(bad)} unreadable files: "
-              + "; ".join(f"{b['path']} ({b['reason']})" for b in bad[:5])
-              + (" ..." if len(bad) > 5 else ""), flush=True)
+        logger.warning(f"skipped {len(bad)} unreadable files: "
+                       + "; ".join(f"{b['path']} ({b['reason']})" for b in bad[:5])
+                       + (" ..." if len(bad) > 5 else ""))
     report = evaluate_segmentation_images(runtime, good, source, out_dir=out_dir, json_path=None,
                                           threshold=threshold, batch_size=batch_size)
     report["skipped_files"] = bad
