@@ -111,6 +111,10 @@ def log_loss(y_true, probabilities) -> float:
     """Mean negative log-likelihood of the true class (scikit-learn clips at float64 eps, so a
     confident miss stays finite)."""
     labels, probs = _validate(y_true, probabilities)
+    # float32 softmax rows sum to 1 within ~1e-7, not within scikit-learn's float64 tolerance;
+    # renormalising in float64 silences its warning without changing the loss.
+    probs = np.asarray(probs, np.float64)
+    probs = probs / probs.sum(axis=1, keepdims=True)
     return float(metrics.log_loss(labels, probs, labels=np.arange(probs.shape[1])))
 
 
