@@ -1,0 +1,167 @@
+"""The Python API: ``braintumor_tf.load(path)`` gives one object for a trained model in any form.
+
+Inputs are file paths or numpy arrays (grey [H, W] / [H, W, 1], or RGB [H, W, 3] / RGBA, pixel
+values 0..255 as image libraries return them; [N, H, W, C] and [N, H, W] arrays are batches).
+Each input gets one record, in order; an input that cannot be read gets a record with its
+``error`` and no prediction, so one bad file never costs the others.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from braintumor_tf.data.decode import DecodeError, read_image, resize_image
+from braintumor_tf.data.discover import CLASS_NAMES
+from braintumor_tf.export.runtimes import load_runtime
+from braintumor_tf.inference.classification import EXPLAIN_NEEDS_KERAS, class_record
+from braintumor_tf.inference.common import error_text
+from braintumor_tf.overlays import heatmap_overlay, mask_overlay
+
+_LUMINANCE = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def load(path: str | os.PathLike, batch_size: int = 32) -> Model:
+    """A ``.keras`` file, a SavedModel folder, a TF Serving base folder or a ``.tflite`` file.
+    Class names come from the file's metadata where it has them (the package's four otherwise)."""
+    return Model(load_runtime(path, class_names=CLASS_NAMES, batch_size=batch_size))
+
+
+class Model:
+    """A loaded classifier or segmenter (``task``); ``predict`` and ``explain`` take the same
+    inputs."""
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+
+    def __repr__(self) -> str:
+        return (f"braintumor_tf.Model(task={self.task!r}, kind={self.runtime.kind!r}, "
+                f"path='{self.runtime.path}')")
+
+    @property
+    def task(self) -> str:
+        return self.runtime.task
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.runtime.class_names
+
+    @property
+    def image_size(self) -> int:
+        return self.runtime.image_size
+
+    def predict(self, inputs) -> list[dict]:
+        """Classifier: ``class_name``, ``class_id``, ``probabilities`` (name -> probability).
+        Segmenter: ``mask`` (uint8 0/1 at the input's own size), ``tumour_area_pixels``,
+        ``tumour_fraction``. Every record has ``input`` and ``error`` (None when predicted)."""
+        items = _as_items(inputs)
+        images, errors = self._read(items)
+        readable = [index for index, image in enumerate(images) if image is not None]
+        outputs = {}
+        if readable:
+            pixels = np.stack([resize_image(images[i], self.image_size) for i in readable])
+            outputs = dict(zip(readable, self.runtime.predict(pixels), strict=True))
+        return [self._record(label, images[index], outputs.get(index), errors[index])
+                for index, (label, _) in enumerate(items)]
+
+    def explain(self, inputs) -> list[np.ndarray | None]:
+        """Pictures to look at, RGB uint8 at each input's size: the classifier's Grad-CAM heatmap
+        over the slice (``.keras`` models only), the segmenter's mask tinted over the slice.
+        ``None`` for an input that could not be read."""
+        items = _as_items(inputs)
+        if self.task == "segmentation":
+            records = self.predict([source for _, source in items])
+            images, _ = self._read(items)
+            return [None if record["error"] else mask_overlay(image, record["mask"])
+                    for record, image in zip(records, images, strict=True)]
+        if self.runtime.kind != "keras":
+            raise ValueError(EXPLAIN_NEEDS_KERAS)
+        from braintumor_tf.models.gradcam import GradCAM
+
+        images, _ = self._read(items)
+        readable = [index for index, image in enumerate(images) if image is not None]
+        pictures: list[np.ndarray | None] = [None] * len(items)
+        if readable:
+            pixels = np.stack([resize_image(images[i], self.image_size) for i in readable])
+            heatmaps, _ = GradCAM(self.runtime.keras_model).heatmaps(pixels)
+            for index, heatmap in zip(readable, heatmaps, strict=True):
+                pictures[index] = heatmap_overlay(images[index], heatmap)
+        return pictures
+
+    def _read(self, items):
+        images, errors = [], []
+        for label, source in items:
+            try:
+                if isinstance(source, np.ndarray):
+                    images.append(_array_image(source, self.runtime.channels))
+                else:
+                    images.append(read_image(source, self.runtime.channels))
+                errors.append(None)
+            except (DecodeError, OSError, ValueError) as error:
+                images.append(None)
+                errors.append(error_text(label, error))
+        return images, errors
+
+    def _record(self, label: str, image, output, error) -> dict:
+        if self.task == "classification":
+            record = class_record(label, self.class_names, output, error=error)
+            record["input"] = record.pop("path")
+            return record
+        if error is not None:
+            return {"input": label, "mask": None, "tumour_area_pixels": None,
+                    "tumour_fraction": None, "error": error}
+        probability = output[..., 0]
+        height, width = image.shape[:2]
+        if probability.shape != (height, width):
+            probability = cv2.resize(probability, (width, height), interpolation=cv2.INTER_LINEAR)
+        mask = (probability > self.runtime.threshold).astype(np.uint8)
+        area = int(mask.sum())
+        return {"input": label, "mask": mask, "tumour_area_pixels": area,
+                "tumour_fraction": area / mask.size, "error": None}
+
+
+def _as_items(inputs) -> list[tuple[str, str | np.ndarray]]:
+    """(label, source) pairs: a path's label is the path, an array's is ``array[i]``."""
+    if isinstance(inputs, str | os.PathLike):
+        inputs = [inputs]
+    elif isinstance(inputs, np.ndarray):
+        # [N, H, W, C] and [N, H, W] (a last axis that is no channel count) are batches.
+        batch = inputs.ndim == 4 or (inputs.ndim == 3 and inputs.shape[-1] not in (1, 3, 4))
+        inputs = list(inputs) if batch else [inputs]
+    elif not isinstance(inputs, Sequence):
+        raise TypeError("inputs must be a path, a numpy array or a sequence of them, "
+                        f"got {type(inputs).__name__}")
+    items = []
+    for index, item in enumerate(inputs):
+        if isinstance(item, np.ndarray):
+            items.append((f"array[{index}]", item))
+        elif isinstance(item, str | os.PathLike):
+            items.append((os.fspath(item), os.fspath(item)))
+        else:
+            raise TypeError(f"input {index}: expected a path or a numpy array, "
+                            f"got {type(item).__name__}")
+    return items
+
+
+def _array_image(array: np.ndarray, channels: int) -> np.ndarray:
+    """An image as given by PIL/imageio/numpy (RGB order) -> float32 [H, W, channels] 0..255."""
+    image = np.asarray(array)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or min(image.shape[:2]) == 0:
+        raise ValueError(f"expected an image [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], "
+                         f"got shape {image.shape}")
+    if image.dtype == np.uint16:
+        image = image.astype(np.float32) / 257.0
+    image = np.clip(np.nan_to_num(image.astype(np.float32)), 0.0, 255.0)[:, :, :3]
+    if image.shape[2] == 3 and channels == 1:
+        return (image @ _LUMINANCE)[:, :, None]
+    if image.shape[2] == 1 and channels == 3:
+        return np.repeat(image, 3, axis=2)
+    return np.ascontiguousarray(image)
+
+
+__all__ = ["Model", "load"]
