@@ -64,7 +64,7 @@ class DataConfig:
     """
 
     root: str | None = None
-    image_size: int = 160
+    image_size: int = 224
     channels: int = 1
     phantom_images_per_class: int = 100
     phantom_image_size: int = 160
@@ -114,10 +114,9 @@ class ModelConfig:
     name: str = "residual_cnn"
     num_classes: int = 4
     stem_filters: int = 32  # 0: no stem, the first block sees the image
-    stem_stride: int = 2
-    # 3 by default (the study); use at least the stride (e.g. 4 with stride 4), or the stem's
-    # kernel skips pixels.
-    stem_kernel_size: int = 3
+    stem_stride: int = 4
+    # At least the stride, or the stem's kernel skips pixels (the study: 3x3 at stride 1).
+    stem_kernel_size: int = 4
     block_filters: tuple[int, ...] = (32, 64, 128, 256, 256)
     block_kernel_sizes: tuple[int, ...] = (3, 3, 3, 3, 3)
     block_downsample: tuple[bool, ...] = (True, True, True, True, False)
@@ -245,7 +244,7 @@ class SegmentationConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     batch_size: int = 32
-    epochs: int = 20
+    epochs: int = 12
     precision: str = "auto"
     distribute: str = "auto"
     seed: int = 0

@@ -44,7 +44,7 @@ def test_a_start_that_never_trained_does_not_lock_its_directory(tmp_path):
     (run_dir / "history.csv").write_text("epoch,loss\n0,1.0\n")
     # The error names what differs, in the form --set takes.
     with pytest.raises(ValueError, match=r"holds a run with a different config \(data\.root: None "
-                       r"in the run, '/no/such/folder' now; train\.epochs: 1 in the run, 20 now\)"):
+                       r"in the run, '/no/such/folder' now; train\.epochs: 1 in the run, 12 now\)"):
         check_resumable(first, run_dir)
 
 
