@@ -71,7 +71,6 @@ def build_residual_cnn(
     num_classes: int = 4,
     stem_filters: int = 0,
     stem_stride: int = 1,
-    stem_kernel_size: int = 3,
     block_filters: Sequence[int] = (32, 64, 128, 192, 256),
     block_kernel_sizes: Sequence[int] = (3, 3, 3, 3, 3),
     block_downsample: Sequence[bool] = (True, True, True, True, True),
@@ -82,6 +81,7 @@ def build_residual_cnn(
     dense_units: int = 256,
     dropout: float = 0.3,
     name: str = "residual_cnn",
+    stem_kernel_size: int = 3,
 ) -> keras.Model:
     """A residual CNN; downsampling is a 2x2 stride-2 convolution after a block, as in the study."""
     _validate(image_size, channels, num_classes, block_filters, block_kernel_sizes,
