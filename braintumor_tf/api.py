@@ -57,15 +57,18 @@ class Model:
         """Classifier: ``class_name``, ``class_id``, ``probabilities`` (name -> probability).
         Segmenter: ``mask`` (uint8 0/1 at the input's own size), ``tumour_area_pixels``,
         ``tumour_fraction``. Every record has ``input`` and ``error`` (None when predicted)."""
-        items = _as_items(inputs)
+        return self._predict_items(_as_items(inputs))[1]
+
+    def _predict_items(self, items):
+        """(images as read, records): each input is decoded once."""
         images, errors = self._read(items)
         readable = [index for index, image in enumerate(images) if image is not None]
         outputs = {}
         if readable:
             pixels = np.stack([resize_image(images[i], self.image_size) for i in readable])
             outputs = dict(zip(readable, self.runtime.predict(pixels), strict=True))
-        return [self._record(label, images[index], outputs.get(index), errors[index])
-                for index, (label, _) in enumerate(items)]
+        return images, [self._record(label, images[index], outputs.get(index), errors[index])
+                        for index, (label, _) in enumerate(items)]
 
     def explain(self, inputs) -> list[np.ndarray | None]:
         """Pictures to look at, RGB uint8 at each input's size: the classifier's Grad-CAM heatmap
@@ -73,8 +76,7 @@ class Model:
         ``None`` for an input that could not be read."""
         items = _as_items(inputs)
         if self.task == "segmentation":
-            records = self.predict([source for _, source in items])
-            images, _ = self._read(items)
+            images, records = self._predict_items(items)
             return [None if record["error"] else mask_overlay(image, record["mask"])
                     for record, image in zip(records, images, strict=True)]
         if self.runtime.kind != "keras":
