@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 
+from braintumor_tf.data.image_header import header_size
 from braintumor_tf.data.rle import decode_rle_string
 from braintumor_tf.log import logger
 
@@ -187,7 +188,14 @@ def _require(obj: dict, key: str, check, expected: str, where: str, json_path: P
 def _header_size(path: str) -> tuple[int, int] | None:
     """(height, width) from the file header only: decoding every image just to check sizes
     would cost seconds per split. None when the header is unreadable (check_images reports it)."""
-    from PIL import Image  # a dependency of matplotlib; imported here so listing stays light
+    try:
+        with open(path, "rb") as handle:
+            size = header_size(handle.read(1 << 16))
+    except OSError:
+        return None
+    if size is not None:
+        return size[1], size[0]
+    from PIL import Image  # formats (or header layouts) image_header does not parse
 
     try:
         with Image.open(path) as img:
