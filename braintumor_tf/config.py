@@ -48,11 +48,26 @@ class AugmentConfig:
     translation: float = 0.05
     contrast: float = 0.2
     brightness: float = 0.1
+    # Off by default (the default's results stay as measured); the release recipe turns them on.
+    gamma: float = 0.0  # log-exponent range: x ** exp(U(-g, g)) on 0..1 intensities
+    noise: float = 0.0  # Gaussian noise, sigma up to this fraction of the 0..255 range
+    blur: float = 0.0  # blend of up to this much towards a sigma-1.5 blurred copy
+    erasing: float = 0.0  # probability of one random box (2-20 % of the image) erased
+    mixup: float = 0.0  # Beta(a, a) parameter; 0 = off
+    cutmix: float = 0.0  # Beta(a, a) parameter; 0 = off (both on: each batch picks one)
+    mix_probability: float = 0.5  # share of images that mixup/cutmix touch; the rest stay whole
 
     def __post_init__(self):
-        for name in ("rotation", "zoom", "translation", "contrast", "brightness"):
+        for name in ("rotation", "zoom", "translation", "contrast", "brightness", "gamma",
+                     "noise", "blur", "erasing"):
             value = getattr(self, name)
             _check(0.0 <= value < 1.0, f"augment.{name} must be in [0, 1), got {value!r}")
+        _check(0.0 < self.mix_probability <= 1.0,
+               f"augment.mix_probability must be in (0, 1], got {self.mix_probability!r}")
+        for name in ("mixup", "cutmix"):
+            value = getattr(self, name)
+            _check(0.0 <= value <= 10.0,
+                   f"augment.{name} must be a Beta parameter in [0, 10] (0 = off), got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -176,3 +176,113 @@ def make_joint_augmenter(params, seed: int = 0):
         return augment_image_and_mask(image, mask, element_seed, params)
 
     return augment
+
+
+# ----------------------------------------------------------------------------- classification extras
+
+EXTRA_FIELDS = ("gamma", "noise", "blur", "erasing", "mixup", "cutmix")
+
+
+def _blur_kernel(sigma: float = 1.5, radius: int = 3):
+    taps = tf.range(-radius, radius + 1, dtype=tf.float32)
+    weights = tf.exp(-0.5 * tf.square(taps / sigma))
+    weights = weights / tf.reduce_sum(weights)
+    return tf.reshape(weights, [-1, 1, 1, 1]), tf.reshape(weights, [1, -1, 1, 1])
+
+
+def _beta(shape, alpha: float, seeds):
+    """Beta(alpha, alpha) from two stateless gamma draws (no stateless beta in TF)."""
+    a = tf.random.stateless_gamma(shape, seeds[0], alpha)
+    b = tf.random.stateless_gamma(shape, seeds[1], alpha)
+    return a / tf.maximum(a + b, 1e-12)
+
+
+def make_batch_regulariser(augment_config, seed: int = 0):
+    """``fn(images, one_hot_labels, batch_seed) -> (images, labels)`` or None if all off.
+
+    What the geometric Keras layers do not cover, for scanners and contrasts that differ
+    between sites: per-image gamma, Gaussian noise and blur (a blend towards a blurred copy),
+    random erasing of one box, and mixup / cutmix between each image and its mirror in the
+    batch (labels mixed in the same ratio; each batch picks one of the two when both are on).
+    Stateless: ``batch_seed`` (shape [2] integers) decides every draw, so the deterministic
+    pipeline keeps its (seed, epoch, step) keying. Pixel values are 0..255 float.
+    """
+    get = (augment_config.get if isinstance(augment_config, dict)
+           else lambda k, d: getattr(augment_config, k, d))
+    gamma, noise, blur, erasing, mixup, cutmix = (float(get(name, 0.0) or 0.0)
+                                                  for name in EXTRA_FIELDS)
+    if not any((gamma, noise, blur, erasing, mixup, cutmix)):
+        return None
+    mix_probability = float(get("mix_probability", 1.0))
+    column, row = _blur_kernel()
+
+    def regularise(images, labels, batch_seed):
+        batch_seed = tf.cast(batch_seed, tf.int64) + tf.constant([0, seed + 7919], tf.int64)
+        seeds = tf.unstack(tf.random.experimental.stateless_split(batch_seed, num=20), axis=0)
+        images = tf.cast(images, tf.float32)
+        labels = tf.cast(labels, tf.float32)
+        shape = tf.shape(images)
+        batch, height, width = shape[0], shape[1], shape[2]
+
+        def uniform(k, low=0.0, high=1.0, size=None):
+            return tf.random.stateless_uniform(size if size is not None else [batch, 1, 1, 1],
+                                               seeds[k], low, high)
+
+        if gamma:
+            exponent = tf.exp(uniform(0, -gamma, gamma))
+            images = 255.0 * tf.pow(tf.clip_by_value(images / 255.0, 0.0, 1.0), exponent)
+        if blur:
+            channels = images.shape[-1] or 1
+            blurred = images
+            for kernel in (column, row):
+                blurred = tf.nn.depthwise_conv2d(
+                    blurred, tf.tile(kernel, [1, 1, channels, 1]), [1, 1, 1, 1], "SAME")
+            images = images + uniform(1, 0.0, blur) * (blurred - images)
+        if noise:
+            sigma = 255.0 * uniform(2, 0.0, noise)
+            images = images + sigma * tf.random.stateless_normal(tf.shape(images), seeds[3])
+        images = tf.clip_by_value(images, 0.0, 255.0)
+        ys = (tf.cast(tf.range(height), tf.float32)[None, :, None, None] + 0.5) / tf.cast(
+            height, tf.float32)
+        xs = (tf.cast(tf.range(width), tf.float32)[None, None, :, None] + 0.5) / tf.cast(
+            width, tf.float32)
+
+        def box(k, area):
+            """A [B, H, W, 1] 0/1 box of the given area fraction per image, anywhere."""
+            aspect = tf.exp(uniform(k, math.log(0.3), math.log(1 / 0.3)))
+            box_h = tf.minimum(tf.sqrt(area * aspect), 1.0)
+            box_w = tf.minimum(tf.sqrt(area / aspect), 1.0)
+            centre_y, centre_x = uniform(k + 1), uniform(k + 2)
+            inside = ((tf.abs(ys - centre_y) < box_h / 2) & (tf.abs(xs - centre_x) < box_w / 2))
+            return tf.cast(inside, tf.float32)
+
+        if erasing:
+            chosen = tf.cast(uniform(4) < erasing, tf.float32)
+            region = box(5, uniform(8, 0.02, 0.2)) * chosen
+            fill = uniform(9, 0.0, 255.0)
+            images = images * (1.0 - region) + fill * region
+        if mixup or cutmix:
+            partner_images, partner_labels = tf.reverse(images, [0]), tf.reverse(labels, [0])
+            use_cutmix = (uniform(10, size=[]) < 0.5) if (mixup and cutmix) else bool(cutmix)
+            whole = tf.cast(uniform(11) >= mix_probability, tf.float32)  # 1: left unmixed
+
+            def do_mixup():
+                lam = _beta([batch, 1, 1, 1], mixup or 1.0, seeds[16:18])
+                lam = whole + (1.0 - whole) * lam
+                mixed = lam * images + (1.0 - lam) * partner_images
+                return mixed, lam[:, 0, 0] * labels + (1.0 - lam[:, 0, 0]) * partner_labels
+
+            def do_cutmix():
+                lam = _beta([batch, 1, 1, 1], cutmix or 1.0, seeds[18:20])
+                region = box(12, 1.0 - lam) * (1.0 - whole)
+                kept = 1.0 - tf.reduce_mean(region, axis=[1, 2])  # the area actually pasted
+                mixed = images * (1.0 - region) + partner_images * region
+                return mixed, kept * labels + (1.0 - kept) * partner_labels
+
+            if isinstance(use_cutmix, bool):
+                images, labels = do_cutmix() if use_cutmix else do_mixup()
+            else:
+                images, labels = tf.cond(use_cutmix, do_cutmix, do_mixup)
+        return images, labels
+
+    return regularise

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from braintumor_tf.data.augment import make_augmenter, make_joint_augmenter
+from braintumor_tf.data.augment import make_augmenter, make_batch_regulariser, make_joint_augmenter
 from braintumor_tf.data.decode import make_tf_loader, read_image
 from braintumor_tf.data.masks import read_mask, resize_mask
 
@@ -112,14 +112,25 @@ def classification_dataset(
     dataset = dataset.ignore_errors()
     if cache:
         dataset = dataset.cache()
+    regularise = (make_batch_regulariser(augment_config, seed=seed)
+                  if training and augment_config is not None else None)
     if training and plan is not None:
-        augment = (make_joint_augmenter(augment_config, seed=seed)
-                   if augment_config is not None else None)
+        # Gamma and noise come from the regulariser, so the joint augmenter leaves them out.
+        geometric = (None if augment_config is None else
+                     {name: getattr(augment_config, name) for name in
+                      ("horizontal_flip", "vertical_flip", "rotation", "zoom", "translation",
+                       "contrast", "brightness") if hasattr(augment_config, name)})
+        augment = make_joint_augmenter(geometric, seed=seed) if geometric is not None else None
         augment_batch = None
 
-        if augment is not None:
+        if augment is not None or regularise is not None:
             def augment_batch(batch, batch_seed):
-                return augment(batch[0], None, batch_seed)[0], batch[1]
+                images, labels = batch
+                if augment is not None:
+                    images = augment(images, None, batch_seed)[0]
+                if regularise is not None:
+                    images, labels = regularise(images, labels, batch_seed)
+                return images, labels
         return epoch_keyed_batches(dataset, plan, batch_size, min(len(paths), 4096), seed,
                                    augment_batch)
     if training:
@@ -130,6 +141,13 @@ def classification_dataset(
         if augmenter is not None:
             dataset = dataset.map(lambda x, y: (augmenter(x, training=True), y),
                                   num_parallel_calls=AUTOTUNE)
+    if regularise is not None:
+        # One stateless seed per batch from a seeded stream: the draws do not depend on how
+        # the parallel map interleaves.
+        seeds = tf.data.Dataset.random(seed=seed).batch(2)
+        dataset = tf.data.Dataset.zip((dataset, seeds)).map(
+            lambda batch, batch_seed: regularise(batch[0], batch[1], batch_seed),
+            num_parallel_calls=AUTOTUNE)
     return dataset.prefetch(AUTOTUNE)
 
 
