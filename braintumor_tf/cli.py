@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 PREDICT_SOME_FAILED = 3
 
 # models.tta.TTA_MODES, spelled out so `--help` does not import Keras (a test keeps them equal).
-TTA_CHOICES = ("none", "flips", "dihedral")
+TTA_CHOICES = ("none", "mirror", "flips", "dihedral")
 
 
 def _friendly_errors(function):
@@ -107,7 +107,8 @@ def train_command(config_path, data_root, run_dir, subjects_path, overrides):
               help="Write predictions and plots here (confusion matrix; segmenter: overlays).")
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--tta", type=click.Choice(TTA_CHOICES), default="none", show_default=True,
-              help="Segmenter (.keras): average the masks over mirrored/turned views.")
+              help=".keras models: average over mirrored/turned views (classifier: use "
+                   "mirror, the flip it trained with; segmenter: flips or dihedral).")
 @_friendly_errors
 def evaluate_command(model_path, data_paths, masks_dir, split_name, json_path, out_dir, batch_size,
                      tta):
@@ -173,11 +174,13 @@ def audit_command(paths, out_dir, threshold, subjects_path):
 @click.option("--int8-io", type=click.Choice(["int8", "float32"]), default="int8", show_default=True,
               help="Input/output type of the int8 variant.")
 @click.option("--tta", type=click.Choice(TTA_CHOICES), default="none", show_default=True,
-              help="Segmenter: build mask averaging over mirrored/turned views into the exports "
-                   "(4 or 8 forward passes per image).")
+              help="Build averaging over mirrored/turned views into the exports (2, 4 or 8 "
+                   "forward passes per image; classifier: mirror).")
+@click.option("--parity-split", type=click.Choice(["train", "val", "test"]), default="val",
+              show_default=True, help="With --run: the split the parity report checks on.")
 @_friendly_errors
 def export_command(model_path, run_dir, out_base, version, tflite_variants, representative_data,
-                   validation_data, masks_dir, int8_io, tta):
+                   validation_data, masks_dir, int8_io, tta, parity_split):
     """Write a versioned SavedModel for TF Serving and, optionally, TFLite variants with a parity
     report (classifier: top-1 agreement; segmenter: Dice drop <= 0.01)."""
     from braintumor_tf.commands.export import export_model
@@ -185,7 +188,7 @@ def export_command(model_path, run_dir, out_base, version, tflite_variants, repr
     summary = export_model(out_base, model_path=model_path, run_dir=run_dir, version=version,
                            tflite_variants=tflite_variants, representative_data=representative_data,
                            validation_data=validation_data, int8_io=int8_io, masks=masks_dir,
-                           tta=tta)
+                           tta=tta, parity_split=parity_split)
     if summary.get("parity_passed") is False:
         raise click.ClickException("a TFLite variant failed its agreement gate (see tflite_parity.md)")
 

@@ -94,10 +94,9 @@ def test_none_is_the_model_itself_and_round_trips(tmp_path):
 def test_clear_errors():
     with pytest.raises(ValueError, match="unknown test-time augmentation"):
         with_test_time_augmentation(_segmenter(), "rotations")
-    classifier = keras.Sequential([keras.Input((SIZE, SIZE, 1)), keras.layers.Flatten(),
-                                   keras.layers.Dense(4)])
-    with pytest.raises(ValueError, match="for segmenters"):
-        with_test_time_augmentation(classifier, "flips")
+    flat = keras.Sequential([keras.Input((SIZE, SIZE, 1)), keras.layers.Conv2D(1, 3)])
+    with pytest.raises(ValueError, match="output \\[N, S, S, 1\\]"):
+        with_test_time_augmentation(keras.Sequential([flat, keras.layers.Reshape((14, 14))]))
     with pytest.raises(ValueError, match="quarter_turns"):
         SquareSymmetry(4)
     assert TTA_CHOICES == TTA_MODES
@@ -149,3 +148,30 @@ def test_benchmark_takes_models_of_different_input_sizes(tmp_path):
     results = benchmark(paths, images=4, batch_sizes=(1,))
     assert sorted(results["image_size"].values()) == [SIZE, 2 * SIZE]
     assert all(rows[0]["images"] == 4 for rows in results["backends"].values())
+
+
+def _classifier(seed=0):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((SIZE, SIZE, 1), name="pixels")
+    x = keras.layers.Conv2D(4, 3, activation="relu")(keras.layers.Rescaling(1 / 255)(inputs))
+    x = keras.layers.Flatten()(x)
+    return keras.Model(inputs, keras.layers.Dense(4, activation="softmax", dtype="float32")(x))
+
+
+def test_classifier_mirror_averages_probabilities_and_exports(tmp_path):
+    """A classifier's views need no undoing: mirror = mean of p(x) and p(x mirrored)."""
+    model = _classifier()
+    x = _pixels()
+    expected = (np.asarray(model(x)) + np.asarray(model(x[:, :, ::-1]))) / 2
+    assert not np.allclose(expected, np.asarray(model(x)), atol=1e-4)
+    wrapped = with_test_time_augmentation(model, "mirror")
+    np.testing.assert_allclose(np.asarray(wrapped(x)), expected, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(wrapped(x[:, :, ::-1])), expected, atol=1e-6)
+    model_path = tmp_path / "classifier.keras"
+    model.save(model_path)
+    summary = export_model(tmp_path / "classifier", model_path=model_path,
+                           tflite_variants="float32", tta="mirror")
+    for exported in (summary["savedmodel"], summary["tflite"]["float32"]):
+        np.testing.assert_allclose(load_runtime(exported).predict(x), expected, atol=1e-5)
+    sidecar = json.loads((tmp_path / "classifier" / "classifier_float32.json").read_text())
+    assert sidecar["test_time_augmentation"] == "mirror"

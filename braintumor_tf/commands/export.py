@@ -99,14 +99,18 @@ def export_model(
     int8_io: str = "int8",
     masks=None,
     tta: str = "none",
+    parity_split: str = "val",
 ) -> dict:
     """SavedModel version, then TFLite variants, then the parity report.
 
     Data for calibration and parity is read before anything is written, so a missing or
     empty folder fails without leaving a version behind. The model's task (read from its output)
     decides how many images calibrate and check parity, and how parity is judged. ``tta`` builds
-    a segmenter's test-time augmentation into every exported file (``models.tta``).
+    test-time augmentation into every exported file (``models.tta``). ``parity_split``: the
+    part of ``run_dir``'s manifest the parity report uses.
     """
+    if parity_split not in ("train", "val", "test"):
+        raise ValueError(f"parity_split must be train, val or test, got {parity_split!r}")
     out_base = Path(out_base)
     variants = parse_variants(tflite_variants)
     keras_path = resolve_keras_model(model_path, run_dir)
@@ -116,7 +120,7 @@ def export_model(
     model = float32_model(load_model(keras_path, compile=False))
     image_size, channels = model_geometry(model)
     task = get_task(task_of_output_rank(len(model.output_shape)))
-    model = with_test_time_augmentation(model, tta)  # a clear error for classifiers
+    model = with_test_time_augmentation(model, tta)
 
     calibration = None
     if "int8" in variants:
@@ -129,7 +133,7 @@ def export_model(
                              "images) or --run RUN_DIR")
         calibration, _ = load_pixels(rows, image_size, channels, task.calibration_images)
     validation = task.parity_data(image_size, channels, run_dir, validation_data, masks,
-                                  representative_data) if variants else None
+                                  representative_data, split=parity_split) if variants else None
 
     saved, names = task.export_savedmodel(model, target, tta, configured_threshold(keras_path))
     log(f"SavedModel version {saved.name} written to {saved}")

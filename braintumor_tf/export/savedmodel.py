@@ -280,10 +280,13 @@ def _open_permissions(root: Path) -> None:
         os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
-def export_classifier(model, out_dir: str | os.PathLike, class_names: Sequence[str]) -> Path:
-    """Write atomically: a half-written directory would look servable to TF Serving."""
+def export_classifier(model, out_dir: str | os.PathLike, class_names: Sequence[str],
+                      tta: str = "none") -> Path:
+    """Write atomically: a half-written directory would look servable to TF Serving.
+    ``tta`` only records which test-time augmentation ``model`` already contains."""
     return _export(ClassifierModule(model, class_names), model, out_dir,
-                   {"task": "classification", "class_names": list(class_names)}, len(class_names))
+                   {"task": "classification", "class_names": list(class_names),
+                    "test_time_augmentation": tta}, len(class_names))
 
 
 def export_segmenter(model, out_dir: str | os.PathLike, threshold: float = DEFAULT_SEGMENTATION_THRESHOLD,

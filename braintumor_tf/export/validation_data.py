@@ -57,12 +57,13 @@ def _sample(items: list, limit: int, seed: int) -> list:
 
 def segmenter_validation(image_size: int, channels: int, limit: int, run_dir=None,
                          validation_data=None, masks=None, representative_data=None,
-                         seed: int = 1) -> tuple[np.ndarray, np.ndarray | None] | None:
+                         seed: int = 1, split: str = "val"
+                         ) -> tuple[np.ndarray, np.ndarray | None] | None:
     """Validation pixels and, when the data has them, truth masks at the model's size (nearest,
     as training sees them). Truth is optional: agreement with the Keras masks needs none."""
     reader, with_truth = None, set()
     if run_dir is not None:
-        paths = [path for path, _ in manifest_rows(Path(run_dir), "val")]
+        paths = [path for path, _ in manifest_rows(Path(run_dir), split)]
         config_file = Path(run_dir) / "config.yaml"
         if config_file.is_file():
             source, targets = training_source(load_config(config_file), Path(run_dir))

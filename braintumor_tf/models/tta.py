@@ -1,11 +1,14 @@
-"""Test-time augmentation for segmenters, built into the graph.
+"""Test-time augmentation, built into the graph.
 
 A tumour outline does not depend on which way the slice is mirrored or turned, and the UNet is
 trained with flips and quarter turns. Averaging its masks over those views of one image removes
-some of the view-dependent error. The wrapper is an ordinary functional model around the trained
-one (shared weights, registered layers), so the same averaging is what ``evaluate`` scores and
-what the SavedModel and TFLite exports compute: nothing to re-implement in a serving client.
-Cost: one forward pass per view (4 for ``flips``, 8 for ``dihedral``).
+some of the view-dependent error. A classifier's class does not depend on them either: its
+probabilities are averaged over the views (``mirror``, the left-right flip it was trained with,
+is the one to use; views it never saw in training can hurt). The wrapper is an ordinary
+functional model around the trained one (shared weights, registered layers), so the same
+averaging is what ``evaluate`` scores and what the SavedModel and TFLite exports compute: nothing
+to re-implement in a serving client. Cost: one forward pass per view (2 for ``mirror``, 4 for
+``flips``, 8 for ``dihedral``).
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-TTA_MODES = ("none", "flips", "dihedral")
-# (quarter turns, mirror) for each view. ``flips``: identity, left-right, half turn (= both
-# flips), up-down; ``dihedral`` adds the four views that swap rows and columns.
+TTA_MODES = ("none", "mirror", "flips", "dihedral")
+# (quarter turns, mirror) for each view. ``mirror``: identity and left-right; ``flips``: those,
+# half turn (= both flips) and up-down; ``dihedral`` adds the four views that swap rows and
+# columns.
 _VIEWS = {
+    "mirror": ((0, False), (0, True)),
     "flips": ((0, False), (0, True), (2, False), (2, True)),
     "dihedral": tuple((turns, mirror) for turns in range(4) for mirror in (False, True)),
 }
@@ -63,15 +68,18 @@ class SquareSymmetry(layers.Layer):
 
 
 def with_test_time_augmentation(model: keras.Model, mode: str = "flips") -> keras.Model:
-    """``model`` itself for ``none``; otherwise a model that averages its masks over the views."""
+    """``model`` itself for ``none``; otherwise a model that averages its outputs over the views
+    (a segmenter's masks are turned back first; a classifier's probabilities need no undoing)."""
     if mode not in TTA_MODES:
         raise ValueError(f"unknown test-time augmentation {mode!r}; choose from {TTA_MODES}")
     if mode == "none":
         return model
     input_shape = tuple(model.input_shape)
-    if len(model.output_shape) != 4:
-        raise ValueError(f"test-time augmentation is for segmenters (output [N, S, S, 1]); "
-                         f"{model.name} outputs {model.output_shape}")
+    if len(model.output_shape) not in (2, 4):
+        raise ValueError(f"test-time augmentation is for classifiers (output [N, classes]) and "
+                         f"segmenters (output [N, S, S, 1]); {model.name} outputs "
+                         f"{model.output_shape}")
+    per_image = len(model.output_shape) == 2
     if len(input_shape) != 4 or input_shape[1] is None or input_shape[1] != input_shape[2]:
         raise ValueError(f"test-time augmentation needs a fixed square input, got {input_shape}")
     inputs = keras.Input(shape=input_shape[1:], name="image")
@@ -81,7 +89,8 @@ def with_test_time_augmentation(model: keras.Model, mode: str = "flips") -> kera
             masks.append(model(inputs))
             continue
         view = SquareSymmetry(turns, mirror, dtype="float32", name=f"view_{index}")(inputs)
-        masks.append(SquareSymmetry(turns, mirror, inverse=True, dtype="float32",
-                                    name=f"undo_view_{index}")(model(view)))
+        output = model(view)
+        masks.append(output if per_image else SquareSymmetry(
+            turns, mirror, inverse=True, dtype="float32", name=f"undo_view_{index}")(output))
     average = layers.Average(dtype="float32", name="tta_average")(masks)
     return keras.Model(inputs, average, name=f"{model.name}_tta_{mode}")

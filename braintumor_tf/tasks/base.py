@@ -70,8 +70,9 @@ class Task:
         raise NotImplementedError
 
     def parity_data(self, image_size: int, channels: int, run_dir=None, validation_data=None,
-                    masks=None, representative_data=None):
-        """What ``parity`` compares on (None when no images were given)."""
+                    masks=None, representative_data=None, split: str = "val"):
+        """What ``parity`` compares on (None when no images were given); ``split``: which part
+        of a run's manifest (the release is judged on ``test``)."""
         raise NotImplementedError
 
     def parity(self, reference, tflite_files: dict, validation) -> tuple[dict, dict, str]:

@@ -31,6 +31,7 @@ TEST_SUMMARY_KEYS = ("n", "accuracy", "macro_f1", "roc_auc_ovr", "ece")
 
 class ClassificationTask(Task):
     name = "classification"
+    parity_images = 2000  # a whole test split of ../shared/data (1,222 images), not a sample
 
     def prepare_data(self, config: Config, run_dir: Path) -> TaskData:
         """Discover images, drop broken ones and split by subject/duplicate group (or reuse the
@@ -99,12 +100,13 @@ class ClassificationTask(Task):
         return evaluate_classifier(runtime, data_paths, **options)
 
     def export_savedmodel(self, model, target: Path, tta: str, threshold: float) -> tuple[Path, dict]:
-        return export_classifier(model, target, CLASS_NAMES), {"class_names": list(CLASS_NAMES)}
+        return export_classifier(model, target, CLASS_NAMES, tta), {
+            "class_names": list(CLASS_NAMES), "test_time_augmentation": tta}
 
     def parity_data(self, image_size: int, channels: int, run_dir=None, validation_data=None,
-                    masks=None, representative_data=None):
+                    masks=None, representative_data=None, split: str = "val"):
         if run_dir is not None:
-            rows = manifest_rows(Path(run_dir), "val")
+            rows = manifest_rows(Path(run_dir), split)
         elif validation_data is not None or representative_data is not None:
             rows = folder_rows(validation_data or representative_data)
         else:

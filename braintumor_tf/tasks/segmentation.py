@@ -112,9 +112,9 @@ class SegmentationTask(Task):
                 {"task": "segmentation", "test_time_augmentation": tta, "threshold": threshold})
 
     def parity_data(self, image_size: int, channels: int, run_dir=None, validation_data=None,
-                    masks=None, representative_data=None):
+                    masks=None, representative_data=None, split: str = "val"):
         return segmenter_validation(image_size, channels, self.parity_images, run_dir,
-                                    validation_data, masks, representative_data)
+                                    validation_data, masks, representative_data, split=split)
 
     def parity(self, reference, tflite_files: dict, validation):
         pixels, truth = validation
