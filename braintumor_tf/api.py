@@ -54,7 +54,9 @@ class Model:
         return self.runtime.image_size
 
     def predict(self, inputs) -> list[dict]:
-        """Classifier: ``class_name``, ``class_id``, ``probabilities`` (name -> probability).
+        """Classifier: ``class_name``, ``class_id``, ``probabilities`` (name -> probability),
+        ``ood_score`` and ``in_distribution`` (False: not like the MRI slices the model was
+        trained on; both None when the model has no guard, see ``braintumor-tf calibrate``).
         Segmenter: ``mask`` (uint8 0/1 at the input's own size), ``tumour_area_pixels``,
         ``tumour_fraction``. Every record has ``input`` and ``error`` (None when predicted)."""
         return self._predict_items(_as_items(inputs))[1]
@@ -66,7 +68,11 @@ class Model:
         outputs = {}
         if readable:
             pixels = np.stack([resize_image(images[i], self.image_size) for i in readable])
-            outputs = dict(zip(readable, self.runtime.predict(pixels), strict=True))
+            probabilities, scores = self.runtime.predict_with_scores(pixels)
+            inside = self.runtime.in_distribution(scores)
+            outputs = {index: (probabilities[row], None if scores is None else scores[row],
+                               None if inside is None else inside[row])
+                       for row, index in enumerate(readable)}
         return images, [self._record(label, images[index], outputs.get(index), errors[index])
                         for index, (label, _) in enumerate(items)]
 
@@ -109,13 +115,15 @@ class Model:
 
     def _record(self, label: str, image, output, error) -> dict:
         if self.task == "classification":
-            record = class_record(label, self.class_names, output, error=error)
+            probabilities, score, inside = output if output is not None else (None, None, None)
+            record = class_record(label, self.class_names, probabilities, error=error,
+                                  ood_score=score, in_distribution=inside)
             record["input"] = record.pop("path")
             return record
         if error is not None:
             return {"input": label, "mask": None, "tumour_area_pixels": None,
                     "tumour_fraction": None, "error": error}
-        probability = output[..., 0]
+        probability = output[0][..., 0]
         height, width = image.shape[:2]
         if probability.shape != (height, width):
             probability = cv2.resize(probability, (width, height), interpolation=cv2.INTER_LINEAR)

@@ -152,6 +152,24 @@ def audit_command(paths, out_dir, threshold, subjects_path):
     click.echo(f"audit written to {out_dir}")
 
 
+@main.command("calibrate")
+@click.option("--run", "run_dir", required=True, help="Classifier run directory.")
+@click.option("--quantile", default=0.975, show_default=True,
+              help="Share of validation slices the OOD threshold lets through.")
+@_friendly_errors
+def calibrate_command(run_dir, quantile):
+    """Fit the out-of-distribution guard and temperature of a classifier run (on its train and
+    validation splits); exports and predictions made afterwards carry ood_score."""
+    if not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"run directory not found: {run_dir}")
+    from braintumor_tf.commands.calibrate import calibrate
+
+    report = calibrate(run_dir, quantile)
+    click.echo(f"validation flagged {report['val_flagged'] * 100:.1f} %, temperature "
+               f"{report['temperature']:.2f}, ECE {report['val_ece_before']:.3f} -> "
+               f"{report['val_ece_after']:.3f}")
+
+
 @main.command("export")
 @click.option("--model", "model_path", default=None, help="Trained .keras model.")
 @click.option("--run", "run_dir", default=None,

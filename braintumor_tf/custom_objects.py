@@ -10,6 +10,7 @@ import os
 
 
 def register_all() -> None:
+    import braintumor_tf.models.guard  # noqa: F401  DistributionGuard
     import braintumor_tf.models.layers  # noqa: F401  GreyToRGB, CaffePreprocessing
     import braintumor_tf.models.tta  # noqa: F401  SquareSymmetry
     import braintumor_tf.training.losses  # noqa: F401  Dice/BCE losses and metrics

@@ -380,7 +380,8 @@ def test_predict_folder_with_one_broken_file(trained, images_with_broken, tmp_pa
     assert cli("predict", "--model", trained["model_path"], images_with_broken,
                "--csv", csv_path).exit_code == PREDICT_SOME_FAILED
     lines = csv_path.read_text().splitlines()
-    assert lines[0] == "path,class_name," + ",".join(CLASS_NAMES) + ",error" and len(lines) == 5
+    assert lines[0] == ("path,class_name," + ",".join(CLASS_NAMES)
+                        + ",ood_score,in_distribution,error") and len(lines) == 5
 
 
 def test_predict_exits_1_when_nothing_could_be_predicted(trained, images_with_broken):

@@ -247,7 +247,8 @@ def test_metadata_travels_with_the_model(exported):
     meta_file = exported["root"] / "c1" / "1" / "assets.extra" / "braintumor_tf.json"
     meta = json.loads(meta_file.read_text())
     assert meta == {"task": "classification", "class_names": list(CLASS_NAMES),
-                    "image_size": SIZE, "channels": 1, "max_image_pixels": 50_000_000}
+                    "image_size": SIZE, "channels": 1, "max_image_pixels": 50_000_000,
+                    "test_time_augmentation": "none"}
 
 
 def test_existing_out_dir_is_refused_and_untouched(tmp_path):

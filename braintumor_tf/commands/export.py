@@ -20,7 +20,7 @@ from braintumor_tf.custom_objects import load_model
 from braintumor_tf.data.discover import CLASS_NAMES
 from braintumor_tf.export.parity import write_parity_report
 from braintumor_tf.export.runtimes import configured_threshold, load_runtime, task_of_output_rank
-from braintumor_tf.export.savedmodel import model_geometry, next_version_dir
+from braintumor_tf.export.savedmodel import guard_metadata, model_geometry, next_version_dir
 from braintumor_tf.export.tflite import (
     TFLITE_VARIANTS,
     convert_to_tflite,
@@ -29,6 +29,7 @@ from braintumor_tf.export.tflite import (
 )
 from braintumor_tf.export.validation_data import folder_rows, load_pixels, manifest_rows
 from braintumor_tf.log import log
+from braintumor_tf.models.guard import guard_path_for, load_guard_beside, with_guard
 from braintumor_tf.models.tta import with_test_time_augmentation
 from braintumor_tf.tasks import get_task
 
@@ -120,7 +121,13 @@ def export_model(
     model = float32_model(load_model(keras_path, compile=False))
     image_size, channels = model_geometry(model)
     task = get_task(task_of_output_rank(len(model.output_shape)))
-    model = with_test_time_augmentation(model, tta)
+    guard = load_guard_beside(keras_path) if task.name == "classification" else None
+    if guard is not None:  # ood_score and calibrated probabilities inside every export
+        model = with_guard(model, guard, tta)
+        log(f"out-of-distribution guard: {guard_path_for(keras_path)} (threshold "
+            f"{guard.threshold:.1f}, temperature {guard.temperature:.2f})")
+    else:
+        model = with_test_time_augmentation(model, tta)
 
     calibration = None
     if "int8" in variants:
@@ -148,7 +155,7 @@ def export_model(
             path = convert_to_tflite(
                 model, staging / tflite_file_name(out_base.name, variant, int8_io), variant,
                 representative_images=calibration, int8_io=int8_io, overwrite=True,
-                metadata={"source_version": int(saved.name), **names,
+                metadata={"source_version": int(saved.name), **names, **guard_metadata(model),
                           "image_size": image_size, "channels": channels})
             staged[variant] = path
             log(f"TFLite {variant}: {path.name} ({path.stat().st_size / 1024:.1f} KB)")

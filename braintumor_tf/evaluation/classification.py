@@ -18,22 +18,30 @@ from braintumor_tf.plots import plot_confusion_matrix
 from braintumor_tf.training.metrics import classification_report, format_report
 
 
-def predict_paths(runtime, paths, batch_size: int = 32) -> np.ndarray:
-    """Probabilities for each path, decoded exactly as in training."""
-    outputs = []
+def predict_paths(runtime, paths, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray | None]:
+    """Probabilities (and OOD scores, None without a guard) for each path, decoded exactly as
+    in training."""
+    outputs, scores = [], []
     for batch in image_dataset(paths, runtime.image_size, runtime.channels, batch_size):
-        outputs.append(np.asarray(runtime.predict(batch.numpy())))
-    return np.concatenate(outputs, axis=0)
+        probabilities, batch_scores = runtime.predict_with_scores(batch.numpy())
+        outputs.append(np.asarray(probabilities))
+        scores.append(batch_scores)
+    guarded = bool(scores) and scores[0] is not None
+    return np.concatenate(outputs, axis=0), (np.concatenate(scores) if guarded else None)
 
 
 def evaluate_records(model_path, paths, labels, out_dir=None, batch_size: int = 32,
                      json_path=None, verbose: bool = True, runtime=None) -> dict:
     runtime = runtime or load_runtime(model_path, class_names=CLASS_NAMES)
     class_names = list(runtime.class_names)
-    probabilities = predict_paths(runtime, paths, batch_size)
+    probabilities, scores = predict_paths(runtime, paths, batch_size)
     report = classification_report(np.asarray(labels), probabilities, class_names)
     report["model"] = str(model_path)
     report["model_kind"] = runtime.kind
+    inside = runtime.in_distribution(scores)
+    if inside is not None:  # every image here is an MRI slice: flags are false alarms
+        report["ood_flagged"] = float(np.mean(~inside))
+        report["ood_threshold"] = runtime.ood_threshold
     if verbose:
         print(format_report(report), flush=True)
     if out_dir is not None:
@@ -45,10 +53,14 @@ def evaluate_records(model_path, paths, labels, out_dir=None, batch_size: int = 
                               title=f"{Path(model_path).name}: n={report['n']}, "
                                     f"accuracy {report['accuracy']:.3f}")
         with open_csv(out_dir / "predictions.csv", "w") as handle:
-            handle.write("path,label,predicted," + ",".join(class_names) + "\n")
-            for path, label, row in zip(paths, labels, probabilities, strict=True):
+            extra = ",ood_score,in_distribution" if inside is not None else ""
+            handle.write("path,label,predicted," + ",".join(class_names) + extra + "\n")
+            for index, (path, label, row) in enumerate(zip(paths, labels, probabilities,
+                                                           strict=True)):
+                guard = (f",{scores[index]:.3f},{str(bool(inside[index])).lower()}"
+                         if inside is not None else "")
                 handle.write(f"{path},{class_names[label]},{class_names[int(row.argmax())]},"
-                             + ",".join(f"{p:.6f}" for p in row) + "\n")
+                             + ",".join(f"{p:.6f}" for p in row) + guard + "\n")
     if json_path is not None:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(report, indent=2))

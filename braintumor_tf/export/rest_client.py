@@ -134,8 +134,12 @@ def _parse_prediction(item) -> dict:
             raise ServingError("unexpected probabilities (not finite numbers): "
                                f"{item['probabilities']!r:.200}")
         class_id = int(item.get("class_id", int(probabilities.argmax())))
-        return {"task": "classification", "probabilities": probabilities, "class_id": class_id,
-                "class_name": str(item.get("class_name", class_id))}
+        row = {"task": "classification", "probabilities": probabilities, "class_id": class_id,
+               "class_name": str(item.get("class_name", class_id))}
+        if "ood_score" in item:  # a guarded classifier (models.guard)
+            row["ood_score"] = float(item["ood_score"])
+            row["in_distribution"] = bool(item.get("in_distribution", True))
+        return row
     if isinstance(item, dict) and "mask" in item:
         mask = np.asarray(item["mask"], np.uint8)
         probability = np.asarray(item.get("mask_probability", mask), np.float32)

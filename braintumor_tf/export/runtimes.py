@@ -72,6 +72,9 @@ class Runtime:
         self.class_names = tuple(str(n) for n in class_names)
         self.batch_size = int(batch_size)
         self.threshold = float(threshold)  # segmenters: where a probability becomes tumour
+        # Classifiers with an out-of-distribution guard (models.guard): scores above this are
+        # flagged. None: the model carries no guard.
+        self.ood_threshold: float | None = None
 
     def __repr__(self) -> str:
         return (
@@ -80,6 +83,10 @@ class Runtime:
         )
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
+        return self.predict_with_scores(pixels)[0]
+
+    def predict_with_scores(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities, out-of-distribution scores or None when the model has no guard)."""
         pixels = np.asarray(pixels, dtype=np.float32)
         expected = (self.image_size, self.image_size, self.channels)
         if pixels.ndim != 4 or pixels.shape[1:] != expected:
@@ -87,17 +94,29 @@ class Runtime:
                 f"pixels must be float32 [N, {expected[0]}, {expected[1]}, {expected[2]}] in "
                 f"0..255, got shape {pixels.shape}"
             )
+        no_scores = None if self.ood_threshold is None else np.zeros(0, np.float32)
         if len(pixels) == 0:
             if self.task == "segmentation":
-                return np.zeros((0, self.image_size, self.image_size, 1), np.float32)
-            return np.zeros((0, len(self.class_names)), np.float32)
+                return np.zeros((0, self.image_size, self.image_size, 1), np.float32), None
+            return np.zeros((0, len(self.class_names)), np.float32), no_scores
         chunks = [
             self._predict_batch(pixels[i : i + self.batch_size])
             for i in range(0, len(pixels), self.batch_size)
         ]
-        return np.concatenate(chunks).astype(np.float32, copy=False)
+        probabilities = np.concatenate([c[0] if isinstance(c, tuple) else c for c in chunks])
+        scores = None
+        if chunks and isinstance(chunks[0], tuple) and chunks[0][1] is not None:
+            scores = np.concatenate([c[1] for c in chunks]).astype(np.float32, copy=False)
+        return probabilities.astype(np.float32, copy=False), scores
 
-    def _predict_batch(self, pixels: np.ndarray) -> np.ndarray:
+    def in_distribution(self, scores: np.ndarray | None) -> np.ndarray | None:
+        """True where the guard lets an image through (None without a guard)."""
+        if scores is None or self.ood_threshold is None:
+            return None
+        return np.asarray(scores) <= self.ood_threshold
+
+    def _predict_batch(self, pixels: np.ndarray):
+        """Probabilities, or (probabilities, OOD scores) for a guarded classifier."""
         raise NotImplementedError
 
 
@@ -107,23 +126,46 @@ class _KerasRuntime(Runtime):
     def __init__(self, path: Path, class_names, batch_size: int, tta: str = "none"):
 
         from braintumor_tf.custom_objects import load_model
+        from braintumor_tf.models.guard import is_guarded, load_guard_beside, with_guard
         from braintumor_tf.models.tta import with_test_time_augmentation
 
-        self._model = with_test_time_augmentation(load_model(path, compile=False), tta)
-        shape = tuple(self._model.input_shape)
+        self._plain = load_model(path, compile=False)
+        output_shape = self._plain.output_shape
+        ood_threshold = None
+        if is_guarded(self._plain):  # saved already guarded (models.guard.with_guard)
+            if tta != "none":
+                raise ValueError(f"{path} is a guarded classifier saved with its views; "
+                                 "test-time augmentation cannot be added to it")
+            self._model = self._plain
+            layer = self._plain.get_layer("distribution_guard")
+            output_shape = (None, layer.num_classes)
+            ood_threshold = layer.threshold
+            task = "classification"
+        else:
+            task = task_of_output_rank(len(output_shape))
+            guard = load_guard_beside(path) if task == "classification" else None
+            if guard is not None:  # wraps the views itself (scores from the image as given)
+                self._model = with_guard(self._plain, guard, tta)
+                ood_threshold = guard.threshold
+            else:
+                self._model = with_test_time_augmentation(self._plain, tta)
+        shape = tuple(self._plain.input_shape)
         super().__init__(
-            path, shape[1], shape[3], int(self._model.output_shape[-1]), class_names, batch_size,
-            task=task_of_output_rank(len(self._model.output_shape)),
-            threshold=configured_threshold(path),
+            path, shape[1], shape[3], int(output_shape[-1]), class_names, batch_size,
+            task=task, threshold=configured_threshold(path),
         )
+        self.ood_threshold = ood_threshold
 
     @property
     def keras_model(self):
-        """The loaded model, for what needs layers (Grad-CAM)."""
-        return self._model
+        """The trained model as saved, for what needs layers (Grad-CAM)."""
+        return self._plain
 
     def _predict_batch(self, pixels):
-        return np.asarray(self._model(pixels, training=False))
+        out = self._model(pixels, training=False)
+        if isinstance(out, dict):
+            return np.asarray(out["probabilities"]), np.asarray(out["ood_score"])
+        return np.asarray(out)
 
 
 class _SavedModelRuntime(Runtime):
@@ -150,9 +192,13 @@ class _SavedModelRuntime(Runtime):
             path, meta["image_size"], meta["channels"], len(stored), stored, batch_size, task=task,
             threshold=meta.get("threshold", DEFAULT_THRESHOLD),
         )
+        if "ood_score" in self._signature.structured_outputs:
+            self.ood_threshold = float(meta["ood_threshold"])
 
     def _predict_batch(self, pixels):
         out = self._signature(pixels=self._tf.constant(pixels))
+        if self.ood_threshold is not None:
+            return out[self._output_key].numpy(), out["ood_score"].numpy()
         return out[self._output_key].numpy()
 
 
@@ -165,6 +211,8 @@ def _savedmodel_metadata(path: Path, loaded) -> dict:
             "channels": int(loaded.channels.numpy()),
             "task": loaded.task.numpy().decode() if hasattr(loaded, "task") else "classification",
             **({"threshold": float(loaded.threshold.numpy())} if hasattr(loaded, "threshold") else {}),
+            **({"ood_threshold": float(loaded.ood_threshold.numpy())}
+               if hasattr(loaded, "ood_threshold") else {}),
         }
     meta_file = path / "assets.extra" / "braintumor_tf.json"
     if meta_file.is_file():
@@ -182,7 +230,11 @@ class _TFLiteRuntime(Runtime):
         self._interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
         self._interpreter.allocate_tensors()
         self._input = self._interpreter.get_input_details()[0]
-        self._output = self._interpreter.get_output_details()[0]
+        # A guarded classifier has two outputs, in an order the converter picks: the [N]
+        # one is the OOD score.
+        outputs = self._interpreter.get_output_details()
+        self._output = next(o for o in outputs if len(o["shape"]) != 1)
+        self._score_output = next((o for o in outputs if len(o["shape"]) == 1), None)
         shape = self._input["shape"]
         signature = self._input.get("shape_signature", shape)
         self._dynamic_batch = len(signature) > 0 and int(signature[0]) == -1
@@ -194,6 +246,11 @@ class _TFLiteRuntime(Runtime):
             task=task_of_output_rank(len(self._output["shape"])),
             threshold=stored.get("threshold", DEFAULT_THRESHOLD),
         )
+        if self._score_output is not None:
+            if "ood_threshold" not in stored:
+                raise ValueError(f"{path} has an out-of-distribution output but its sidecar "
+                                 f"{sidecar.name} holds no ood_threshold")
+            self.ood_threshold = float(stored["ood_threshold"])
 
     def _resize(self, n: int) -> None:
         if n != self._batch:
@@ -202,7 +259,14 @@ class _TFLiteRuntime(Runtime):
             self._interpreter.allocate_tensors()
             self._batch = n
 
-    def _run(self, pixels: np.ndarray) -> np.ndarray:
+    def _dequantised(self, details) -> np.ndarray:
+        out = self._interpreter.get_tensor(details["index"])
+        if np.issubdtype(details["dtype"], np.integer):
+            scale, zero_point = details["quantization"]
+            out = (out.astype(np.float32) - zero_point) * scale
+        return out.astype(np.float32)
+
+    def _run(self, pixels: np.ndarray):
         details = self._input
         if np.issubdtype(details["dtype"], np.integer):
             scale, zero_point = details["quantization"]
@@ -210,22 +274,24 @@ class _TFLiteRuntime(Runtime):
             pixels = np.clip(np.round(pixels / scale + zero_point), info.min, info.max)
         self._interpreter.set_tensor(details["index"], pixels.astype(details["dtype"]))
         self._interpreter.invoke()
-        out = self._interpreter.get_tensor(self._output["index"])
-        if np.issubdtype(self._output["dtype"], np.integer):
-            scale, zero_point = self._output["quantization"]
-            out = (out.astype(np.float32) - zero_point) * scale
-            if self.task == "classification":
-                # Dequantised softmax rows sum to 1 only within a few steps of 1/256; scored or
-                # printed as probabilities they must sum to 1 exactly (argmax is unchanged).
-                out = out / np.maximum(out.sum(axis=-1, keepdims=True), 1e-12)
-        return out.astype(np.float32)
+        out = self._dequantised(self._output)
+        if np.issubdtype(self._output["dtype"], np.integer) and self.task == "classification":
+            # Dequantised softmax rows sum to 1 only within a few steps of 1/256; scored or
+            # printed as probabilities they must sum to 1 exactly (argmax is unchanged).
+            out = out / np.maximum(out.sum(axis=-1, keepdims=True), 1e-12)
+        if self._score_output is not None:
+            return out, self._dequantised(self._score_output)
+        return out
 
     def _predict_batch(self, pixels):
         if self._dynamic_batch:
             self._resize(len(pixels))
             return self._run(pixels)
         # A fixed-batch model (batch 1 in practice) is fed one image at a time.
-        return np.concatenate([self._run(pixels[i : i + 1]) for i in range(len(pixels))])
+        parts = [self._run(pixels[i : i + 1]) for i in range(len(pixels))]
+        if self._score_output is not None:
+            return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+        return np.concatenate(parts)
 
 
 def task_of_output_rank(rank: int) -> str:

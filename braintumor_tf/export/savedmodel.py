@@ -20,6 +20,7 @@ import tensorflow as tf
 from braintumor_tf import faults
 from braintumor_tf.config import DEFAULT_SEGMENTATION_THRESHOLD
 from braintumor_tf.data.image_header import max_image_pixels
+from braintumor_tf.models.guard import is_guarded
 
 METADATA_FILE = "braintumor_tf.json"
 METADATA_DIR = "assets.extra"
@@ -165,21 +166,33 @@ class ClassifierModule(_ServingModule):
     """Holds the Keras model plus what a client needs to interpret its output."""
 
     def __init__(self, model, class_names: Sequence[str]):
-        num_classes = int(model.output_shape[-1])
+        self._guarded = is_guarded(model)  # models.guard.with_guard: two outputs
+        num_classes = (model.get_layer("distribution_guard").num_classes if self._guarded
+                       else int(model.output_shape[-1]))
         if len(class_names) != num_classes:
             raise ValueError(
                 f"model has {num_classes} outputs but {len(class_names)} class names were given"
             )
         super().__init__(model, class_names, name="braintumor_classifier")
+        if self._guarded:
+            guard = model.get_layer("distribution_guard")
+            self.ood_threshold = tf.Variable(guard.threshold, dtype=tf.float32, trainable=False)
+            self.temperature = tf.Variable(guard.temperature, dtype=tf.float32, trainable=False)
 
     def _outputs(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
-        probabilities = tf.cast(self.model(images, training=False), tf.float32)
+        out = self.model(images, training=False)
+        probabilities = tf.cast(out["probabilities"] if self._guarded else out, tf.float32)
         class_id = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
-        return {
+        outputs = {
             "probabilities": probabilities,
             "class_id": class_id,
             "class_name": tf.gather(self.class_names, class_id),
         }
+        if self._guarded:
+            score = tf.cast(out["ood_score"], tf.float32)
+            outputs["ood_score"] = score
+            outputs["in_distribution"] = score <= self.ood_threshold
+        return outputs
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     def serve_images(self, images):
@@ -284,9 +297,23 @@ def export_classifier(model, out_dir: str | os.PathLike, class_names: Sequence[s
                       tta: str = "none") -> Path:
     """Write atomically: a half-written directory would look servable to TF Serving.
     ``tta`` only records which test-time augmentation ``model`` already contains."""
-    return _export(ClassifierModule(model, class_names), model, out_dir,
-                   {"task": "classification", "class_names": list(class_names),
-                    "test_time_augmentation": tta}, len(class_names))
+    module = ClassifierModule(model, class_names)
+    metadata = {"task": "classification", "class_names": list(class_names),
+                "test_time_augmentation": tta}
+    if module._guarded:
+        metadata.update(guard_metadata(model))
+    return _export(module, model, out_dir, metadata, len(class_names))
+
+
+def guard_metadata(model) -> dict:
+    """What a client needs to read a guarded classifier's ``ood_score`` (models.guard)."""
+    names = {layer.name for layer in model.layers}
+    if "distribution_guard" not in names:
+        return {}
+    guard = model.get_layer("distribution_guard")
+    return {"ood_threshold": guard.threshold, "temperature": guard.temperature,
+            "ood_method": "squared Mahalanobis distance of pooled features to the nearest "
+                          "class mean; flagged above ood_threshold"}
 
 
 def export_segmenter(model, out_dir: str | os.PathLike, threshold: float = DEFAULT_SEGMENTATION_THRESHOLD,

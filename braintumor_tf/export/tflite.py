@@ -69,10 +69,13 @@ def describe_tflite(flatbuffer: bytes) -> dict:
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_content=flatbuffer)
-    return {
-        "input": _tensor_info(interpreter.get_input_details()[0]),
-        "output": _tensor_info(interpreter.get_output_details()[0]),
-    }
+    outputs = interpreter.get_output_details()
+    main = next(o for o in outputs if len(o["shape"]) != 1)
+    info = {"input": _tensor_info(interpreter.get_input_details()[0]), "output": _tensor_info(main)}
+    score = next((o for o in outputs if len(o["shape"]) == 1), None)
+    if score is not None:  # a guarded classifier (models.guard): the [N] output is ood_score
+        info["ood_score_output"] = _tensor_info(score)
+    return info
 
 
 def _write_atomic(path: Path, data: bytes, overwrite: bool) -> None:

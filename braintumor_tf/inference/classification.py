@@ -18,14 +18,18 @@ EXPLAIN_NEEDS_KERAS = ("--explain (Grad-CAM) needs a .keras model: it reads the 
                        "gradients, which SavedModel, .tflite and served models do not expose")
 
 
-def class_record(path, class_names, probabilities=None, class_id=None, error=None) -> dict:
+def class_record(path, class_names, probabilities=None, class_id=None, error=None,
+                 ood_score=None, in_distribution=None) -> dict:
+    """``ood_score``/``in_distribution`` are None when the model carries no guard."""
     if error is not None:
         return {"path": path, "class_name": None, "class_id": None, "probabilities": None,
-                "error": error}
+                "ood_score": None, "in_distribution": None, "error": error}
     probabilities = np.asarray(probabilities, np.float32)
     class_id = int(probabilities.argmax()) if class_id is None else int(class_id)
     return {"path": path, "class_name": class_names[class_id], "class_id": class_id,
             "probabilities": {n: float(p) for n, p in zip(class_names, probabilities, strict=True)},
+            "ood_score": None if ood_score is None else float(ood_score),
+            "in_distribution": None if in_distribution is None else bool(in_distribution),
             "error": None}
 
 
@@ -41,8 +45,13 @@ def predict_classes(runtime, paths, explain_dir=None, batch_size: int = 32) -> l
             records[path] = class_record(path, runtime.class_names, error=error_text(path, error))
     if good:
         pixels = np.stack(images)
-        for path, row in zip(good, runtime.predict(pixels), strict=True):
-            records[path] = class_record(path, runtime.class_names, row)
+        probabilities, scores = runtime.predict_with_scores(pixels)
+        inside = runtime.in_distribution(scores)
+        for index, (path, row) in enumerate(zip(good, probabilities, strict=True)):
+            records[path] = class_record(
+                path, runtime.class_names, row,
+                ood_score=None if scores is None else scores[index],
+                in_distribution=None if inside is None else inside[index])
         if explain_dir is not None:
             write_explanations(runtime, good, pixels, explain_dir, batch_size, records)
     return [records[p] for p in paths]
@@ -73,13 +82,19 @@ def records_from_server(paths, outputs) -> list[dict]:
             continue
         names = CLASS_NAMES if len(out["probabilities"]) == len(CLASS_NAMES) else \
             tuple(f"class_{i}" for i in range(len(out["probabilities"])))
-        records.append(class_record(path, names, out["probabilities"], out["class_id"]))
+        records.append(class_record(path, names, out["probabilities"], out["class_id"],
+                                    ood_score=out.get("ood_score"),
+                                    in_distribution=out.get("in_distribution")))
     return records
 
 
 def describe(record: dict) -> str:
     probabilities = " ".join(f"{n}={p:.3f}" for n, p in record["probabilities"].items())
-    return f"{record['path']}: {record['class_name']} ({probabilities})"
+    line = f"{record['path']}: {record['class_name']} ({probabilities})"
+    if record.get("in_distribution") is False:
+        line += (f"  WARNING: does not look like the brain MRI slices the model was trained on "
+                 f"(ood score {record['ood_score']:.0f}); do not trust this class")
+    return line
 
 
 def write_class_csv(records: list[dict], csv_path) -> None:
@@ -87,8 +102,11 @@ def write_class_csv(records: list[dict], csv_path) -> None:
     Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
     with open_csv(csv_path, "w") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", "class_name", *names, "error"])
+        writer.writerow(["path", "class_name", *names, "ood_score", "in_distribution", "error"])
         for r in records:
             probabilities = [f"{r['probabilities'][n]:.6f}" for n in names] if r["probabilities"] \
                 else [""] * len(names)
-            writer.writerow([r["path"], r["class_name"] or "", *probabilities, r["error"] or ""])
+            score = "" if r.get("ood_score") is None else f"{r['ood_score']:.3f}"
+            inside = "" if r.get("in_distribution") is None else str(r["in_distribution"]).lower()
+            writer.writerow([r["path"], r["class_name"] or "", *probabilities, score, inside,
+                             r["error"] or ""])

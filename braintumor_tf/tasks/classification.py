@@ -18,12 +18,14 @@ from braintumor_tf.data.phantoms import write_phantom_dataset
 from braintumor_tf.data.run_split import reuse_split, split_and_write_manifest
 from braintumor_tf.data.subjects import resolve_subjects
 from braintumor_tf.evaluation.classification import evaluate_classifier, evaluate_records
+from braintumor_tf.evaluation.guard_fit import calibrate_classifier
 from braintumor_tf.export.parity import tflite_parity
 from braintumor_tf.export.savedmodel import export_classifier
 from braintumor_tf.export.validation_data import folder_rows, load_pixels, manifest_rows
 from braintumor_tf.inference import classification as inference
 from braintumor_tf.log import log
 from braintumor_tf.models.classifier import build_classifier
+from braintumor_tf.models.guard import load_guard_beside, with_guard
 from braintumor_tf.tasks.base import Task, TaskData
 
 TEST_SUMMARY_KEYS = ("n", "accuracy", "macro_f1", "roc_auc_ovr", "ece")
@@ -84,6 +86,13 @@ class ClassificationTask(Task):
                 best_model, run_dir / "encoder.weights.h5")
             log(f"encoder weights for the segmenter: {summary['encoder_weights_file']} "
                 "(segmentation.encoder_weights)")
+        # Before the test: the guard changes the probabilities (temperature) the test scores.
+        try:
+            summary["ood_guard"] = calibrate_classifier(
+                run_dir / "model.keras", manifest_rows(run_dir, "train"),
+                manifest_rows(run_dir, "val"))
+        except ValueError as error:  # e.g. a class missing from a tiny training split
+            log(f"warning: no out-of-distribution guard for this run: {error}")
         if test_rows:
             paths, labels = _paths_and_labels(test_rows)
             report = evaluate_records(run_dir / "model.keras", paths, labels,
@@ -92,7 +101,9 @@ class ClassificationTask(Task):
         export_dir = run_dir / "savedmodel"
         if export_dir.exists():
             shutil.rmtree(export_dir)
-        export_classifier(best_model, export_dir, CLASS_NAMES)
+        guard = load_guard_beside(run_dir / "model.keras")
+        export_classifier(best_model if guard is None else with_guard(best_model, guard),
+                          export_dir, CLASS_NAMES)
         log(f"saved {run_dir / 'model.keras'} and SavedModel {export_dir}")
         return summary
 

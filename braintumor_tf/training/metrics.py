@@ -190,6 +190,8 @@ def format_report(report: dict) -> str:
         ("ECE", _fmt(report["ece"])),
         ("log loss", _fmt(report["log_loss"])),
     ]
+    if "ood_flagged" in report:
+        summary.append(("flagged out of distribution", f"{report['ood_flagged'] * 100:.1f} %"))
     label_width = max(len(label) for label, _ in summary)
     lines.extend(f"{label:<{label_width}}  {value}" for label, value in summary)
     if report.get("absent_classes"):

@@ -1,0 +1,150 @@
+"""The out-of-distribution guard and temperature scaling (models.guard)."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import numpy as np
+import pytest
+
+from braintumor_tf.data.non_mri import KINDS, non_mri_images
+from braintumor_tf.data.phantoms import generate_phantoms
+from braintumor_tf.models.classifier import build_residual_cnn
+from braintumor_tf.models.guard import (
+    DistributionGuard,
+    Guard,
+    feature_layer_name,
+    fit_guard,
+    fit_temperature,
+    mahalanobis_scores,
+    scale_probabilities,
+    with_guard,
+)
+
+pytestmark = pytest.mark.usefixtures("float32_policy")
+SIZE = 64
+
+
+def _tiny(seed=0):
+    keras.utils.set_random_seed(seed)
+    return build_residual_cnn(SIZE, 1, 4, 16, 2, [16, 32, 32], [3, 3, 3], [True, True, False],
+                              dense_units=32, dropout=0.1)
+
+
+def _random_guard(model, seed=0):
+    rng = np.random.default_rng(seed)
+    dim = model.get_layer(feature_layer_name(model)).output.shape[-1]
+    root = rng.normal(size=(dim, dim)).astype(np.float32) / dim
+    return Guard(rng.normal(size=(4, dim)).astype(np.float32),
+                 (root @ root.T + np.eye(dim, dtype=np.float32)), threshold=3.0, temperature=1.7,
+                 feature_layer=feature_layer_name(model))
+
+
+def test_with_guard_matches_numpy_and_round_trips(tmp_path):
+    model = _tiny()
+    guard = _random_guard(model)
+    guarded = with_guard(model, guard)
+    pixels = np.random.default_rng(1).uniform(0, 255, (5, SIZE, SIZE, 1)).astype(np.float32)
+    out = guarded(pixels)
+    features = keras.Model(model.inputs, model.get_layer(guard.feature_layer).output)(pixels)
+    np.testing.assert_allclose(out["ood_score"], mahalanobis_scores(
+        np.asarray(features, np.float64), guard.means, guard.precision), rtol=1e-4)
+    np.testing.assert_allclose(out["probabilities"], scale_probabilities(
+        np.asarray(model(pixels), np.float64), 1.7), atol=1e-5)
+    guarded.save(tmp_path / "guarded.keras")
+    reloaded = keras.models.load_model(tmp_path / "guarded.keras", compile=False)
+    np.testing.assert_allclose(reloaded(pixels)["ood_score"], out["ood_score"], rtol=1e-5)
+    layer = reloaded.get_layer("distribution_guard")
+    assert (layer.temperature, layer.threshold) == (1.7, 3.0)
+    guard.save(tmp_path / "g.npz")
+    again = Guard.load(tmp_path / "g.npz")
+    np.testing.assert_array_equal(again.precision, guard.precision)
+    assert (again.threshold, again.feature_layer) == (3.0, guard.feature_layer)
+    with pytest.raises(ValueError, match="temperature and threshold must be > 0"):
+        DistributionGuard(4, 8, temperature=0.0)
+
+
+def test_temperature_undoes_overconfidence():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4000, 4)) * 2
+    calibrated = scale_probabilities(np.exp(logits), 1.0)
+    labels = np.array([rng.choice(4, p=p) for p in calibrated])
+    overconfident = scale_probabilities(calibrated, 1 / 3)  # logits x 3
+    assert fit_temperature(overconfident, labels) == pytest.approx(3.0, rel=0.1)
+    assert fit_temperature(calibrated, labels) == pytest.approx(1.0, rel=0.1)
+
+
+def test_fitted_guard_flags_what_is_not_mri():
+    """A small classifier trained on phantom slices: its guard lets held-out phantoms through
+    and refuses blank frames, noise, photographs, charts, text and CT-like slices."""
+    images, _, labels = generate_phantoms(60, SIZE, seed=3)
+    pixels = images[..., None].astype(np.float32)
+    train, val = slice(0, 160), slice(160, 240)
+    model = _tiny()
+    model.compile(keras.optimizers.Adam(3e-3), "categorical_crossentropy")
+    history = model.fit(pixels[train], np.eye(4)[labels[train]], batch_size=16, epochs=6,
+                        verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    guard, report, val_probabilities = fit_guard(model, pixels[train], labels[train],
+                                                 pixels[val], labels[val])
+    assert report["val_flagged"] <= 0.05 and val_probabilities.shape == (80, 4)
+    guarded = with_guard(model, guard)
+    held_out, _, _ = generate_phantoms(10, SIZE, seed=99)
+    scores = np.asarray(guarded(held_out[..., None].astype(np.float32))["ood_score"])
+    assert np.mean(scores > guard.threshold) <= 0.15
+    probes = non_mri_images(10, SIZE, seed=0)
+    for kind in KINDS:
+        scores = np.asarray(guarded(probes[kind][..., None].astype(np.float32))["ood_score"])
+        assert np.mean(scores > guard.threshold) >= 0.9, kind
+
+
+def test_fit_guard_refuses_bad_input():
+    model = _tiny()
+    pixels = np.zeros((8, SIZE, SIZE, 1), np.float32)
+    with pytest.raises(ValueError, match="every class"):
+        fit_guard(model, pixels, np.zeros(8, int), pixels, np.zeros(8, int))
+    with pytest.raises(ValueError, match="validation_quantile"):
+        fit_guard(model, pixels, np.arange(8) % 4, pixels, np.arange(8) % 4, 1.0)
+    with pytest.raises(ValueError, match="unknown kinds"):
+        non_mri_images(1, 64, kinds=("x-ray",))
+
+
+def test_guard_travels_into_every_runtime_and_export(tmp_path):
+    """Keras (guard beside the file), SavedModel and TFLite give the same OOD scores, and
+    predict/evaluate report them."""
+    from braintumor_tf.api import load
+    from braintumor_tf.commands.export import export_model
+    from braintumor_tf.export.runtimes import load_runtime
+
+    model = _tiny()
+    model_path = tmp_path / "run" / "model.keras"
+    model_path.parent.mkdir()
+    model.save(model_path)
+    guard = _random_guard(model)
+    guard.threshold = 40.0
+    guard.save(model_path.parent / "ood_guard.npz")
+    pixels = np.random.default_rng(2).uniform(0, 255, (6, SIZE, SIZE, 1)).astype(np.float32)
+    keras_runtime = load_runtime(model_path)
+    probabilities, scores = keras_runtime.predict_with_scores(pixels)
+    assert keras_runtime.ood_threshold == 40.0 and scores.shape == (6,)
+    np.testing.assert_allclose(probabilities, scale_probabilities(np.asarray(model(pixels)), 1.7),
+                               atol=1e-5)
+    summary = export_model(tmp_path / "classifier", model_path=model_path,
+                           tflite_variants="float32")
+    for exported in (summary["savedmodel"], summary["tflite"]["float32"]):
+        runtime = load_runtime(exported)
+        got_probabilities, got_scores = runtime.predict_with_scores(pixels)
+        assert runtime.ood_threshold == 40.0
+        np.testing.assert_allclose(got_scores, scores, rtol=1e-4)
+        np.testing.assert_allclose(got_probabilities, probabilities, atol=1e-5)
+    import tensorflow as tf
+
+    served = tf.saved_model.load(summary["savedmodel"]).signatures["predict_pixels"](
+        pixels=tf.constant(pixels))
+    np.testing.assert_array_equal(served["in_distribution"].numpy(), scores <= 40.0)
+    records = load(model_path).predict(list(pixels))
+    assert [r["in_distribution"] for r in records] == list(scores <= 40.0)
+    assert all(r["ood_score"] == pytest.approx(s, rel=1e-4)
+               for r, s in zip(records, scores, strict=True))
+    (tmp_path / "run" / "ood_guard.npz").unlink()
+    assert load_runtime(model_path).predict_with_scores(pixels)[1] is None
