@@ -13,10 +13,11 @@ from braintumor_tf.models.classifier import build_residual_cnn
 from braintumor_tf.models.guard import (
     DistributionGuard,
     Guard,
-    feature_layer_name,
+    feature_layer_names,
+    features_and_probabilities,
     fit_guard,
     fit_temperature,
-    mahalanobis_scores,
+    guard_scores,
     scale_probabilities,
     with_guard,
 )
@@ -33,11 +34,21 @@ def _tiny(seed=0):
 
 def _random_guard(model, seed=0):
     rng = np.random.default_rng(seed)
-    dim = model.get_layer(feature_layer_name(model)).output.shape[-1]
-    root = rng.normal(size=(dim, dim)).astype(np.float32) / dim
-    return Guard(rng.normal(size=(4, dim)).astype(np.float32),
-                 (root @ root.T + np.eye(dim, dtype=np.float32)), threshold=3.0, temperature=1.7,
-                 feature_layer=feature_layer_name(model))
+    names = feature_layer_names(model)
+    extractor = features_and_probabilities(model, names)
+    dims = [int(t.shape[-1]) for t in extractor.outputs[:-1]]
+    means, precisions = [], []
+    for dim in dims:
+        root = rng.normal(size=(dim, dim)).astype(np.float32) / dim
+        means.append(rng.normal(size=(4, dim)).astype(np.float32))
+        precisions.append(root @ root.T + np.eye(dim, dtype=np.float32))
+    return Guard(names, means, precisions, [float(x) for x in rng.uniform(1, 50, len(dims))],
+                 threshold=3.0, temperature=1.7)
+
+
+def _tiny_wider():
+    return build_residual_cnn(SIZE, 1, 4, 16, 2, [16, 32, 48], [3, 3, 3], [True, True, False],
+                              dense_units=32, dropout=0.1)
 
 
 def test_with_guard_matches_numpy_and_round_trips(tmp_path):
@@ -46,9 +57,10 @@ def test_with_guard_matches_numpy_and_round_trips(tmp_path):
     guarded = with_guard(model, guard)
     pixels = np.random.default_rng(1).uniform(0, 255, (5, SIZE, SIZE, 1)).astype(np.float32)
     out = guarded(pixels)
-    features = keras.Model(model.inputs, model.get_layer(guard.feature_layer).output)(pixels)
-    np.testing.assert_allclose(out["ood_score"], mahalanobis_scores(
-        np.asarray(features, np.float64), guard.means, guard.precision), rtol=1e-4)
+    *features, _ = features_and_probabilities(model, guard.feature_layers)(pixels)
+    assert len(features) == 3  # the stem's resolution and two downsampled ones
+    np.testing.assert_allclose(out["ood_score"], guard_scores(
+        [np.asarray(f, np.float64) for f in features], guard), rtol=1e-4)
     np.testing.assert_allclose(out["probabilities"], scale_probabilities(
         np.asarray(model(pixels), np.float64), 1.7), atol=1e-5)
     guarded.save(tmp_path / "guarded.keras")
@@ -58,10 +70,16 @@ def test_with_guard_matches_numpy_and_round_trips(tmp_path):
     assert (layer.temperature, layer.threshold) == (1.7, 3.0)
     guard.save(tmp_path / "g.npz")
     again = Guard.load(tmp_path / "g.npz")
-    np.testing.assert_array_equal(again.precision, guard.precision)
-    assert (again.threshold, again.feature_layer) == (3.0, guard.feature_layer)
+    np.testing.assert_array_equal(again.precisions[2], guard.precisions[2])
+    assert (again.threshold, again.feature_layers, again.scales) == (
+        3.0, guard.feature_layers, guard.scales)
+    (tmp_path / "bad.npz").write_bytes(b"not numpy")
+    with pytest.raises(ValueError, match="not an OOD guard file"):
+        Guard.load(tmp_path / "bad.npz")
+    with pytest.raises(ValueError, match="fitted for another model"):
+        with_guard(_tiny_wider(), guard)
     with pytest.raises(ValueError, match="temperature and threshold must be > 0"):
-        DistributionGuard(4, 8, temperature=0.0)
+        DistributionGuard(4, [8], [1.0], temperature=0.0)
 
 
 def test_temperature_undoes_overconfidence():

@@ -312,8 +312,9 @@ def guard_metadata(model) -> dict:
         return {}
     guard = model.get_layer("distribution_guard")
     return {"ood_threshold": guard.threshold, "temperature": guard.temperature,
-            "ood_method": "squared Mahalanobis distance of pooled features to the nearest "
-                          "class mean; flagged above ood_threshold"}
+            "ood_method": "largest over feature layers of the squared Mahalanobis distance to "
+                          "the nearest class mean, each divided by its 99th percentile on "
+                          "validation slices; flagged above ood_threshold"}
 
 
 def export_segmenter(model, out_dir: str | os.PathLike, threshold: float = DEFAULT_SEGMENTATION_THRESHOLD,
