@@ -130,7 +130,7 @@ def test_predict_csv_with_tflite_and_explicit_masks_dir(seg, exported, incoming,
                  "--masks-out", masks)
     assert result.exit_code == PREDICT_SOME_FAILED, result.output
     lines = csv_path.read_text().splitlines()
-    assert lines[0] == "path,height,width,tumour_area_pixels,tumour_fraction,mask,error"
+    assert lines[0] == "path,height,width,tumour_area_pixels,tumour_fraction,mask,warning,error"
     assert len(lines) == 5 and sorted(p.name for p in masks.iterdir()) == [
         "a_grey_mask.png", "b_rgb_mask.png", "c_model_size_mask.png"]
 

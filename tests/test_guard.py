@@ -166,3 +166,30 @@ def test_guard_travels_into_every_runtime_and_export(tmp_path):
                for r, s in zip(records, scores, strict=True))
     (tmp_path / "run" / "ood_guard.npz").unlink()
     assert load_runtime(model_path).predict_with_scores(pixels)[1] is None
+
+
+def test_cross_check_warns_where_the_classifier_disagrees():
+    from braintumor_tf.data.discover import CLASS_NAMES
+    from braintumor_tf.inference.classification import class_record
+    from braintumor_tf.inference.segmentation import cross_check, describe, segment_record
+
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2:4, 2:4] = 1
+    masks = [segment_record(f"{name}.png", mask=mask, mask_file=f"{name}_mask.png")
+             for name in ("sure", "unsure", "not_mri", "glioma")]
+    masks.append(segment_record("broken.png", error="cannot read file"))
+    sure_none = [0.02, 0.02, 0.94, 0.02]
+    classes = [class_record("sure.png", CLASS_NAMES, sure_none, ood_score=1,
+                            in_distribution=True),
+               class_record("unsure.png", CLASS_NAMES, [0.2, 0.2, 0.5, 0.1]),
+               class_record("not_mri.png", CLASS_NAMES, sure_none, ood_score=9,
+                            in_distribution=False),
+               class_record("glioma.png", CLASS_NAMES, [0.9, 0.05, 0.03, 0.02]),
+               class_record("broken.png", CLASS_NAMES, error="cannot read file")]
+    sure, unsure, not_mri, glioma, broken = cross_check(masks, classes)
+    assert "notumor (0.94)" in sure["warning"] and "4 mask pixels" in sure["warning"]
+    assert unsure["warning"] is None and glioma["warning"] is None
+    assert "not an MRI slice" in not_mri["warning"]
+    assert broken["warning"] is None and "classifier" not in broken
+    assert glioma["classifier"]["class_name"] == "glioma"
+    assert "WARNING" in describe(sure) and "WARNING" not in describe(glioma)

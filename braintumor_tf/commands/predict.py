@@ -42,9 +42,11 @@ def predict(
     batch_size: int = 32,
     masks_dir=None,
     timeout: float = 60.0,
+    classifier_path=None,
 ) -> list[dict]:
     """One record per file: class and probabilities (classifier), tumour area and mask file
-    (segmenter), or the reason the file could not be read."""
+    (segmenter), or the reason the file could not be read. ``classifier_path`` (segmenters):
+    a classifier's view of each slice goes beside its mask, with a warning where they disagree."""
     if (model_path is None) == (server is None):
         raise ValueError("give exactly one of --model PATH or --server URL")
     if json_path is not None and csv_path is not None:
@@ -69,6 +71,16 @@ def predict(
         runtime = load_runtime(model_path, class_names=CLASS_NAMES, batch_size=batch_size)
         task = get_task(runtime.task)
         records = task.predict_files(runtime, paths, masks_dir, explain_dir, batch_size)
+    if classifier_path is not None:
+        if task.name != "segmentation":
+            raise ValueError("--classifier goes with a segmenter --model")
+        from braintumor_tf.inference.classification import predict_classes
+        from braintumor_tf.inference.segmentation import cross_check
+
+        classifier = load_runtime(classifier_path, class_names=CLASS_NAMES, batch_size=batch_size)
+        if classifier.task != "classification":
+            raise ValueError(f"--classifier {classifier_path} is not a classifier")
+        cross_check(records, predict_classes(classifier, paths, None, batch_size))
     for record in records:
         log(f"{record['path']}: ERROR {record['error']}" if record["error"] else task.describe(record))
     failed = sum(1 for r in records if r["error"])

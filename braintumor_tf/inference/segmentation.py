@@ -14,7 +14,7 @@ from braintumor_tf.inference.common import error_text, unique_name
 from braintumor_tf.overlays import mask_overlay
 
 SEGMENT_CSV_COLUMNS = ("path", "height", "width", "tumour_area_pixels", "tumour_fraction", "mask",
-                       "error")
+                       "warning", "error")
 
 
 def segment_record(path, error=None, mask=None, mask_file=None) -> dict:
@@ -83,10 +83,37 @@ def records_from_server(paths, outputs, masks_dir) -> list[dict]:
     return records
 
 
+NO_TUMOUR_CONFIDENCE = 0.9  # a classifier this sure of notumor makes a mask suspect
+
+
+def cross_check(records: list[dict], class_records: list[dict],
+                confidence: float = NO_TUMOUR_CONFIDENCE) -> list[dict]:
+    """Put the classifier's view beside each mask, and a ``warning`` where they disagree: a mask
+    on a slice the classifier confidently calls notumor (likely false-positive specks), or an
+    image the classifier's guard says is not an MRI slice like its training data."""
+    for record, other in zip(records, class_records, strict=True):
+        record["warning"] = None
+        if record["error"] or other["error"]:
+            continue
+        probability = other["probabilities"][other["class_name"]]
+        record["classifier"] = {"class_name": other["class_name"], "confidence": probability,
+                                "in_distribution": other.get("in_distribution")}
+        if other.get("in_distribution") is False:
+            record["warning"] = ("the classifier's guard says this is not an MRI slice like its "
+                                 "training data; do not trust the mask")
+        elif (other["class_name"] == "notumor" and probability >= confidence
+              and record["tumour_area_pixels"]):
+            record["warning"] = (f"the classifier calls this slice notumor ({probability:.2f}): "
+                                 f"the {record['tumour_area_pixels']} mask pixels are likely "
+                                 "false positives")
+    return records
+
+
 def describe(record: dict) -> str:
-    return (f"{record['path']}: tumour {record['tumour_area_pixels']} px "
+    line = (f"{record['path']}: tumour {record['tumour_area_pixels']} px "
             f"({record['tumour_fraction'] * 100:.2f} % of {record['width']}x{record['height']}), "
             f"mask {record['mask']}")
+    return line + (f"  WARNING: {record['warning']}" if record.get("warning") else "")
 
 
 def write_segment_csv(records: list[dict], csv_path) -> None:
@@ -97,4 +124,4 @@ def write_segment_csv(records: list[dict], csv_path) -> None:
         for r in records:
             row = dict(r, tumour_fraction=None if r["tumour_fraction"] is None
                        else f"{r['tumour_fraction']:.6f}")
-            writer.writerow(["" if row[k] is None else row[k] for k in SEGMENT_CSV_COLUMNS])
+            writer.writerow(["" if row.get(k) is None else row[k] for k in SEGMENT_CSV_COLUMNS])
