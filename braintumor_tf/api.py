@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from braintumor_tf.data.decode import DecodeError, read_image, resize_image
+from braintumor_tf.data.decode import DecodeError, percentile_scaled, read_image, resize_image
 from braintumor_tf.data.discover import CLASS_NAMES
 from braintumor_tf.export.runtimes import load_runtime
 from braintumor_tf.inference.classification import EXPLAIN_NEEDS_KERAS, class_record
@@ -164,8 +164,8 @@ def _array_image(array: np.ndarray, channels: int) -> np.ndarray:
     if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or min(image.shape[:2]) == 0:
         raise ValueError(f"expected an image [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], "
                          f"got shape {image.shape}")
-    if image.dtype == np.uint16:
-        image = image.astype(np.float32) / 257.0
+    if image.dtype in (np.uint16, np.int16, np.uint32, np.int32):  # scanner values
+        image = percentile_scaled(image)
     image = np.clip(np.nan_to_num(image.astype(np.float32)), 0.0, 255.0)[:, :, :3]
     if image.shape[2] == 3 and channels == 1:
         return (image @ _LUMINANCE)[:, :, None]

@@ -98,8 +98,10 @@ def encode(array: np.ndarray, fmt: str, mode: str | None = None) -> bytes:
 def reference_pixels(data: bytes, channels: int) -> np.ndarray:
     """Decode with PIL (not TF) and resize the way the signature documents."""
     image = Image.open(io.BytesIO(data))
-    if image.mode == "I;16":
-        array = np.asarray(image, np.float32) * (255.0 / 65535.0)
+    if image.mode == "I;16":  # stretched from its own 0.5th-99.5th percentiles, as documented
+        array = np.asarray(image, np.float32)
+        low, high = np.percentile(array, (0.5, 99.5), method="nearest")
+        array = np.clip((array - low) * (255.0 / (high - low)), 0, 255)
     else:
         array = np.asarray(image).astype(np.float32)
     if array.ndim == 2:
@@ -139,6 +141,8 @@ def make_images(directory: Path) -> dict[str, tuple[Path, bool]]:
         "grey16.png": (
             encode(rng.integers(0, 65536, (36, 28), dtype=np.uint16), "PNG", None), True
         ),
+        # A 12-bit scan in a 16-bit PNG: stretched from its own range, not divided by 257.
+        "scan12.png": (encode((smooth(40, 40).astype(np.uint16) * 16), "PNG", None), True),
         "rgb.bmp": (encode(rng.integers(0, 256, (45, 37, 3), dtype=np.uint8), "BMP"), True),
         "exact.png": (encode(rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8), "PNG"), True),
         "rgb.jpg": (encode(smooth(45, 37, 3), "JPEG"), False),

@@ -38,12 +38,27 @@ def _check_complete(data: bytes, name: str) -> None:
         raise DecodeError(f"{name}: truncated PNG (no IEND chunk)")
 
 
+# Images deeper than 8 bits (16-bit PNG/TIFF, DICOM) are scanner values, usually 12 bits in a
+# 16-bit container: dividing by the container's range leaves them almost black. They are
+# stretched from these percentiles of their own values to 0..255 instead.
+HIGH_BIT_PERCENTILES = (0.5, 99.5)
+
+
+def percentile_scaled(values: np.ndarray) -> np.ndarray:
+    """float32 0..255 from the image's own 0.5th-99.5th percentile range (flat images: 0)."""
+    values = np.nan_to_num(np.asarray(values, np.float32))
+    low, high = np.percentile(values, HIGH_BIT_PERCENTILES, method="nearest")
+    if not high > low:
+        return np.zeros(values.shape, np.float32)
+    return np.clip((values - low) * (255.0 / (high - low)), 0.0, 255.0).astype(np.float32)
+
+
 def _to_float(img: np.ndarray) -> np.ndarray:
-    """Scale by the dtype range (not the image max) so intensities stay comparable."""
+    """8-bit as it is; deeper integer images by their own percentile range (see above)."""
     if img.dtype == np.uint8:
         return img.astype(np.float32)
-    if img.dtype == np.uint16:
-        return img.astype(np.float32) / 257.0
+    if img.dtype in (np.uint16, np.int16, np.uint32, np.int32):
+        return percentile_scaled(img)
     if np.issubdtype(img.dtype, np.floating):
         return np.clip(np.nan_to_num(img.astype(np.float32)), 0.0, 255.0)
     if np.issubdtype(img.dtype, np.integer):

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from braintumor_tf import faults
 from braintumor_tf.config import DEFAULT_SEGMENTATION_THRESHOLD
+from braintumor_tf.data.decode import HIGH_BIT_PERCENTILES
 from braintumor_tf.data.image_header import max_image_pixels
 from braintumor_tf.models.guard import is_guarded
 
@@ -126,6 +127,23 @@ def checked_pixels(pixels: tf.Tensor, channels: int, size: int) -> tuple[tf.Tens
         return resize_to(to_channels(tf.identity(pixels), channels), size), shape
 
 
+def _is_16_bit_png(data: tf.Tensor) -> tf.Tensor:
+    """PNG signature and a bit depth of 16 in IHDR (byte 24)."""
+    return tf.logical_and(tf.equal(tf.strings.substr(data, 0, 8), b"\x89PNG\r\n\x1a\n"),
+                          tf.equal(tf.strings.substr(data, 24, 1), b"\x10"))
+
+
+def _percentile_scaled(image: tf.Tensor) -> tf.Tensor:
+    """data.decode.percentile_scaled in the graph (nearest-rank percentiles)."""
+    values = tf.sort(tf.reshape(image, [-1]))
+    last = tf.cast(tf.size(values) - 1, tf.float32)
+    low_q, high_q = (q / 100.0 for q in HIGH_BIT_PERCENTILES)
+    low = values[tf.cast(tf.round(low_q * last), tf.int32)]
+    high = values[tf.cast(tf.round(high_q * last), tf.int32)]
+    scaled = tf.clip_by_value((image - low) * (255.0 / tf.maximum(high - low, 1e-6)), 0.0, 255.0)
+    return tf.where(high > low, scaled, tf.zeros_like(image))
+
+
 class _ServingModule(tf.Module):
     """What both tasks' SavedModels share: geometry, metadata variables, decoding and checks."""
 
@@ -152,11 +170,16 @@ class _ServingModule(tf.Module):
             f"images: more than {self.max_image_pixels} pixels declared in the image header "
             "(a decompression bomb or a huge scan); refused before decoding"], summarize=1)
         # Always decode RGB and convert here, so grey comes from the same luminance weights as
-        # predict_pixels, not from each decoder's own RGB-to-grey. float32 decoding scales
-        # uint8 by 1/255 and uint16 PNG by 1/65535.
+        # predict_pixels, not from each decoder's own RGB-to-grey. 16-bit PNGs are stretched
+        # from their own percentiles, as the Python loaders do (data.decode.percentile_scaled).
         with tf.control_dependencies([check]):
-            image = tf.io.decode_image(data, channels=3, dtype=tf.float32, expand_animations=False)
-        return to_channels(image[tf.newaxis] * 255.0, self._channels)[0]
+            image = tf.cond(
+                _is_16_bit_png(data),
+                lambda: _percentile_scaled(tf.cast(tf.io.decode_png(data, channels=3,
+                                                                    dtype=tf.uint16), tf.float32)),
+                lambda: tf.io.decode_image(data, channels=3, dtype=tf.float32,
+                                           expand_animations=False) * 255.0)
+        return to_channels(image[tf.newaxis], self._channels)[0]
 
     def _decode_one(self, data: tf.Tensor) -> tf.Tensor:
         return resize_to(self._decode_full_size(data)[tf.newaxis], self._size)[0]

@@ -44,7 +44,9 @@ def tflite_file_name(name: str, variant: str, int8_io: str = "int8") -> str:
 PREPROCESSING = (
     "decode the image, convert to the model's channel count (grey = ITU-R 601 luminance of RGB, "
     "grey is repeated for RGB), resize to image_size x image_size (area averaging when shrinking), "
-    "keep raw pixel values 0..255 (the model rescales internally)"
+    "keep raw pixel values 0..255 (the model rescales internally); images deeper than 8 bits "
+    "(16-bit PNG/TIFF, DICOM) are first stretched from their own 0.5th-99.5th percentiles to "
+    "0..255"
 )
 
 
