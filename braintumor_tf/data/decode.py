@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from braintumor_tf.data.csv_files import open_csv
+from braintumor_tf.data.dicom import decode_dicom, is_dicom_bytes
 from braintumor_tf.data.image_header import check_pixel_count
 
 _JPEG_SOI = b"\xff\xd8"
@@ -112,6 +113,17 @@ def decode_bytes(
         raise ValueError(f"image_size must be positive, got {image_size}")
     if len(data) == 0:
         raise DecodeError(f"{name}: empty file")
+    if is_dicom_bytes(data):
+        try:
+            img = decode_dicom(data, name, DecodeError)
+        except ImportError as error:  # pydicom not installed: this file cannot be read
+            raise DecodeError(f"{name}: {error}") from error
+        if img.ndim == 3:
+            img = img[:, :, ::-1]  # RGB DICOM; _to_channels expects OpenCV's BGR
+        img = _to_channels(img, channels)
+        if image_size is not None:
+            img = _resize(img, image_size)
+        return np.ascontiguousarray(np.clip(img, 0.0, 255.0), dtype=np.float32)
     _check_complete(data, name)
     check_pixel_count(data, name, DecodeError)
     buf = np.frombuffer(data, dtype=np.uint8)

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from braintumor_tf.data.dicom import is_dicom_file
 from braintumor_tf.log import logger
 
 # Index = model output index; every other module takes the class order from here.
@@ -30,7 +31,7 @@ CLASS_SYNONYMS = {
     "no": "notumor",
 }
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
 
 PathLike = str | os.PathLike
 
@@ -89,9 +90,12 @@ def _walk_images(root: Path, odd: list[dict] | None = None) -> Iterable[Path]:
             odd.extend({"path": os.path.join(dirpath, d), "reason": "a folder named like an "
                         "image file; skipped"} for d in dirnames if is_image_file(d))
         for name in sorted(filenames):
-            if name.startswith(".") or not is_image_file(name):
+            if name.startswith("."):
                 continue
             full = Path(dirpath) / name
+            # Scanners export DICOM series as files without an extension (IM0001, ...).
+            if not is_image_file(name) and not ("." not in name and is_dicom_file(full)):
+                continue
             if full.is_file():
                 yield full
             elif odd is not None:

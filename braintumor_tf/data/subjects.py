@@ -19,6 +19,8 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from braintumor_tf.data.dicom import DICOM_EXTENSIONS, dicom_patient_id
+
 SUBJECTS_FILE_NAME = "subjects.csv"
 # data.subjects values that are not a path.
 SUBJECTS_AUTO = "auto"
@@ -53,6 +55,7 @@ class SubjectReport:
     csv_rows_without_file: int = 0
     split_units: int = 0
     straddling_units: int = 0  # units with images in several splits (only with split folders)
+    images_from_dicom_patient_id: int = 0  # subjects read from DICOM PatientID
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -159,25 +162,43 @@ def subjects_for(paths: Sequence[str], setting: str | None, roots: Sequence[str 
     """The subject of each image under a ``data.subjects`` setting, and the report for the run
     summary; ``None`` subjects when no file applies (the split then keeps near-duplicate groups)."""
     table, automatic = resolve_subjects(setting, roots)
-    if table is None:
+    # DICOM files name their patient: used for every DICOM image the CSV does not list.
+    from_dicom = [f"dicom:{pid}" if (pid := dicom_patient_id(p)) else "" for p in paths] \
+        if setting not in (None, SUBJECTS_OFF) and any(_maybe_dicom(p) for p in paths) \
+        else [""] * len(paths)
+    if table is None and not any(from_dicom):
         return None, SubjectReport(csv_path=None, found_automatically=False, images=len(paths))
-    subjects = table.lookup(paths)
+    listed = table.lookup(paths) if table is not None else [""] * len(paths)
+    subjects = [csv or dicom for csv, dicom in zip(listed, from_dicom, strict=True)]
     matched = sum(bool(s) for s in subjects)
     report = SubjectReport(
-        csv_path=table.csv_path, found_automatically=automatic, images=len(paths),
+        csv_path=table.csv_path if table is not None else None,
+        found_automatically=automatic, images=len(paths),
         images_matched=matched, images_unmatched=len(paths) - matched,
-        subjects=len({s for s in subjects if s}), csv_rows=table.rows,
-        csv_rows_without_file=table.rows_without_file)
+        subjects=len({s for s in subjects if s}),
+        csv_rows=table.rows if table is not None else 0,
+        csv_rows_without_file=table.rows_without_file if table is not None else 0,
+        images_from_dicom_patient_id=sum(bool(d) and not c for c, d in
+                                         zip(listed, from_dicom, strict=True)))
     return subjects, report
+
+
+def _maybe_dicom(path) -> bool:
+    name = os.path.basename(os.fspath(path)).lower()
+    return name.endswith(DICOM_EXTENSIONS) or "." not in name
 
 
 def describe(report: SubjectReport) -> str:
     """One line for the log."""
-    if report.csv_path is None:
+    if report.csv_path is None and not report.images_from_dicom_patient_id:
         return "no subjects file: the split keeps near-duplicate groups together (not patients)"
     how = "found beside the data" if report.found_automatically else "given"
-    line = (f"subjects from {report.csv_path} ({how}): {report.images_matched} of {report.images} "
+    source = (f"{report.csv_path} ({how})" if report.csv_path is not None
+              else "the DICOM files' PatientID")
+    line = (f"subjects from {source}: {report.images_matched} of {report.images} "
             f"images matched, {report.subjects} subjects")
+    if report.csv_path is not None and report.images_from_dicom_patient_id:
+        line += f" ({report.images_from_dicom_patient_id} from DICOM PatientID)"
     if report.images_unmatched:
         line += f"; {report.images_unmatched} unmatched images keep their near-duplicate group"
     if report.csv_rows_without_file:
