@@ -14,8 +14,9 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from braintumor_tf.data.decode import DecodeError, percentile_scaled, read_image, resize_image
+from braintumor_tf.data.decode import DecodeError, read_image, resize_image
 from braintumor_tf.data.discover import CLASS_NAMES
+from braintumor_tf.data.intensity import percentile_scaled
 from braintumor_tf.export.runtimes import load_runtime
 from braintumor_tf.inference.classification import EXPLAIN_NEEDS_KERAS, class_record
 from braintumor_tf.inference.common import error_text

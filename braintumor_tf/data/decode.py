@@ -15,6 +15,7 @@ import numpy as np
 from braintumor_tf.data.csv_files import open_csv
 from braintumor_tf.data.dicom import decode_dicom, is_dicom_bytes
 from braintumor_tf.data.image_header import check_pixel_count
+from braintumor_tf.data.intensity import percentile_scaled
 
 _JPEG_SOI = b"\xff\xd8"
 _JPEG_EOI = b"\xff\xd9"
@@ -37,21 +38,6 @@ def _check_complete(data: bytes, name: str) -> None:
         raise DecodeError(f"{name}: truncated JPEG (no end-of-image marker)")
     if data.startswith(_PNG_SIGNATURE) and b"IEND" not in data[-64:]:
         raise DecodeError(f"{name}: truncated PNG (no IEND chunk)")
-
-
-# Images deeper than 8 bits (16-bit PNG/TIFF, DICOM) are scanner values, usually 12 bits in a
-# 16-bit container: dividing by the container's range leaves them almost black. They are
-# stretched from these percentiles of their own values to 0..255 instead.
-HIGH_BIT_PERCENTILES = (0.5, 99.5)
-
-
-def percentile_scaled(values: np.ndarray) -> np.ndarray:
-    """float32 0..255 from the image's own 0.5th-99.5th percentile range (flat images: 0)."""
-    values = np.nan_to_num(np.asarray(values, np.float32))
-    low, high = np.percentile(values, HIGH_BIT_PERCENTILES, method="nearest")
-    if not high > low:
-        return np.zeros(values.shape, np.float32)
-    return np.clip((values - low) * (255.0 / (high - low)), 0.0, 255.0).astype(np.float32)
 
 
 def _to_float(img: np.ndarray) -> np.ndarray:

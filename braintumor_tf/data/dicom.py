@@ -3,7 +3,7 @@
 Hospital data comes as DICOM: stored values need the file's rescale slope/intercept, a
 MONOCHROME1 image is inverted (high values dark), and the file's own window (centre/width) is
 how its radiologist looked at it; without one, the image's 0.5th-99.5th percentiles set the
-range (as for 16-bit PNG/TIFF, data.decode.percentile_scaled). ``PatientID`` is the subject, so
+range (as for 16-bit PNG/TIFF, data.intensity.percentile_scaled). ``PatientID`` is the subject, so
 a split of DICOM data is by patient without a subjects CSV. pydicom is an optional dependency
 (``pip install 'braintumor_tf[medical]'``); compressed transfer syntaxes need the decoder
 plugins pydicom names, and a file that needs a missing one is a per-file error.
@@ -15,6 +15,8 @@ import io
 import os
 
 import numpy as np
+
+from braintumor_tf.data.intensity import percentile_scaled
 
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 _INSTALL = "reading DICOM needs pydicom: pip install 'braintumor_tf[medical]'"
@@ -87,8 +89,6 @@ def decode_dicom(data: bytes, name: str, error_type=ValueError) -> np.ndarray:
             pixels = convert_color_space(pixels, photometric, "RGB")
         pixels = np.asarray(pixels)
         if pixels.dtype != np.uint8:
-            from braintumor_tf.data.decode import percentile_scaled
-
             return percentile_scaled(pixels)
         return pixels.astype(np.float32)
     from pydicom.pixels import apply_modality_lut
@@ -99,8 +99,6 @@ def decode_dicom(data: bytes, name: str, error_type=ValueError) -> np.ndarray:
         # DICOM's linear window (PS3.3 C.11.2.1.2).
         scaled = np.clip(((values - (centre - 0.5)) / (width - 1) + 0.5) * 255.0, 0.0, 255.0)
     else:
-        from braintumor_tf.data.decode import percentile_scaled
-
         scaled = percentile_scaled(values)
     if photometric == "MONOCHROME1":
         scaled = 255.0 - scaled

@@ -19,8 +19,8 @@ import tensorflow as tf
 
 from braintumor_tf import faults
 from braintumor_tf.config import DEFAULT_SEGMENTATION_THRESHOLD
-from braintumor_tf.data.decode import HIGH_BIT_PERCENTILES
 from braintumor_tf.data.image_header import max_image_pixels
+from braintumor_tf.data.intensity import HIGH_BIT_PERCENTILES
 from braintumor_tf.models.guard import is_guarded
 
 METADATA_FILE = "braintumor_tf.json"
@@ -134,7 +134,7 @@ def _is_16_bit_png(data: tf.Tensor) -> tf.Tensor:
 
 
 def _percentile_scaled(image: tf.Tensor) -> tf.Tensor:
-    """data.decode.percentile_scaled in the graph (nearest-rank percentiles)."""
+    """data.intensity.percentile_scaled in the graph (nearest-rank percentiles)."""
     values = tf.sort(tf.reshape(image, [-1]))
     last = tf.cast(tf.size(values) - 1, tf.float32)
     low_q, high_q = (q / 100.0 for q in HIGH_BIT_PERCENTILES)
@@ -171,7 +171,7 @@ class _ServingModule(tf.Module):
             "(a decompression bomb or a huge scan); refused before decoding"], summarize=1)
         # Always decode RGB and convert here, so grey comes from the same luminance weights as
         # predict_pixels, not from each decoder's own RGB-to-grey. 16-bit PNGs are stretched
-        # from their own percentiles, as the Python loaders do (data.decode.percentile_scaled).
+        # from their own percentiles, as the Python loaders do (data.intensity.percentile_scaled).
         with tf.control_dependencies([check]):
             image = tf.cond(
                 _is_16_bit_png(data),
