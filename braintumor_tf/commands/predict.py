@@ -12,6 +12,7 @@ from braintumor_tf.data.discover import CLASS_NAMES, discover_images
 from braintumor_tf.export.runtimes import load_runtime
 from braintumor_tf.inference.classification import EXPLAIN_NEEDS_KERAS
 from braintumor_tf.inference.common import default_masks_dir
+from braintumor_tf.inference.volumes import is_nifti
 from braintumor_tf.log import log
 from braintumor_tf.tasks import get_task
 
@@ -43,10 +44,13 @@ def predict(
     masks_dir=None,
     timeout: float = 60.0,
     classifier_path=None,
+    axis: int | None = None,
 ) -> list[dict]:
     """One record per file: class and probabilities (classifier), tumour area and mask file
     (segmenter), or the reason the file could not be read. ``classifier_path`` (segmenters):
-    a classifier's view of each slice goes beside its mask, with a warning where they disagree."""
+    a classifier's view of each slice goes beside its mask, with a warning where they disagree.
+    NIfTI volumes (.nii, .nii.gz) are predicted slice by slice along ``axis`` (default: axial;
+    inference.volumes): one record per volume."""
     if (model_path is None) == (server is None):
         raise ValueError("give exactly one of --model PATH or --server URL")
     if json_path is not None and csv_path is not None:
@@ -54,9 +58,20 @@ def predict(
     if explain_dir is not None and server is not None:
         raise ValueError(EXPLAIN_NEEDS_KERAS)
     paths = expand_inputs(inputs)
-    if not paths:
+    volumes = [path for path in paths if is_nifti(path)]
+    paths = [path for path in paths if not is_nifti(path)]
+    if not paths and not volumes:
         raise ValueError("no image files found in the given paths")
     masks_dir = masks_dir if masks_dir is not None else default_masks_dir(json_path, csv_path)
+    if volumes:
+        if server is not None:
+            raise ValueError("NIfTI volumes are predicted locally: give --model, not --server")
+        if csv_path is not None and not paths:
+            raise ValueError("NIfTI volumes go to --json, not --csv (one record holds every slice)")
+        volume_records = _predict_volumes(volumes, model_path, masks_dir, batch_size, axis)
+        if not paths:
+            _write_json(volume_records, json_path)
+            return volume_records
     if server is not None:
         from braintumor_tf.export.rest_client import predict_files
 
@@ -87,9 +102,43 @@ def predict(
     log(f"{len(records) - failed} predicted, {failed} unreadable")
     if task.writes_masks and len(records) > failed:
         log(f"masks written to {masks_dir}")
+    if csv_path is not None:
+        task.write_csv(records, csv_path)
+        if volumes:
+            log(f"{len(volumes)} NIfTI volume(s) are not in the CSV: use --json")
+    if volumes:
+        records = records + volume_records
+    _write_json(records, json_path)
+    return records
+
+
+def _write_json(records, json_path) -> None:
     if json_path is not None:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(records, indent=2) + "\n")
-    if csv_path is not None:
-        task.write_csv(records, csv_path)
+
+
+def _predict_volumes(volumes, model_path, masks_dir, batch_size, axis) -> list[dict]:
+    from braintumor_tf.inference import volumes as volume_inference
+
+    runtime = load_runtime(model_path, class_names=CLASS_NAMES, batch_size=batch_size)
+    records = []
+    for path in volumes:
+        try:
+            if runtime.task == "classification":
+                record = volume_inference.predict_volume_classes(runtime, path, axis, batch_size)
+                answer = record["volume"]
+                log(f"{path}: {answer['class_name']} (volume; tumour slices "
+                    f"{answer['tumour_slices'] or 'none'} of {answer['slices_counted']} counted)")
+            else:
+                name = Path(path).name
+                stem = name[:-len(".nii.gz")] if name.lower().endswith(".nii.gz") else Path(path).stem
+                record = volume_inference.predict_volume_mask(
+                    runtime, path, Path(masks_dir) / f"{stem}_mask.nii.gz", axis)
+                log(f"{path}: tumour in {record['slices_with_tumour']} of {record['slices']} "
+                    f"slices, {record['tumour_voxels']} voxels, mask {record['mask']}")
+        except (ValueError, ImportError, OSError) as error:
+            record = {"path": str(path), "error": str(error)}
+            log(f"{path}: ERROR {error}")
+        records.append({"kind": "volume", **record})
     return records

@@ -1,0 +1,132 @@
+"""NIfTI volumes, predicted slice by slice.
+
+A volume's intensities are stretched once, from the whole volume's 0.5th-99.5th percentiles,
+so every slice of it is scaled alike. Slices are taken along the axial axis by default (the
+array axis the affine maps closest to inferior-superior).
+
+Classifier: a record per slice, and one answer per volume by this rule: count the slices the
+classifier calls each tumour class, among slices its guard lets through (all slices for a
+model without a guard); the volume gets the tumour class with the most slices if at least
+``min_tumour_slices`` of them agree, otherwise ``notumor``. One confident slice can be noise;
+a tumour spans several slices.
+
+Segmenter: a mask per slice at the slice's own size, stacked into a uint8 NIfTI volume with the
+input's affine and header, so it overlays the scan in any viewer.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from braintumor_tf.data.decode import resize_image
+from braintumor_tf.data.intensity import percentile_scaled
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+MIN_TUMOUR_SLICES = 3
+_INSTALL = "reading NIfTI needs nibabel: pip install 'braintumor_tf[medical]'"
+
+
+def is_nifti(path: str | os.PathLike) -> bool:
+    return os.fspath(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def _nibabel():
+    try:
+        import nibabel
+    except ImportError as error:
+        raise ImportError(_INSTALL) from error
+    return nibabel
+
+
+def axial_axis(affine: np.ndarray) -> int:
+    """The array axis whose direction is closest to inferior-superior."""
+    codes = _nibabel().aff2axcodes(affine)
+    return next(index for index, code in enumerate(codes) if code in ("S", "I"))
+
+
+def read_volume(path: str | os.PathLike, axis: int | None = None):
+    """(nibabel image, float32 slices [N, H, W] in 0..255, the slicing axis)."""
+    nibabel = _nibabel()
+    try:
+        image = nibabel.load(os.fspath(path))
+        data = np.asarray(image.dataobj, dtype=np.float32)
+    except Exception as error:  # nibabel raises several types for damaged files
+        raise ValueError(f"{path}: not a readable NIfTI volume ({error})") from error
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ValueError(f"{path}: expected a 3-D volume, got shape {data.shape}")
+    axis = axial_axis(image.affine) if axis is None else int(axis)
+    if axis not in (0, 1, 2):
+        raise ValueError(f"axis must be 0, 1 or 2, got {axis!r}")
+    scaled = percentile_scaled(data)
+    return image, np.moveaxis(scaled, axis, 0), axis
+
+
+def _pixels(slices: np.ndarray, size: int, channels: int) -> np.ndarray:
+    resized = np.stack([resize_image(s[:, :, None], size) for s in slices])
+    return np.repeat(resized, channels, axis=-1) if channels == 3 else resized
+
+
+def volume_class(records: list[dict], min_tumour_slices: int = MIN_TUMOUR_SLICES) -> dict:
+    """The per-volume answer from per-slice records (rule in the module docstring)."""
+    counted = [r for r in records if r.get("in_distribution") is not False]
+    counts: dict[str, int] = {}
+    for record in counted:
+        if record["class_name"] != "notumor":
+            counts[record["class_name"]] = counts.get(record["class_name"], 0) + 1
+    best = max(counts, key=lambda name: counts[name], default=None)
+    chosen = best if best is not None and counts[best] >= min_tumour_slices else "notumor"
+    return {"class_name": chosen, "slices": len(records), "slices_counted": len(counted),
+            "tumour_slices": counts, "rule": f"most-called tumour class if >= "
+                                              f"{min_tumour_slices} slices agree, else notumor"}
+
+
+def predict_volume_classes(runtime, path, axis: int | None = None, batch_size: int = 32,
+                           min_tumour_slices: int = MIN_TUMOUR_SLICES) -> dict:
+    from braintumor_tf.inference.classification import class_record
+
+    _, slices, axis = read_volume(path, axis)
+    records = []
+    for start in range(0, len(slices), batch_size):
+        pixels = _pixels(slices[start:start + batch_size], runtime.image_size, runtime.channels)
+        probabilities, scores = runtime.predict_with_scores(pixels)
+        inside = runtime.in_distribution(scores)
+        for offset, row in enumerate(probabilities):
+            index = start + offset
+            record = class_record(f"{path}[{index}]", runtime.class_names, row,
+                                  ood_score=None if scores is None else scores[offset],
+                                  in_distribution=None if inside is None else inside[offset])
+            record["slice"] = index
+            records.append(record)
+    return {"path": str(path), "axis": axis, "volume": volume_class(records, min_tumour_slices),
+            "slices": records, "error": None}
+
+
+def predict_volume_mask(runtime, path, out_path, axis: int | None = None,
+                        batch_size: int = 8) -> dict:
+    """Write the tumour mask volume (uint8 0/1, the input's affine and header)."""
+    nibabel = _nibabel()
+    image, slices, axis = read_volume(path, axis)
+    masks = np.zeros(slices.shape, np.uint8)
+    for start in range(0, len(slices), batch_size):
+        chunk = slices[start:start + batch_size]
+        probabilities = runtime.predict(_pixels(chunk, runtime.image_size, runtime.channels))
+        for offset, probability in enumerate(probabilities[..., 0]):
+            height, width = chunk[offset].shape
+            probability = cv2.resize(probability, (width, height), interpolation=cv2.INTER_LINEAR)
+            masks[start + offset] = probability > runtime.threshold
+    volume = np.moveaxis(masks, 0, axis)
+    header = image.header.copy()
+    header.set_data_dtype(np.uint8)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    nibabel.save(nibabel.Nifti1Image(volume, image.affine, header), str(out_path))
+    per_slice = masks.reshape(len(masks), -1).sum(axis=1)
+    return {"path": str(path), "axis": axis, "mask": str(out_path),
+            "tumour_voxels": int(masks.sum()), "slices_with_tumour": int(np.sum(per_slice > 0)),
+            "slices": int(len(masks)), "error": None}
