@@ -253,6 +253,26 @@ def predict_command(inputs, model_path, server, model_name, timeout, json_path, 
         sys.exit(PREDICT_SOME_FAILED)
 
 
+@main.command("demo")
+@click.option("--model", "model_path", default=None,
+              help="Classifier (a .keras file gives Grad-CAM too). Default: the newest release in "
+                   "savedmodels/classifier.")
+@click.option("--segmenter", "segmenter_path", default=None, help="Segmenter model (optional).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@_friendly_errors
+def demo_command(model_path, segmenter_path, host, port):
+    """A local page: drop images, see class probabilities, Grad-CAM, tumour masks and warnings."""
+    from braintumor_tf.demo.app import default_classifier, serve
+
+    if model_path is None and segmenter_path is None:
+        model_path = default_classifier()
+    for path in (model_path, segmenter_path):
+        if path is not None and not Path(path).exists():
+            raise FileNotFoundError(f"model not found: {path}")
+    serve(model_path, segmenter_path, host=host, port=port)
+
+
 @main.command("benchmark")
 @click.option("--model", "models", required=True, multiple=True,
               help="Model in any form (repeatable); a TF Serving base dir brings its .tflite files.")

@@ -1,0 +1,1 @@
+"""``braintumor-tf demo``: a local page to try the models on your own images."""

@@ -1,0 +1,116 @@
+"""The demo page: the JSON it is built on, and the page itself in a real headless Chromium."""
+
+import io
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("flask")
+from braintumor_tf.api import load  # noqa: E402
+from braintumor_tf.data.phantoms import generate_phantoms  # noqa: E402
+from braintumor_tf.demo.app import create_app  # noqa: E402
+from braintumor_tf.models.classifier import build_residual_cnn  # noqa: E402
+from braintumor_tf.models.guard import fit_guard  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("float32_policy")
+SIZE = 64
+ARTIFACTS = Path(os.environ.get("BRAINTUMOR_TF_TEST_ARTIFACTS", "test-artifacts"))
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("demo")
+    keras.utils.set_random_seed(0)
+    classifier = build_residual_cnn(SIZE, 1, 4, 16, 2, [16, 32, 32], [3, 3, 3],
+                                    [True, True, False], dense_units=32, dropout=0.1)
+    images, _, labels = generate_phantoms(20, SIZE, seed=1)
+    pixels = images[..., None].astype(np.float32)
+    guard, _, _ = fit_guard(classifier, pixels[:40], labels[:40], pixels[40:], labels[40:])
+    classifier.save(folder / "classifier.keras")
+    guard.save(folder / "ood_guard.npz")
+    inputs = keras.Input((SIZE, SIZE, 1), name="pixels")
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(1, 1, activation="sigmoid", dtype="float32",
+                            kernel_initializer=keras.initializers.Constant(20.0),
+                            bias_initializer=keras.initializers.Constant(-10.0))(x)
+    keras.Model(inputs, x).save(folder / "segmenter.keras")
+    slice_path = folder / "slice.png"
+    Image.fromarray(images[0]).save(slice_path)
+    blank_path = folder / "blank.png"
+    Image.fromarray(np.zeros((SIZE, SIZE), np.uint8)).save(blank_path)
+    broken_path = folder / "broken.png"
+    broken_path.write_bytes(b"\x89PNG\r\n\x1a\nnot an image")
+    demo = create_app(load(folder / "classifier.keras"), load(folder / "segmenter.keras"))
+    return demo, {"slice": slice_path, "blank": blank_path, "broken": broken_path}
+
+
+def test_predict_endpoint(app):
+    demo, files = app
+    client = demo.test_client()
+    assert b"drop" in client.get("/").data.lower()
+    assert client.get("/models").get_json()["guarded"] is True
+    data = {"images": [(io.BytesIO(files[name].read_bytes()), files[name].name)
+                       for name in ("slice", "blank", "broken")]}
+    answer = client.post("/predict", data=data, content_type="multipart/form-data")
+    slice_, blank, broken = answer.get_json()
+    assert slice_["classifier"]["in_distribution"] is True
+    assert abs(sum(slice_["classifier"]["probabilities"].values()) - 1) < 1e-4
+    assert slice_["gradcam"].startswith("data:image/png;base64,")
+    assert slice_["mask_overlay"].startswith("data:image/png;base64,")
+    assert slice_["segmenter"]["tumour_area_pixels"] > 0 and slice_["seconds"] < 5
+    assert blank["classifier"]["in_distribution"] is False
+    assert blank["segmenter"]["tumour_area_pixels"] == 0
+    assert broken["error"] and "classifier" not in broken
+    assert client.post("/predict").status_code == 400
+
+
+def _browser():
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.skip("Chromium and chromedriver are not installed (.ci/run installs them)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                 "--window-size=1100,1400"):
+        options.add_argument(flag)
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(driver))
+
+
+def test_page_in_headless_chromium(app):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    from werkzeug.serving import make_server
+
+    demo, files = app
+    server = make_server("127.0.0.1", 0, demo)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    browser = _browser()
+    try:
+        browser.get(f"http://127.0.0.1:{server.server_port}/")
+        upload = browser.find_element(By.ID, "files")
+        upload.send_keys("\n".join(str(files[name]) for name in ("slice", "blank")))
+        WebDriverWait(browser, 60).until(
+            lambda b: b.find_element(By.ID, "status").get_attribute("data-done") == "2")
+        boxes = browser.find_elements(By.CSS_SELECTOR, "#results .result")
+        text = {box.find_element(By.TAG_NAME, "h2").text: box.text for box in boxes}
+        assert "Class:" in text["slice.png"] and "Tumour area" in text["slice.png"]
+        assert "does not look like the brain MRI" in text["blank.png"]
+        assert "does not look like" not in text["slice.png"]
+        bars = boxes[-1].find_elements(By.CSS_SELECTOR, ".bar")
+        assert len(bars) == 4
+        images = browser.find_elements(By.CSS_SELECTOR, "#results img")
+        assert all(browser.execute_script("return arguments[0].naturalWidth", img) > 0
+                   for img in images) and len(images) == 6
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        assert browser.save_screenshot(str(ARTIFACTS / "demo_page.png"))
+    finally:
+        browser.quit()
+        server.shutdown()
