@@ -230,6 +230,9 @@ def export_command(model_path, run_dir, out_base, version, tflite_variants, repr
                    "image's original size). Default: <stem>_masks/ beside the --json/--csv file, "
                    "else ./masks/.")
 @click.option("--batch-size", default=32, show_default=True)
+@click.option("--jsonl", "jsonl_path", default=None,
+              help="Stream records to this JSON-lines file as they come (bounded memory); a "
+                   "re-run with the same file skips the images it already holds.")
 @click.option("--axis", type=click.IntRange(0, 2), default=None,
               help="NIfTI volumes: the array axis to slice along (default: the axial one).")
 @click.option("--classifier", "classifier_path", default=None,
@@ -237,7 +240,7 @@ def export_command(model_path, run_dir, out_base, version, tflite_variants, repr
                    "when it calls the slice notumor with confidence, or not MRI at all).")
 @_friendly_errors
 def predict_command(inputs, model_path, server, model_name, timeout, json_path, csv_path,
-                    explain_dir, masks_dir, batch_size, axis, classifier_path):
+                    explain_dir, masks_dir, batch_size, jsonl_path, axis, classifier_path):
     """Classifier: class and probabilities. Segmenter: tumour area (pixels at the original size and
     fraction of the image) and a mask PNG per file. Unreadable files are reported, the rest predicted."""
     from braintumor_tf.commands.predict import predict
@@ -245,7 +248,7 @@ def predict_command(inputs, model_path, server, model_name, timeout, json_path, 
     records = predict(list(inputs), model_path=model_path, server=server, model_name=model_name,
                       json_path=json_path, csv_path=csv_path, explain_dir=explain_dir,
                       batch_size=batch_size, masks_dir=masks_dir, timeout=timeout,
-                      classifier_path=classifier_path, axis=axis)
+                      classifier_path=classifier_path, axis=axis, jsonl_path=jsonl_path)
     failed = sum(1 for record in records if record["error"])
     if failed == len(records):
         raise click.ClickException(f"nothing predicted: all {failed} input(s) failed (listed above)")

@@ -45,12 +45,20 @@ def predict(
     timeout: float = 60.0,
     classifier_path=None,
     axis: int | None = None,
+    jsonl_path=None,
 ) -> list[dict]:
     """One record per file: class and probabilities (classifier), tumour area and mask file
     (segmenter), or the reason the file could not be read. ``classifier_path`` (segmenters):
     a classifier's view of each slice goes beside its mask, with a warning where they disagree.
     NIfTI volumes (.nii, .nii.gz) are predicted slice by slice along ``axis`` (default: axial;
-    inference.volumes): one record per volume."""
+    inference.volumes): one record per volume. ``jsonl_path`` streams: records are appended
+    there batch by batch (memory stays bounded whatever the folder size; only each file's path
+    and error come back) and a re-run with the same file skips what it already holds."""
+    if jsonl_path is not None:
+        if json_path is not None or csv_path is not None or server is not None \
+                or classifier_path is not None:
+            raise ValueError("--jsonl goes alone: not with --json, --csv, --server or --classifier")
+        return _stream(inputs, model_path, jsonl_path, explain_dir, batch_size, masks_dir)
     if (model_path is None) == (server is None):
         raise ValueError("give exactly one of --model PATH or --server URL")
     if json_path is not None and csv_path is not None:
@@ -110,6 +118,63 @@ def predict(
         records = records + volume_records
     _write_json(records, json_path)
     return records
+
+
+def _done_paths(jsonl_path: Path) -> set[str]:
+    """Paths an earlier run already predicted (a torn last line from a kill is ignored)."""
+    done: set[str] = set()
+    if not jsonl_path.is_file():
+        return done
+    with open(jsonl_path, encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and not record.get("error") and "path" in record:
+                done.add(record["path"])
+    return done
+
+
+def _stream(inputs, model_path, jsonl_path, explain_dir, batch_size, masks_dir) -> list[dict]:
+    import time
+
+    jsonl_path = Path(jsonl_path)
+    paths = [path for path in expand_inputs(inputs) if not is_nifti(path)]
+    done = _done_paths(jsonl_path)
+    todo = [path for path in paths if path not in done]
+    if done:
+        log(f"{len(paths) - len(todo)} of {len(paths)} images already in {jsonl_path}: skipped")
+    results = [{"path": path, "error": None} for path in paths if path in done]
+    if not todo:
+        return results
+    runtime = load_runtime(model_path, class_names=CLASS_NAMES, batch_size=batch_size)
+    task = get_task(runtime.task)
+    if masks_dir is None:
+        masks_dir = jsonl_path.with_name(f"{jsonl_path.stem}_masks")
+    jsonl_path.parent.mkdir(parents=True, exist_ok=True)
+    # A torn last line (a killed run) must not glue onto the first new record.
+    if jsonl_path.is_file() and jsonl_path.stat().st_size:
+        with open(jsonl_path, "rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            torn = handle.read(1) != b"\n"
+        if torn:
+            with open(jsonl_path, "a", encoding="utf-8") as handle:
+                handle.write("\n")
+    started, last_report, count = time.perf_counter(), 0.0, 0
+    with open(jsonl_path, "a", encoding="utf-8") as handle:
+        for chunk in task.iter_files(runtime, todo, masks_dir, explain_dir, batch_size):
+            for record in chunk:
+                handle.write(json.dumps(record) + "\n")
+                results.append({"path": record["path"], "error": record["error"]})
+            handle.flush()
+            count += len(chunk)
+            elapsed = time.perf_counter() - started
+            if elapsed - last_report >= 2.0 or count == len(todo):
+                last_report = elapsed
+                log(f"predicted {count}/{len(todo)} images ({count / max(elapsed, 1e-9):.1f} "
+                    f"images/s) -> {jsonl_path}")
+    return results
 
 
 def _write_json(records, json_path) -> None:

@@ -34,36 +34,48 @@ def class_record(path, class_names, probabilities=None, class_id=None, error=Non
 
 
 def predict_classes(runtime, paths, explain_dir=None, batch_size: int = 32) -> list[dict]:
+    return [record for chunk in iter_class_records(runtime, paths, explain_dir, batch_size)
+            for record in chunk]
+
+
+def iter_class_records(runtime, paths, explain_dir=None, batch_size: int = 32):
+    """Records one batch at a time, in input order: only one batch of pixels is ever held, so
+    a folder of any size predicts in bounded memory."""
     if explain_dir is not None and runtime.kind != "keras":
         raise ValueError(EXPLAIN_NEEDS_KERAS)
-    images, good, records = [], [], {}
-    for path in paths:
-        try:
-            images.append(read_image(path, runtime.channels, runtime.image_size))
-            good.append(path)
-        except (DecodeError, OSError) as error:
-            records[path] = class_record(path, runtime.class_names, error=error_text(path, error))
-    if good:
-        pixels = np.stack(images)
-        probabilities, scores = runtime.predict_with_scores(pixels)
-        inside = runtime.in_distribution(scores)
-        for index, (path, row) in enumerate(zip(good, probabilities, strict=True)):
-            records[path] = class_record(
-                path, runtime.class_names, row,
-                ood_score=None if scores is None else scores[index],
-                in_distribution=None if inside is None else inside[index])
-        if explain_dir is not None:
-            write_explanations(runtime, good, pixels, explain_dir, batch_size, records)
-    return [records[p] for p in paths]
+    used: set[str] = set()
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start:start + batch_size]
+        images, good, records = [], [], {}
+        for path in chunk:
+            try:
+                images.append(read_image(path, runtime.channels, runtime.image_size))
+                good.append(path)
+            except (DecodeError, OSError) as error:
+                records[path] = class_record(path, runtime.class_names,
+                                             error=error_text(path, error))
+        if good:
+            pixels = np.stack(images)
+            probabilities, scores = runtime.predict_with_scores(pixels)
+            inside = runtime.in_distribution(scores)
+            for index, (path, row) in enumerate(zip(good, probabilities, strict=True)):
+                records[path] = class_record(
+                    path, runtime.class_names, row,
+                    ood_score=None if scores is None else scores[index],
+                    in_distribution=None if inside is None else inside[index])
+            if explain_dir is not None:
+                write_explanations(runtime, good, pixels, explain_dir, batch_size, records, used)
+        yield [records[p] for p in chunk]
 
 
-def write_explanations(runtime, paths, pixels, explain_dir, batch_size, records) -> None:
+def write_explanations(runtime, paths, pixels, explain_dir, batch_size, records,
+                       used: set[str] | None = None) -> None:
     from braintumor_tf.models.gradcam import GradCAM
 
     explain_dir = Path(explain_dir)
     explain_dir.mkdir(parents=True, exist_ok=True)
     cam = GradCAM(runtime.keras_model)
-    used: set[str] = set()
+    used = set() if used is None else used
     for start in range(0, len(paths), batch_size):
         heatmaps, _ = cam.heatmaps(pixels[start:start + batch_size])
         for offset, heatmap in enumerate(heatmaps):

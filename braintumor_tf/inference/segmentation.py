@@ -28,6 +28,11 @@ def segment_record(path, error=None, mask=None, mask_file=None) -> dict:
 
 
 def predict_masks(runtime, paths, masks_dir, explain_dir=None, batch_size: int = 32) -> list[dict]:
+    return [record for chunk in iter_mask_records(runtime, paths, masks_dir, explain_dir,
+                                                  batch_size) for record in chunk]
+
+
+def iter_mask_records(runtime, paths, masks_dir, explain_dir=None, batch_size: int = 32):
     """Batch by batch, so a large folder of full-size images is never in memory at once. The
     probability map is resized back bilinearly before thresholding at the model's own threshold,
     as the SavedModel does."""
@@ -35,9 +40,9 @@ def predict_masks(runtime, paths, masks_dir, explain_dir=None, batch_size: int =
     masks_dir.mkdir(parents=True, exist_ok=True)
     if explain_dir is not None:
         Path(explain_dir).mkdir(parents=True, exist_ok=True)
-    records: dict[str, dict] = {}
     used: set[str] = set()
     for start in range(0, len(paths), batch_size):
+        records: dict[str, dict] = {}
         originals, good = [], []
         for path in paths[start:start + batch_size]:
             try:
@@ -46,6 +51,7 @@ def predict_masks(runtime, paths, masks_dir, explain_dir=None, batch_size: int =
             except (DecodeError, OSError) as error:
                 records[path] = segment_record(path, error=error_text(path, error))
         if not good:
+            yield [records[p] for p in paths[start:start + batch_size]]
             continue
         pixels = np.stack([resize_image(image, runtime.image_size) for image in originals])
         probabilities = runtime.predict(pixels)[..., 0]
@@ -60,7 +66,7 @@ def predict_masks(runtime, paths, masks_dir, explain_dir=None, batch_size: int =
                 out = Path(explain_dir) / f"{name}_overlay.png"
                 cv2.imwrite(str(out), cv2.cvtColor(mask_overlay(image, mask), cv2.COLOR_RGB2BGR))
                 records[path]["explanation"] = str(out)
-    return [records[p] for p in paths]
+        yield [records[p] for p in paths[start:start + batch_size]]
 
 
 def write_mask(mask: np.ndarray, masks_dir: Path, name: str) -> Path:

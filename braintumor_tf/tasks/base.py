@@ -81,6 +81,11 @@ class Task:
 
     def predict_files(self, runtime, paths, masks_dir, explain_dir, batch_size: int) -> list[dict]:
         """``braintumor-tf predict`` with a local model: one record per path."""
+        return [record for chunk in self.iter_files(runtime, paths, masks_dir, explain_dir,
+                                                    batch_size) for record in chunk]
+
+    def iter_files(self, runtime, paths, masks_dir, explain_dir, batch_size: int):
+        """The same records, one batch (list) at a time, holding one batch of pixels."""
         raise NotImplementedError
 
     def records_from_server(self, paths, outputs, masks_dir) -> list[dict]:

@@ -136,8 +136,8 @@ class ClassificationTask(Task):
         summary = {v: {"agreement": e["agreement"], "passed": e["passed"]} for v, e in variants.items()}
         return report, summary, message
 
-    def predict_files(self, runtime, paths, masks_dir, explain_dir, batch_size: int) -> list[dict]:
-        return inference.predict_classes(runtime, paths, explain_dir, batch_size)
+    def iter_files(self, runtime, paths, masks_dir, explain_dir, batch_size: int):
+        return inference.iter_class_records(runtime, paths, explain_dir, batch_size)
 
     def records_from_server(self, paths, outputs, masks_dir) -> list[dict]:
         return inference.records_from_server(paths, outputs)

@@ -129,8 +129,8 @@ class SegmentationTask(Task):
                    for v, e in variants.items()}
         return report, summary, message
 
-    def predict_files(self, runtime, paths, masks_dir, explain_dir, batch_size: int) -> list[dict]:
-        return inference.predict_masks(runtime, paths, masks_dir, explain_dir, batch_size)
+    def iter_files(self, runtime, paths, masks_dir, explain_dir, batch_size: int):
+        return inference.iter_mask_records(runtime, paths, masks_dir, explain_dir, batch_size)
 
     def records_from_server(self, paths, outputs, masks_dir) -> list[dict]:
         return inference.records_from_server(paths, outputs, masks_dir)
