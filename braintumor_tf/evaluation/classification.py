@@ -21,11 +21,19 @@ from braintumor_tf.training.metrics import classification_report, format_report
 def predict_paths(runtime, paths, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray | None]:
     """Probabilities (and OOD scores, None without a guard) for each path, decoded exactly as
     in training."""
+    import time
+
     outputs, scores = [], []
+    started, last_report, done = time.perf_counter(), 0.0, 0
     for batch in image_dataset(paths, runtime.image_size, runtime.channels, batch_size):
         probabilities, batch_scores = runtime.predict_with_scores(batch.numpy())
         outputs.append(np.asarray(probabilities))
         scores.append(batch_scores)
+        done += len(probabilities)
+        elapsed = time.perf_counter() - started
+        if elapsed - last_report >= 5.0:
+            last_report = elapsed
+            logger.info(f"evaluated {done}/{len(paths)} images ({done / elapsed:.1f} images/s)")
     guarded = bool(scores) and scores[0] is not None
     return np.concatenate(outputs, axis=0), (np.concatenate(scores) if guarded else None)
 
