@@ -11,6 +11,7 @@ image took on the server.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import threading
 
@@ -43,7 +44,7 @@ def main(argv=None) -> int:
                                service=webdriver.ChromeService(shutil.which("chromedriver")))
     try:
         browser.get(f"http://127.0.0.1:{server.server_port}/")
-        browser.find_element(By.ID, "files").send_keys("\n".join(args.images))
+        browser.find_element(By.ID, "files").send_keys("\n".join(os.path.abspath(p) for p in args.images))
         WebDriverWait(browser, 300).until(lambda b: b.find_element(By.ID, "status")
                                           .get_attribute("data-done") == str(len(args.images)))
         for box in browser.find_elements(By.CSS_SELECTOR, "#results .result"):
