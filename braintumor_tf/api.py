@@ -25,10 +25,12 @@ from braintumor_tf.overlays import heatmap_overlay, mask_overlay
 _LUMINANCE = np.array([0.299, 0.587, 0.114], np.float32)
 
 
-def load(path: str | os.PathLike, batch_size: int = 32) -> Model:
+def load(path: str | os.PathLike, batch_size: int = 32, num_threads: int | None = None) -> Model:
     """A ``.keras`` file, a SavedModel folder, a TF Serving base folder or a ``.tflite`` file.
-    Class names come from the file's metadata where it has them (the package's four otherwise)."""
-    return Model(load_runtime(path, class_names=CLASS_NAMES, batch_size=batch_size))
+    Class names come from the file's metadata where it has them (the package's four otherwise).
+    ``num_threads``: LiteRT threads for a ``.tflite`` file (its default uses one)."""
+    return Model(load_runtime(path, class_names=CLASS_NAMES, batch_size=batch_size,
+                              num_threads=num_threads))
 
 
 class Model:

@@ -32,7 +32,9 @@ def main(argv=None) -> int:
     from braintumor_tf.api import load
     from braintumor_tf.demo.app import create_app
 
-    app = create_app(load(args.model), load(args.segmenter) if args.segmenter else None)
+    threads = os.cpu_count() or 1  # as braintumor-tf demo loads them
+    app = create_app(load(args.model, num_threads=threads),
+                     load(args.segmenter, num_threads=threads) if args.segmenter else None)
     server = make_server("127.0.0.1", 0, app)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     options = webdriver.ChromeOptions()

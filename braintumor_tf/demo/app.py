@@ -8,6 +8,7 @@ in this process through ``braintumor_tf.api``, so the page shows exactly what ``
 from __future__ import annotations
 
 import base64
+import os
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import cv2
 import numpy as np
 
 from braintumor_tf.data.decode import DecodeError, decode_bytes
+from braintumor_tf.overlays import mask_overlay
 
 PAGE = Path(__file__).with_name("page.html")
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
@@ -77,7 +79,7 @@ def create_app(classifier=None, segmenter=None):
                 result["gradcam"] = _png_data_url(picture)
         if segmenter is not None:
             [record] = segmenter.predict(image)
-            [picture] = segmenter.explain(image)
+            picture = mask_overlay(image, record["mask"])  # explain() would run the UNet again
             result["segmenter"] = {"tumour_area_pixels": record["tumour_area_pixels"],
                                    "tumour_fraction": record["tumour_fraction"]}
             result["mask_overlay"] = _png_data_url(picture)
@@ -111,8 +113,9 @@ def serve(classifier_path=None, segmenter_path=None, host: str = "127.0.0.1",
     from braintumor_tf.api import load
     from braintumor_tf.log import log
 
-    classifier = load(classifier_path) if classifier_path else None
-    segmenter = load(segmenter_path) if segmenter_path else None
+    threads = os.cpu_count() or 1  # one person's page: every core on their image
+    classifier = load(classifier_path, num_threads=threads) if classifier_path else None
+    segmenter = load(segmenter_path, num_threads=threads) if segmenter_path else None
     app = create_app(classifier, segmenter)
     log(f"demo on http://{host}:{port}/ (Ctrl+C to stop)")
     app.run(host=host, port=port, debug=False, threaded=False)
