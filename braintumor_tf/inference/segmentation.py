@@ -27,11 +27,6 @@ def segment_record(path, error=None, mask=None, mask_file=None) -> dict:
             "error": None}
 
 
-def predict_masks(runtime, paths, masks_dir, explain_dir=None, batch_size: int = 32) -> list[dict]:
-    return [record for chunk in iter_mask_records(runtime, paths, masks_dir, explain_dir,
-                                                  batch_size) for record in chunk]
-
-
 def iter_mask_records(runtime, paths, masks_dir, explain_dir=None, batch_size: int = 32):
     """Batch by batch, so a large folder of full-size images is never in memory at once. The
     probability map is resized back bilinearly before thresholding at the model's own threshold,
