@@ -178,6 +178,9 @@ def export_model(
             if report is not None:
                 report["variants"][variant]["file"] = summary["tflite"][variant]
         if report is not None:
+            # Which images the agreement was measured on, for the report's header.
+            report["image_source"] = (f"{parity_split}-split" if run_dir is not None
+                                      and validation_data is None else "validation")
             write_parity_report(report, out_base)
             log(f"parity report: {out_base / 'tflite_parity.md'}")
         if target_folder != out_base and staged:

@@ -145,7 +145,8 @@ def _format_segmentation_markdown(report: dict) -> str:
     lines = [
         "# TFLite parity (segmenter)",
         "",
-        f"Reference: `{report['reference']}` (float Keras), {report['images']} validation images, "
+        f"Reference: `{report['reference']}` (float Keras), {report['images']} "
+        f"{report.get('image_source', 'validation')} images, "
         f"masks at probability > {report['threshold']}"
         + ("" if report["reference_dice"] is None
            else f", reference mean Dice vs truth {report['reference_dice']:.4f}") + ".",
@@ -176,7 +177,8 @@ def format_parity_markdown(report: dict) -> str:
     lines = [
         "# TFLite parity",
         "",
-        f"Reference: `{report['reference']}` (float Keras), {report['images']} validation images"
+        f"Reference: `{report['reference']}` (float Keras), {report['images']} "
+        f"{report.get('image_source', 'validation')} images"
         + ("" if report["reference_accuracy"] is None
            else f", reference accuracy {report['reference_accuracy']:.4f}") + ".",
         "Latency: one image per call (batch 1), LiteRT with 1 and 2 threads, mean of repeated calls.",
