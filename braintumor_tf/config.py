@@ -28,6 +28,8 @@ MODEL_NAMES = ("residual_cnn", "resnet50")
 TASKS = ("classification", "segmentation")
 SEGMENTATION_TARGETS = ("annotations", "masks")
 SEGMENTATION_LOSSES = ("bce", "dice", "bce_dice")
+# keras.applications backbones the UNet can use (models/unet.py BACKBONES).
+SEGMENTATION_ENCODERS = ("resnet50", "mobilenetv2", "efficientnetb0")
 # Probability above which a pixel is tumour: the one default every segmenter reader falls back to.
 DEFAULT_SEGMENTATION_THRESHOLD = 0.5
 
@@ -229,18 +231,25 @@ class SegmentationConfig:
 
     targets: str = "annotations"
     mask_root: str | None = None
-    encoder_weights: str = "imagenet"  # imagenet | none | path of a ResNet50 weights file
+    encoder: str = "resnet50"  # resnet50 | mobilenetv2 | efficientnetb0 (keras.applications)
+    encoder_weights: str = "imagenet"  # imagenet | none | path of the encoder's weights file
     decoder_filters: tuple[int, ...] = (256, 128, 64, 32, 16)
     freeze_encoder: bool = False
     encoder_bn_momentum: float | None = None  # None keeps Keras' 0.99; 0.9 suits a fresh encoder
     loss: str = "bce_dice"
     use_split_folders: bool = False
     threshold: float = DEFAULT_SEGMENTATION_THRESHOLD
+    # Train on train_crop-sized squares of the data.image_size images (centred on tumour with
+    # probability crop_tumour_fraction); validation, test and exports see whole images. null: whole.
+    train_crop: int | None = None
+    crop_tumour_fraction: float = 0.7
     augment: JointAugmentConfig = dataclasses.field(default_factory=JointAugmentConfig)
 
     def __post_init__(self):
         _check(self.targets in SEGMENTATION_TARGETS,
                f"segmentation.targets must be one of {SEGMENTATION_TARGETS}, got {self.targets!r}")
+        _check(self.encoder in SEGMENTATION_ENCODERS,
+               f"segmentation.encoder must be one of {SEGMENTATION_ENCODERS}, got {self.encoder!r}")
         _check(self.loss in SEGMENTATION_LOSSES,
                f"segmentation.loss must be one of {SEGMENTATION_LOSSES}, got {self.loss!r}")
         _check(isinstance(self.encoder_weights, str) and bool(self.encoder_weights),
@@ -249,6 +258,8 @@ class SegmentationConfig:
         _check(len(self.decoder_filters) == 5 and all(
             isinstance(f, int) and not isinstance(f, bool) and f >= 1 for f in self.decoder_filters),
             f"segmentation.decoder_filters must be 5 positive integers, got {list(self.decoder_filters)}")
+        _check(0.0 <= self.crop_tumour_fraction <= 1.0,
+               f"segmentation.crop_tumour_fraction must be in [0, 1], got {self.crop_tumour_fraction!r}")
         _check(0.0 < self.threshold < 1.0,
                f"segmentation.threshold must be in (0, 1), got {self.threshold!r}")
         _check(self.encoder_bn_momentum is None or 0.0 < self.encoder_bn_momentum < 1.0,
@@ -276,6 +287,10 @@ class TrainConfig:
     # run killed anywhere and resumed, end with identical weights. Slower input pipeline (no
     # parallel nondeterminism) and a different augmenter than Keras' random layers.
     deterministic: bool = False
+    # Stages of one run, trained in order, each from the previous stage's best weights: a mapping
+    # of dotted overrides (e.g. {name: fine, data.image_size: 256, train.epochs: 10}) applied to
+    # this config. A resolution schedule is one command instead of chained runs.
+    stages: tuple[dict, ...] = ()
 
     def __post_init__(self):
         _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size!r}")
@@ -286,6 +301,13 @@ class TrainConfig:
                f"train.distribute must be one of {STRATEGIES}, got {self.distribute!r}")
         _check(0.0 <= self.label_smoothing < 1.0,
                f"train.label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        for index, stage in enumerate(self.stages):
+            _check(isinstance(stage, dict) and bool(stage),
+                   f"train.stages[{index}] must be a mapping of dotted config keys to values "
+                   f"(e.g. {{data.image_size: 256, train.epochs: 10}}), got {stage!r}")
+            reserved = sorted(set(stage) & STAGE_RESERVED_KEYS)
+            _check(not reserved, f"train.stages[{index}] may not set {', '.join(reserved)} "
+                   "(the stages share the run's task, split and weights chain)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -300,6 +322,8 @@ class Config:
 
     def __post_init__(self):
         _check(self.task in TASKS, f"task must be one of {TASKS}, got {self.task!r}")
+        if self.train.stages:
+            self.stage_configs()
         if self.task == "segmentation":
             self._check_segmentation()
         else:
@@ -317,9 +341,29 @@ class Config:
         _check(self.train.monitor in monitors,
                f"train.monitor must be one of {monitors} for segmentation, got {self.train.monitor!r}")
         seg = self.segmentation
+        _check(seg.train_crop is None or (seg.train_crop >= 32 and seg.train_crop % 32 == 0
+                                          and seg.train_crop < size),
+               f"segmentation.train_crop must be null or a multiple of 32 below data.image_size "
+               f"({size}), got {seg.train_crop!r}")
         _check(not (seg.targets == "masks" and seg.mask_root is None and self.data.root is not None),
                "segmentation.targets is 'masks' but segmentation.mask_root is null; set "
                "segmentation.mask_root to the mask folder (or use targets: annotations)")
+
+    def stage_configs(self) -> list[tuple[str, Config]]:
+        """(name, config) per ``train.stages`` entry: this config with the stage's overrides and
+        no stages of its own. Each is validated, so a bad key fails before anything trains."""
+        stages = []
+        for index, stage in enumerate(self.train.stages):
+            overrides = {key: value for key, value in stage.items() if key != "name"}
+            name = str(stage.get("name", f"stage{index + 1}"))
+            _check(name.replace("_", "").replace("-", "").isalnum(),
+                   f"train.stages[{index}].name must be letters, digits, '_' or '-', got {name!r}")
+            try:
+                stage_config = self.replace(**{"train.stages": [], **overrides})
+            except ValueError as error:
+                raise ValueError(f"train.stages[{index}] ({name}): {error}") from None
+            stages.append((f"{index + 1}_{name}", stage_config))
+        return stages
 
     def to_dict(self) -> dict:
         tree = _to_plain(dataclasses.asdict(self))
@@ -334,6 +378,13 @@ class Config:
         for key, value in overrides.items():
             _set_dotted(tree, key, value)
         return from_dict(tree)
+
+
+# Keys a stage may not override: the task and data split are the run's, and the weights chain
+# from stage to stage by itself.
+STAGE_RESERVED_KEYS = frozenset({"task", "train.stages", "train.initial_weights", "data.root",
+                                 "data.split_seed", "data.val_fraction", "data.test_fraction",
+                                 "data.subjects"})
 
 
 def _to_plain(value):

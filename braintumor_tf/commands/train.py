@@ -17,6 +17,7 @@ import numpy as np
 
 from braintumor_tf import faults
 from braintumor_tf.commands.run_dir import (
+    SPLIT_FILES,
     load_initial_weights,
     setup_training,
     start_run,
@@ -39,16 +40,20 @@ warnings.filterwarnings("ignore", message="Your input ran out of data")
 warnings.filterwarnings("ignore", message="`shuffle=True` was passed")
 
 
-def train(config: Config, run_dir: str | Path) -> dict:
+def train(config: Config, run_dir: str | Path, score_test: bool = True,
+          data_dir: Path | None = None) -> dict:
     """Split, train, keep the best checkpoint by ``train.monitor``, then let the task score the
-    test split and write its exports."""
+    test split and write its exports. ``train.stages``: see ``train_stages``; ``data_dir``: where
+    generated data lives when not in ``run_dir``."""
+    if config.train.stages:
+        return train_stages(config, run_dir)
     task = get_task(config.task)
     run_dir, finished = start_run(config, run_dir)
     if finished is not None:
         return finished
     policy, strategy = setup_training(config)
 
-    data = task.prepare_data(config, run_dir)
+    data = task.prepare_data(config, run_dir, data_dir)
     train_rows = rows_of_split(data.rows, "train", config.data.train_max_per_group,
                                config.data.split_seed)
     val_rows, test_rows = rows_of_split(data.rows, "val"), rows_of_split(data.rows, "test")
@@ -76,7 +81,7 @@ def train(config: Config, run_dir: str | Path) -> dict:
         schedule = make_schedule(config.schedule, config.optimizer.learning_rate, total_steps)
         model.compile(optimizer=make_optimizer(config.optimizer, schedule), loss=task.loss(config),
                       metrics=task.metrics(config), run_eagerly=train_settings.run_eagerly)
-    macs = count_macs_nested(model)
+    macs = count_macs_nested(task.deployable(config, model))  # per whole image, not per crop
     summary = {**task.summary_fields(config, data), "parameters": int(model.count_params()),
                "macs_per_image": macs, "precision_policy": policy,
                "train_images": counts["train"], "val_images": counts["val"],
@@ -98,10 +103,10 @@ def train(config: Config, run_dir: str | Path) -> dict:
 
     plot_history(read_history(run_dir / "history.csv"), run_dir / "training_curves.png")
     best_path = run_dir / "best.keras"
-    best = load_model(best_path, compile=True) if best_path.exists() else model
+    best = task.deployable(config, load_model(best_path, compile=True) if best_path.exists() else model)
     best.save(run_dir / "model.keras")
     faults.reached("finish")
-    summary.update(task.finish(config, run_dir, best, data, test_rows))
+    summary.update(task.finish(config, run_dir, best, data, test_rows if score_test else []))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     shutil.rmtree(run_dir / "backup", ignore_errors=True)  # finished: summary.json says so
     return summary
@@ -122,3 +127,53 @@ def _fit_already_finished(run_dir: Path, epochs: int) -> bool:
         return False
     history = read_history(run_dir / "history.csv")
     return len(history.get("loss", [])) >= epochs
+
+
+# What a staged run shows at its top level, copied from its last stage: the model, its split and
+# test report, so ``export --run``, ``evaluate`` and ``calibrate`` treat it like a one-stage run.
+STAGE_OUTPUTS = ("model.keras", "best.keras", "split_manifest.csv", "split.json", "subjects.json",
+                 "bad_files.csv", "excluded.csv", "ood_guard.npz", "ood_guard.json",
+                 "encoder.weights.h5", "test", "savedmodel")
+
+
+def train_stages(config: Config, run_dir: str | Path) -> dict:
+    """One run, several trainings: stage k starts from stage k-1's best checkpoint, all share the
+    first stage's split (so validation never sees a training subject), and only the last scores
+    the test split. Each stage is an ordinary run directory under ``stages/``, so an interrupted
+    run resumes inside the stage it stopped in and finished stages are not trained again."""
+    run_dir, finished = start_run(config, run_dir)
+    if finished is not None:
+        return finished
+    stages = config.stage_configs()
+    previous, stage_summaries = None, []
+    for index, (name, stage_config) in enumerate(stages):
+        stage_dir = run_dir / "stages" / name
+        if previous is not None:
+            stage_config = stage_config.replace(**{"train.initial_weights": str(previous / "best.keras")})
+            _share_split(previous, stage_dir)
+        last = index == len(stages) - 1
+        log(f"stage {index + 1}/{len(stages)} ({name}): {stage_config.data.image_size} px, "
+            f"{stage_config.train.epochs} epochs -> {stage_dir}")
+        summary = train(stage_config, stage_dir, score_test=last, data_dir=run_dir)
+        stage_summaries.append({"name": name, "run_dir": str(stage_dir), **summary})
+        previous = stage_dir
+    for name in STAGE_OUTPUTS:
+        source, target = previous / name, run_dir / name
+        if source.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(source, target)
+        elif source.is_file():
+            shutil.copy2(source, target)
+    final = dict(stage_summaries[-1])
+    final.update(stages=stage_summaries, epochs=sum(s["epochs"] for s in stage_summaries),
+                 fit_seconds=sum(s.get("fit_seconds", 0.0) for s in stage_summaries))
+    (run_dir / "summary.json").write_text(json.dumps(final, indent=2))
+    log(f"staged run finished: {run_dir / 'model.keras'} (from stage {previous.name})")
+    return final
+
+
+def _share_split(previous: Path, stage_dir: Path) -> None:
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    for name in SPLIT_FILES:
+        if (previous / name).is_file() and not (stage_dir / name).exists():
+            shutil.copy2(previous / name, stage_dir / name)

@@ -9,7 +9,12 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from braintumor_tf.data.augment import make_augmenter, make_batch_regulariser, make_joint_augmenter
+from braintumor_tf.data.augment import (
+    make_augmenter,
+    make_batch_regulariser,
+    make_joint_augmenter,
+    make_tumour_crop,
+)
 from braintumor_tf.data.decode import make_tf_loader, read_image
 from braintumor_tf.data.masks import read_mask, resize_mask
 
@@ -185,8 +190,13 @@ def segmentation_dataset(
     cache: bool = True,
     seed: int = 0,
     plan: EpochPlan | None = None,
+    crop: int | None = None,
+    crop_tumour_fraction: float = 0.7,
 ) -> tf.data.Dataset:
     """(image float32 [B, S, S, C] 0..255, mask float32 [B, S, S, 1] 0/1) batches.
+
+    ``crop`` (training only): after augmentation every image and mask is cut to a ``crop``-sized
+    square (augment.make_tumour_crop), so batches are [B, crop, crop, C].
 
     ``masks`` is either one mask file per image (masks.pair_images_with_masks) or a callable
     image path -> uint8 [H, W] mask (coco_masks.coco_mask_fn). Images are decoded exactly as for
@@ -218,15 +228,24 @@ def segmentation_dataset(
     dataset = dataset.ignore_errors()  # same last guard as classification_dataset
     if cache:
         dataset = dataset.cache()
+    augment_pair = make_joint_augmenter(augment, seed=seed) if training and augment is not None else None
+    cropper = make_tumour_crop(crop, crop_tumour_fraction, seed) if training and crop else None
+
+    def augment_and_crop(images, masks, batch_seed):
+        if augment_pair is not None:
+            images, masks = augment_pair(images, masks, batch_seed)
+        if cropper is not None:
+            images, masks = cropper(images, masks, batch_seed)
+        return images, masks
+
+    transform = augment_and_crop if (augment_pair is not None or cropper is not None) else None
     if training and plan is not None:
         dataset = dataset.map(lambda image, mask: (image, tf.cast(mask, tf.float32)),
                               num_parallel_calls=AUTOTUNE)
-        augment_pair = make_joint_augmenter(augment, seed=seed) if augment is not None else None
         augment_batch = None
-
-        if augment_pair is not None:
+        if transform is not None:
             def augment_batch(batch, batch_seed):
-                return augment_pair(batch[0], batch[1], batch_seed)
+                return transform(batch[0], batch[1], batch_seed)
         return epoch_keyed_batches(dataset, plan, batch_size, min(len(image_paths), 4096), seed,
                                    augment_batch)
     if training:
@@ -235,10 +254,9 @@ def segmentation_dataset(
     dataset = dataset.batch(batch_size, drop_remainder=False)
     dataset = dataset.map(lambda image, mask: (image, tf.cast(mask, tf.float32)),
                           num_parallel_calls=AUTOTUNE)
-    augmenter = make_joint_augmenter(augment, seed=seed) if training and augment is not None else None
-    if augmenter is not None:
+    if transform is not None:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         dataset = tf.data.Dataset.zip((dataset, seeds))
-        dataset = dataset.map(lambda pair, batch_seed: augmenter(pair[0], pair[1], batch_seed),
+        dataset = dataset.map(lambda pair, batch_seed: transform(pair[0], pair[1], batch_seed),
                               num_parallel_calls=AUTOTUNE)
     return dataset.prefetch(AUTOTUNE)

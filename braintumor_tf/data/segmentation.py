@@ -161,7 +161,8 @@ def mask_at_size(reader: Callable[[str], np.ndarray], image_path: str, size: int
 
 
 def training_source(config, run_dir: Path) -> tuple[SegmentationSource, str]:
-    """The images and the target kind to train on; ``data.root: null`` means phantoms with masks."""
+    """The images and the target kind to train on; ``data.root: null`` means phantoms with masks
+    (generated under ``run_dir``, the top run directory of a staged run)."""
     seg = config.segmentation
     if config.data.root is None:
         root, masks = run_dir / "data" / "phantoms", run_dir / "data" / "phantom_masks"

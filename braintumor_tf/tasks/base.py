@@ -30,8 +30,9 @@ class Task:
     parity_images: int = 1000
     writes_masks: bool = False  # predict writes mask files (and says where)
 
-    def prepare_data(self, config: Config, run_dir: Path) -> TaskData:
-        """Find the images and split them (or reuse the run's manifest)."""
+    def prepare_data(self, config: Config, run_dir: Path, data_dir: Path | None = None) -> TaskData:
+        """Find the images and split them (or reuse the run's manifest). ``data_dir``: where
+        generated data (phantoms) lives, if not in ``run_dir`` (the stages of one run share it)."""
         raise NotImplementedError
 
     def describe_split(self, data: TaskData, counts: dict[str, int]) -> str:
@@ -44,6 +45,10 @@ class Task:
 
     def build_model(self, config: Config):
         raise NotImplementedError
+
+    def deployable(self, config: Config, model):
+        """The model as written to model.keras (e.g. with a fixed input size)."""
+        return model
 
     def loss(self, config: Config):
         raise NotImplementedError

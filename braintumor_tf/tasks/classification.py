@@ -35,14 +35,14 @@ class ClassificationTask(Task):
     name = "classification"
     parity_images = 2000  # a whole test split of ../shared/data (1,222 images), not a sample
 
-    def prepare_data(self, config: Config, run_dir: Path) -> TaskData:
+    def prepare_data(self, config: Config, run_dir: Path, data_dir: Path | None = None) -> TaskData:
         """Discover images, drop broken ones and split by subject/duplicate group (or reuse the
         manifest)."""
         rows = reuse_split(run_dir)
         if rows is not None:
             return TaskData(rows)
         if config.data.root is None:
-            root = run_dir / "data" / "phantoms"
+            root = (data_dir or run_dir) / "data" / "phantoms"
             log(f"no data.root given: generating the built-in phantom data set in {root}")
             write_phantom_dataset(root, config.data.phantom_images_per_class,
                                   config.data.phantom_image_size, config.data.phantom_seed)

@@ -21,7 +21,7 @@ from braintumor_tf.export.savedmodel import export_segmenter
 from braintumor_tf.export.validation_data import segmenter_validation
 from braintumor_tf.inference import segmentation as inference
 from braintumor_tf.log import log
-from braintumor_tf.models.unet import build_resnet50_unet
+from braintumor_tf.models.unet import build_unet
 from braintumor_tf.tasks.base import Task, TaskData
 from braintumor_tf.training.losses import DiceCoefficient, make_segmentation_loss
 
@@ -34,11 +34,11 @@ class SegmentationTask(Task):
     parity_images = 100
     writes_masks = True
 
-    def prepare_data(self, config: Config, run_dir: Path) -> TaskData:
+    def prepare_data(self, config: Config, run_dir: Path, data_dir: Path | None = None) -> TaskData:
         """Split (or reuse the manifest): the given split folders, or by subject and duplicate
         group over all images. Groups are computed either way, for the bad-file check and so the
         log shows how many units straddle the published folders."""
-        source, targets = training_source(config, run_dir)
+        source, targets = training_source(config, data_dir or run_dir)
         extras = {"source": source, "targets": targets}
         rows = reuse_split(run_dir)
         if rows is not None:
@@ -67,16 +67,31 @@ class SegmentationTask(Task):
         val_paths = [row["path"] for row in val_rows]
         train = segmentation_dataset(train_paths, source.dataset_masks(train_paths, targets),
                                      training=True, augment=config.segmentation.augment,
-                                     plan=plan, **settings)
+                                     plan=plan, crop=config.segmentation.train_crop,
+                                     crop_tumour_fraction=config.segmentation.crop_tumour_fraction,
+                                     **settings)
         val = segmentation_dataset(val_paths, source.dataset_masks(val_paths, targets),
                                    training=False, **settings)
         return train, val
 
-    def build_model(self, config: Config):
+    def build_model(self, config: Config, any_size: bool | None = None):
+        """``any_size`` (default: when training on crops): spatial dimensions left open, so one
+        set of weights trains on crops and validates on whole images."""
         seg = config.segmentation
-        return build_resnet50_unet(config.data.image_size, config.data.channels, seg.encoder_weights,
-                                   seg.decoder_filters, seg.freeze_encoder,
-                                   encoder_bn_momentum=seg.encoder_bn_momentum)
+        if any_size is None:
+            any_size = seg.train_crop is not None
+        return build_unet(config.data.image_size, config.data.channels, seg.encoder,
+                          seg.encoder_weights, seg.decoder_filters, seg.freeze_encoder,
+                          encoder_bn_momentum=seg.encoder_bn_momentum, any_size=any_size)
+
+    def deployable(self, config: Config, model):
+        """Exports and runtimes read the input size off the model: a crop-trained model is
+        rebuilt at data.image_size with the same weights."""
+        if model.input_shape[1] is not None:
+            return model
+        fixed = self.build_model(config, any_size=False)
+        fixed.set_weights(model.get_weights())
+        return fixed
 
     def loss(self, config: Config):
         return make_segmentation_loss(config.segmentation.loss)
@@ -88,6 +103,7 @@ class SegmentationTask(Task):
 
     def summary_fields(self, config: Config, data: TaskData) -> dict:
         return {"task": "segmentation", "targets": data.extras["targets"],
+                "encoder": config.segmentation.encoder,
                 "encoder_weights": config.segmentation.encoder_weights,
                 "initial_weights": config.train.initial_weights}
 
