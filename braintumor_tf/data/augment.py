@@ -209,15 +209,15 @@ def make_tumour_crop(crop_size: int, tumour_fraction: float = 0.7, seed: int = 0
         half = crop_size // 2
         top = tf.clip_by_value(centre // size - half, 0, size - crop_size)
         left = tf.clip_by_value(centre % size - half, 0, size - crop_size)
-        # Boxes on exact pixel positions: crop_and_resize then copies pixels, no interpolation.
-        scale = tf.cast(size - 1, tf.float32)
-        top_f, left_f = tf.cast(top, tf.float32), tf.cast(left, tf.float32)
-        boxes = tf.stack([top_f / scale, left_f / scale, (top_f + crop_size - 1) / scale,
-                          (left_f + crop_size - 1) / scale], axis=1)
-        indices = tf.range(batch)
-        cropped_images = tf.image.crop_and_resize(images, boxes, indices, [crop_size, crop_size])
-        cropped_masks = tf.image.crop_and_resize(masks, boxes, indices, [crop_size, crop_size],
-                                                 method="nearest")
+        # Integer gathers: a crop is a copy of the pixels, never a resampling.
+        offsets = tf.range(crop_size)
+        rows, cols = top[:, None] + offsets, left[:, None] + offsets
+
+        def cut(tensor):
+            tensor = tf.gather(tensor, rows, axis=1, batch_dims=1)
+            return tf.gather(tensor, cols, axis=2, batch_dims=1)
+
+        cropped_images, cropped_masks = cut(images), cut(masks)
         return cropped_images, cropped_masks
 
     return crop
