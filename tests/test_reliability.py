@@ -60,6 +60,26 @@ def test_predict_with_an_unexported_savedmodel_says_what_to_run(tmp_path):
     assert "export it first, e.g. braintumor-tf export --run RUN_DIR --out" in result.output
 
 
+def test_a_release_folder_without_its_savedmodel_names_what_loads_and_what_to_run(tmp_path):
+    """savedmodels/segmenter/ on a fresh checkout: the .keras and .tflite files, no version."""
+    from click.testing import CliRunner
+
+    from braintumor_tf.cli import main
+
+    release = tmp_path / "segmenter"
+    release.mkdir()
+    for name in ("segmenter.keras", "segmenter_dynamic.tflite", "MODEL_CARD.md"):
+        (release / name).write_bytes(b"x")
+    image = tmp_path / "scan.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n")
+    result = CliRunner().invoke(main, ["predict", "--model", str(release), str(image)])
+    assert result.exit_code != 0
+    assert f"{release} holds no exported model version" in result.output
+    assert f"--model {release / 'segmenter.keras'} loads as it is" in result.output
+    assert (f"braintumor-tf export --model {release / 'segmenter.keras'} --out {release}"
+            in result.output)
+
+
 def test_native_noise_is_dropped_and_real_errors_pass_through():
     """Lines written straight to file descriptor 2 (as TensorFlow's C++ does) are filtered."""
     script = (

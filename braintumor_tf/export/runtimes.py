@@ -345,4 +345,16 @@ def load_runtime(
         version = _resolve_serving_base(path)
         if version is not None:
             return _SavedModelRuntime(version, class_names, batch_size)
+        raise ValueError(f"{path} holds no exported model version{_what_is_here(path)}")
     raise ValueError(f"unrecognised model {path}: {_ACCEPTED}")
+
+
+def _what_is_here(folder: Path) -> str:
+    """A release folder without its SavedModel (never committed for the segmenter): name the
+    files that do load, and the command that makes the SavedModel."""
+    loadable = sorted(p.name for p in folder.iterdir() if p.suffix in (".keras", ".tflite"))
+    hint = "".join(f"; --model {folder / name} loads as it is" for name in loadable[:1])
+    keras_files = [name for name in loadable if name.endswith(".keras")]
+    source = f"--model {folder / keras_files[0]}" if keras_files else "--run RUN_DIR"
+    return (f"{hint}; or export the SavedModel first: braintumor-tf export {source} --out {folder} "
+            "(docs/SERVING.md)")
