@@ -1,5 +1,7 @@
-"""predict --jsonl: records stream out batch by batch, and a re-run picks up where one stopped."""
+"""predict --jsonl / --csv: records stream out batch by batch, and a re-run picks up where one
+stopped."""
 
+import csv
 import json
 
 import keras
@@ -46,8 +48,7 @@ def test_stream_then_resume_after_a_kill(folder_and_model, tmp_path, caplog):
     caplog.set_level("INFO", logger="braintumor_tf")
     results = predict([folder], model_path=model, jsonl_path=out, batch_size=8)
     assert "20 of 46 images already in" in caplog.text
-    records = [json.loads(line) for line in out.read_text().splitlines()[:20]] + \
-        [json.loads(line) for line in out.read_text().splitlines()[21:]]
+    records = _lines(out)  # every line parses: the torn fragment was cut, not left behind
     paths = [r["path"] for r in records]
     assert len(paths) == len(set(paths)) == 46 and len(results) == 46
     # Done files are skipped; a file that failed is tried again (it may have been fixed).
@@ -57,3 +58,26 @@ def test_stream_then_resume_after_a_kill(folder_and_model, tmp_path, caplog):
     assert len(added) == 1 and json.loads(added[0])["path"].endswith("zz_broken.png")
     with pytest.raises(ValueError, match="--jsonl goes alone"):
         predict([folder], model_path=model, jsonl_path=out, json_path=tmp_path / "x.json")
+
+
+def test_a_csv_alone_streams_and_resumes_too(folder_and_model, tmp_path, caplog):
+    folder, model = folder_and_model
+    out = tmp_path / "out.csv"
+    predict([folder], model_path=model, csv_path=out, batch_size=8)
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 46 and sum(bool(r["error"]) for r in rows) == 1
+    assert list(rows[0])[:2] == ["path", "class_name"]
+    # Killed mid-row after 30 rows: the partial row is cut and only the rest is predicted.
+    lines = out.read_text().splitlines(keepends=True)
+    out.write_text("".join(lines[:31]) + lines[31][:25])
+    caplog.set_level("INFO", logger="braintumor_tf")
+    predict([folder], model_path=model, csv_path=out, batch_size=8)
+    assert "30 of 46 images already in" in caplog.text
+    rows = list(csv.DictReader(out.open()))
+    assert sorted(r["path"] for r in rows if not r["error"]) == sorted(
+        str(p) for p in folder.glob("img_*.png"))
+    assert all(None not in r.values() for r in rows)
+    # A CSV of another model's columns is not appended to.
+    out.write_text("path,mask\n")
+    with pytest.raises(ValueError, match="holds other columns"):
+        predict([folder], model_path=model, csv_path=out)

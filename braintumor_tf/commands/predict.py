@@ -3,6 +3,7 @@ or classes from a TF Serving server."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from collections.abc import Sequence
@@ -58,7 +59,11 @@ def predict(
         if json_path is not None or csv_path is not None or server is not None \
                 or classifier_path is not None:
             raise ValueError("--jsonl goes alone: not with --json, --csv, --server or --classifier")
-        return _stream(inputs, model_path, jsonl_path, explain_dir, batch_size, masks_dir)
+        return _stream(inputs, model_path, jsonl_path, explain_dir, batch_size, masks_dir, "jsonl")
+    if (csv_path is not None and json_path is None and server is None and model_path is not None
+            and classifier_path is None and not any(is_nifti(p) for p in expand_inputs(inputs))):
+        # A CSV alone streams like --jsonl: rows written as they come, a re-run skips done files.
+        return _stream(inputs, model_path, csv_path, explain_dir, batch_size, masks_dir, "csv")
     if (model_path is None) == (server is None):
         raise ValueError("give exactly one of --model PATH or --server URL")
     if json_path is not None and csv_path is not None:
@@ -120,12 +125,21 @@ def predict(
     return records
 
 
-def _done_paths(jsonl_path: Path) -> set[str]:
-    """Paths an earlier run already predicted (a torn last line from a kill is ignored)."""
+def _done_paths(path: Path, fmt: str, header: list[str]) -> set[str]:
+    """Paths an earlier run already predicted without error (a torn last line is ignored)."""
     done: set[str] = set()
-    if not jsonl_path.is_file():
+    if not path.is_file() or not path.stat().st_size:
         return done
-    with open(jsonl_path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8", newline="") as handle:
+        if fmt == "csv":
+            reader = csv.DictReader(handle)
+            if reader.fieldnames != header:
+                raise ValueError(f"{path} holds other columns ({', '.join(reader.fieldnames or [])}) "
+                                 "than this model writes; choose another --csv file")
+            for row in reader:
+                if None not in row.values() and not row.get("error") and row.get("path"):
+                    done.add(row["path"])
+            return done
         for line in handle:
             try:
                 record = json.loads(line)
@@ -136,36 +150,53 @@ def _done_paths(jsonl_path: Path) -> set[str]:
     return done
 
 
-def _stream(inputs, model_path, jsonl_path, explain_dir, batch_size, masks_dir) -> list[dict]:
+def _drop_torn_tail(path: Path) -> None:
+    """A run killed mid-write leaves a partial last line: cut it, so the next record starts clean."""
+    if not path.is_file() or not path.stat().st_size:
+        return
+    data = path.read_bytes()
+    if data.endswith(b"\n"):
+        return
+    with open(path, "r+b") as handle:
+        handle.truncate(data.rfind(b"\n") + 1)
+
+
+def _stream(inputs, model_path, out_path, explain_dir, batch_size, masks_dir, fmt) -> list[dict]:
+    """Records appended batch by batch to ``out_path`` (JSON lines or CSV rows), holding one
+    batch of pixels; paths already there without error are skipped."""
     import time
 
-    jsonl_path = Path(jsonl_path)
+    out_path = Path(out_path)
     paths = [path for path in expand_inputs(inputs) if not is_nifti(path)]
-    done = _done_paths(jsonl_path)
+    if not paths:
+        raise ValueError("no image files found in the given paths")
+    runtime = load_runtime(model_path, class_names=CLASS_NAMES, batch_size=batch_size)
+    task = get_task(runtime.task)
+    header = task.csv_header() if fmt == "csv" else []
+    _drop_torn_tail(out_path)
+    done = _done_paths(out_path, fmt, header)
     todo = [path for path in paths if path not in done]
     if done:
-        log(f"{len(paths) - len(todo)} of {len(paths)} images already in {jsonl_path}: skipped")
+        log(f"{len(paths) - len(todo)} of {len(paths)} images already in {out_path}: skipped "
+            "(delete the file to predict them again)")
     results = [{"path": path, "error": None} for path in paths if path in done]
     if not todo:
         return results
-    runtime = load_runtime(model_path, class_names=CLASS_NAMES, batch_size=batch_size)
-    task = get_task(runtime.task)
     if masks_dir is None:
-        masks_dir = jsonl_path.with_name(f"{jsonl_path.stem}_masks")
-    jsonl_path.parent.mkdir(parents=True, exist_ok=True)
-    # A torn last line (a killed run) must not glue onto the first new record.
-    if jsonl_path.is_file() and jsonl_path.stat().st_size:
-        with open(jsonl_path, "rb") as handle:
-            handle.seek(-1, os.SEEK_END)
-            torn = handle.read(1) != b"\n"
-        if torn:
-            with open(jsonl_path, "a", encoding="utf-8") as handle:
-                handle.write("\n")
+        masks_dir = out_path.with_name(f"{out_path.stem}_masks")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    new_file = not out_path.is_file() or not out_path.stat().st_size
     started, last_report, count = time.perf_counter(), 0.0, 0
-    with open(jsonl_path, "a", encoding="utf-8") as handle:
+    with open(out_path, "a", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle) if fmt == "csv" else None
+        if writer is not None and new_file:
+            writer.writerow(header)
         for chunk in task.iter_files(runtime, todo, masks_dir, explain_dir, batch_size):
             for record in chunk:
-                handle.write(json.dumps(record) + "\n")
+                if writer is not None:
+                    writer.writerow(task.csv_row(record))
+                else:
+                    handle.write(json.dumps(record) + "\n")
                 results.append({"path": record["path"], "error": record["error"]})
             handle.flush()
             count += len(chunk)
@@ -173,7 +204,7 @@ def _stream(inputs, model_path, jsonl_path, explain_dir, batch_size, masks_dir) 
             if elapsed - last_report >= 2.0 or count == len(todo):
                 last_report = elapsed
                 log(f"predicted {count}/{len(todo)} images ({count / max(elapsed, 1e-9):.1f} "
-                    f"images/s) -> {jsonl_path}")
+                    f"images/s) -> {out_path}")
     return results
 
 

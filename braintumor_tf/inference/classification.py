@@ -109,16 +109,24 @@ def describe(record: dict) -> str:
     return line
 
 
+def class_csv_header(names=CLASS_NAMES) -> list[str]:
+    return ["path", "class_name", *names, "ood_score", "in_distribution", "error"]
+
+
+def class_csv_row(record: dict, names=CLASS_NAMES) -> list[str]:
+    r = record
+    probabilities = [f"{r['probabilities'][n]:.6f}" for n in names] if r["probabilities"] \
+        else [""] * len(names)
+    score = "" if r.get("ood_score") is None else f"{r['ood_score']:.3f}"
+    inside = "" if r.get("in_distribution") is None else str(r["in_distribution"]).lower()
+    return [r["path"], r["class_name"] or "", *probabilities, score, inside, r["error"] or ""]
+
+
 def write_class_csv(records: list[dict], csv_path) -> None:
     names = next((list(r["probabilities"]) for r in records if r["probabilities"]), list(CLASS_NAMES))
     Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
     with open_csv(csv_path, "w") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", "class_name", *names, "ood_score", "in_distribution", "error"])
-        for r in records:
-            probabilities = [f"{r['probabilities'][n]:.6f}" for n in names] if r["probabilities"] \
-                else [""] * len(names)
-            score = "" if r.get("ood_score") is None else f"{r['ood_score']:.3f}"
-            inside = "" if r.get("in_distribution") is None else str(r["in_distribution"]).lower()
-            writer.writerow([r["path"], r["class_name"] or "", *probabilities, score, inside,
-                             r["error"] or ""])
+        writer.writerow(class_csv_header(names))
+        for record in records:
+            writer.writerow(class_csv_row(record, names))

@@ -117,12 +117,16 @@ def describe(record: dict) -> str:
     return line + (f"  WARNING: {record['warning']}" if record.get("warning") else "")
 
 
+def segment_csv_row(record: dict) -> list:
+    row = dict(record, tumour_fraction=None if record["tumour_fraction"] is None
+               else f"{record['tumour_fraction']:.6f}")
+    return ["" if row.get(k) is None else row[k] for k in SEGMENT_CSV_COLUMNS]
+
+
 def write_segment_csv(records: list[dict], csv_path) -> None:
     Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
     with open_csv(csv_path, "w") as handle:
         writer = csv.writer(handle)
         writer.writerow(SEGMENT_CSV_COLUMNS)
-        for r in records:
-            row = dict(r, tumour_fraction=None if r["tumour_fraction"] is None
-                       else f"{r['tumour_fraction']:.6f}")
-            writer.writerow(["" if row.get(k) is None else row[k] for k in SEGMENT_CSV_COLUMNS])
+        for record in records:
+            writer.writerow(segment_csv_row(record))

@@ -102,3 +102,10 @@ class Task:
 
     def write_csv(self, records: list[dict], csv_path) -> None:
         raise NotImplementedError
+
+    def csv_header(self) -> list[str]:
+        """Columns of a streamed CSV (``write_csv`` writes the same for a whole list)."""
+        raise NotImplementedError
+
+    def csv_row(self, record: dict) -> list:
+        raise NotImplementedError

@@ -148,6 +148,12 @@ class ClassificationTask(Task):
     def write_csv(self, records: list[dict], csv_path) -> None:
         inference.write_class_csv(records, csv_path)
 
+    def csv_header(self) -> list[str]:
+        return inference.class_csv_header()
+
+    def csv_row(self, record: dict) -> list:
+        return inference.class_csv_row(record)
+
 
 def _paths_and_labels(rows) -> tuple[list[str], list[int]]:
     return [row["path"] for row in rows], [int(row["label"]) for row in rows]

@@ -156,3 +156,9 @@ class SegmentationTask(Task):
 
     def write_csv(self, records: list[dict], csv_path) -> None:
         inference.write_segment_csv(records, csv_path)
+
+    def csv_header(self) -> list[str]:
+        return list(inference.SEGMENT_CSV_COLUMNS)
+
+    def csv_row(self, record: dict) -> list:
+        return inference.segment_csv_row(record)
