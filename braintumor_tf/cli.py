@@ -105,7 +105,8 @@ def train_command(config_path, data_root, run_dir, subjects_path, overrides):
 @click.option("--json", "json_path", default=None, help="Write the metrics JSON here.")
 @click.option("--out", "out_dir", default=None,
               help="Write predictions and plots here (confusion matrix; segmenter: overlays).")
-@click.option("--batch-size", default=32, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Images per batch (default: 8 per usable core, capped by free memory).")
 @click.option("--tta", type=click.Choice(TTA_CHOICES), default="none", show_default=True,
               help=".keras models: average over mirrored/turned views (classifier: use "
                    "mirror, the flip it trained with; segmenter: flips or dihedral).")
@@ -229,7 +230,8 @@ def export_command(model_path, run_dir, out_base, version, tflite_variants, repr
               help="Segmenter: folder for the masks (<image stem>_mask.png, 0/255, at the "
                    "image's original size). Default: <stem>_masks/ beside the --json/--csv file, "
                    "else ./masks/.")
-@click.option("--batch-size", default=32, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Images per batch (default: 8 per usable core, capped by free memory).")
 @click.option("--jsonl", "jsonl_path", default=None,
               help="Stream records to this JSON-lines file as they come (bounded memory); a "
                    "re-run with the same file skips the images it already holds.")
@@ -282,7 +284,7 @@ def demo_command(model_path, segmenter_path, host, port):
 @click.option("--tflite-dir", default=None, help="Folder whose .tflite files are benchmarked too.")
 @click.option("--images", default=256, show_default=True, help="Images per backend and batch size.")
 @click.option("--threads", "num_threads", type=int, default=None,
-              help="LiteRT threads (default: LiteRT's choice).")
+              help="LiteRT threads (default: every usable core).")
 @click.option("--json", "json_path", default=None, help="Write the results as JSON.")
 @_friendly_errors
 def benchmark_command(models, tflite_dir, images, num_threads, json_path):

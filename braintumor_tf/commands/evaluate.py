@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from braintumor_tf.data.discover import CLASS_NAMES
-from braintumor_tf.export.runtimes import load_runtime
+from braintumor_tf.export.runtimes import load_runtime, resolve_batch_size
 from braintumor_tf.tasks import get_task
 
 
-def evaluate(model_path, data_paths, json_path=None, out_dir=None, batch_size: int = 32,
+def evaluate(model_path, data_paths, json_path=None, out_dir=None, batch_size: int | None = None,
              split: str | None = None, masks=None, tta: str = "none") -> dict:
     """Every decodable image under ``data_paths`` is evaluated; broken files reported.
 
@@ -20,6 +20,7 @@ def evaluate(model_path, data_paths, json_path=None, out_dir=None, batch_size: i
     model_path = Path(model_path)
     if not model_path.exists():
         raise FileNotFoundError(f"model not found: {model_path}")
+    batch_size = resolve_batch_size(batch_size)
     runtime = load_runtime(model_path, class_names=CLASS_NAMES, batch_size=batch_size, tta=tta)
     return get_task(runtime.task).evaluate(runtime, data_paths, json_path=json_path, out_dir=out_dir,
                                            batch_size=batch_size, split=split, masks=masks)

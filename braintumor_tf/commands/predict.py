@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from braintumor_tf.data.discover import CLASS_NAMES, discover_images
-from braintumor_tf.export.runtimes import load_runtime
+from braintumor_tf.export.runtimes import load_runtime, resolve_batch_size
 from braintumor_tf.inference.classification import EXPLAIN_NEEDS_KERAS
 from braintumor_tf.inference.common import default_masks_dir
 from braintumor_tf.inference.volumes import is_nifti
@@ -41,7 +41,7 @@ def predict(
     json_path=None,
     csv_path=None,
     explain_dir=None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     masks_dir=None,
     timeout: float = 60.0,
     classifier_path=None,
@@ -54,7 +54,9 @@ def predict(
     NIfTI volumes (.nii, .nii.gz) are predicted slice by slice along ``axis`` (default: axial;
     inference.volumes): one record per volume. ``jsonl_path`` streams: records are appended
     there batch by batch (memory stays bounded whatever the folder size; only each file's path
-    and error come back) and a re-run with the same file skips what it already holds."""
+    and error come back) and a re-run with the same file skips what it already holds; so does a
+    ``csv_path`` given alone with a local model. ``batch_size`` None: from the machine."""
+    batch_size = resolve_batch_size(batch_size)
     if jsonl_path is not None:
         if json_path is not None or csv_path is not None or server is not None \
                 or classifier_path is not None:

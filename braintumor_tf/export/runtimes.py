@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from braintumor_tf.config import DEFAULT_SEGMENTATION_THRESHOLD, TASKS
+from braintumor_tf.log import log
+from braintumor_tf.machine import default_batch_size, usable_cores
 
 RUNTIME_KINDS = ("keras", "savedmodel", "tflite")
 _ACCEPTED = (
@@ -316,6 +318,18 @@ def _how_to_make(path: Path) -> str:
             "(docs/SERVING.md)")
 
 
+def resolve_batch_size(batch_size: int | None) -> int:
+    """A given batch size, or one read off the machine (logged, so runs say what they used)."""
+    if batch_size is not None:
+        if int(batch_size) < 1:
+            raise ValueError(f"batch size must be >= 1, got {batch_size!r}")
+        return int(batch_size)
+    chosen = default_batch_size()
+    log(f"batch size {chosen} (from {usable_cores()} usable core(s) and free memory; "
+        "--batch-size to choose)")
+    return chosen
+
+
 def load_runtime(
     path: str | os.PathLike,
     class_names: Sequence[str] | None = None,
@@ -338,7 +352,9 @@ def load_runtime(
         raise ValueError(f"test-time augmentation ({tta!r}) is applied to .keras models; {path} is "
                          "an export and computes what it was exported with (export --tta)")
     if path.is_file() and path.suffix == ".tflite":
-        return _TFLiteRuntime(path, class_names, batch_size, num_threads)
+        # LiteRT's own default is one thread on some builds: give it every usable core.
+        threads = usable_cores() if num_threads is None else num_threads
+        return _TFLiteRuntime(path, class_names, batch_size, threads)
     if path.is_dir():
         if (path / "saved_model.pb").is_file():
             return _SavedModelRuntime(path, class_names, batch_size)
