@@ -18,6 +18,7 @@ from scipy.sparse.csgraph import connected_components
 from braintumor_tf.data.discover import ImageRecord
 from braintumor_tf.data.signatures import SIGNATURE_SIZE, THUMB, _file_key, cached_signatures
 from braintumor_tf.data.subjects import renumber_by_first_member
+from braintumor_tf.log import logger
 
 # Index i names what turns image A into its copy B when a pair reports transform i.
 TRANSFORM_NAMES = (
@@ -117,8 +118,32 @@ def groups_from_pairs(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     return renumber_by_first_member(labels)
 
 
-def find_duplicate_groups(signatures: np.ndarray, threshold: float = 0.85) -> np.ndarray:
-    i, j, _, _ = find_pairs(signatures, threshold)
+# Above this many images the all-pairs search takes minutes to hours; the index takes seconds.
+APPROXIMATE_ABOVE = 20000
+
+
+def find_duplicate_groups(signatures: np.ndarray, threshold: float = 0.85,
+                          method: str = "auto") -> np.ndarray:
+    """``method``: ``exact`` (all pairs), ``approximate`` (duplicate_search, needs faiss) or
+    ``auto`` (approximate above APPROXIMATE_ABOVE images when faiss is installed)."""
+    if method not in ("auto", "exact", "approximate"):
+        raise ValueError(f"method must be auto, exact or approximate, got {method!r}")
+    if method == "auto":
+        method = "exact"
+        if len(signatures) > APPROXIMATE_ABOVE:
+            try:
+                import faiss  # noqa: F401
+
+                method = "approximate"
+            except ImportError:
+                logger.warning(f"{len(signatures):,} images: the all-pairs duplicate search is slow at "
+                               "this size; pip install 'braintumor_tf[scale]' for the indexed one")
+    if method == "approximate":
+        from braintumor_tf.data.duplicate_search import find_pairs_approximate
+
+        i, j, _, _ = find_pairs_approximate(signatures, threshold)
+    else:
+        i, j, _, _ = find_pairs(signatures, threshold)
     return groups_from_pairs(len(signatures), i, j)
 
 
