@@ -2,7 +2,7 @@
 
 ``duplicates.find_pairs`` correlates every pair over the 8 flips/rotations: O(N^2) products of
 8 x 4096 values, about a minute at 10,000 images and days at a million. Here each 4096-value
-signature is projected onto ``dims`` random orthonormal directions and renormalised, an inverted-
+signature is projected onto ``dims`` (128) random orthonormal directions and renormalised, an inverted-
 file index (faiss ``IndexIVFFlat``, inner product) holds the projections, and the 8 views of every
 signature query it for neighbours above a lowered ``candidate_threshold``. Every candidate is then
 scored exactly on the full signatures, so no pair below ``threshold`` is ever reported and the
@@ -10,7 +10,7 @@ output has the same form as ``find_pairs``.
 
 Why a random projection and not PCA: the signatures are high-passed thumbnails whose energy is
 spread over many directions; a random projection keeps every correlation unbiased, with a spread
-of about (1 - rho^2) / sqrt(dims) (0.018 for a pair at 0.85 with 256 dims, 0.06 for an unrelated
+of about (1 - rho^2) / sqrt(dims) (0.025 for a pair at 0.85 with 128 dims, 0.09 for an unrelated
 pair), so a candidate threshold 0.15 below the real one loses no pair and admits almost no noise.
 """
 
@@ -24,7 +24,7 @@ import numpy as np
 from braintumor_tf.data.signatures import SIGNATURE_SIZE
 from braintumor_tf.log import log
 
-DEFAULT_DIMS = 256
+DEFAULT_DIMS = 128
 CANDIDATE_MARGIN = 0.15
 
 
@@ -81,7 +81,7 @@ def find_pairs_approximate(
     dims: int = DEFAULT_DIMS,
     candidate_threshold: float | None = None,
     nprobe: int | None = None,
-    chunk: int = 8192,
+    chunk: int = 2048,
     seed: int = 0,
     progress: Callable[[str], None] | None = log,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -90,7 +90,7 @@ def find_pairs_approximate(
 
     ``signatures``: [N, 4096] array, or any object with ``len()`` and row slicing returning such
     rows (read chunk by chunk, so N signatures need not fit in memory; only the ``dims``-wide
-    projections are held: 1 GB for a million at 256 dims).
+    projections are held: 0.5 GB for a million at 128 dims).
     """
     faiss = _faiss()
     rows = _Rows(signatures)
