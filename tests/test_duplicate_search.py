@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from braintumor_tf.data.duplicate_search import find_pairs_approximate, random_projection
+from braintumor_tf.data.duplicate_search import find_pairs_approximate, invariant_projection
 from braintumor_tf.data.duplicates import _dihedral_views, find_duplicate_groups, find_pairs
 
 pytest.importorskip("faiss")
@@ -82,12 +82,15 @@ def test_groups_by_either_method_agree_and_bad_method_is_refused():
         find_duplicate_groups(signatures, method="fast")
 
 
-def test_projection_is_orthonormal_and_seeded():
-    basis = random_projection(64, seed=5)
+def test_projection_is_orthonormal_seeded_and_blind_to_flips_and_rotations():
+    basis = invariant_projection(64, seed=5)
     np.testing.assert_allclose(basis.T @ basis, np.eye(64), atol=1e-5)
-    np.testing.assert_array_equal(basis, random_projection(64, seed=5))
+    np.testing.assert_array_equal(basis, invariant_projection(64, seed=5))
+    signature = np.random.default_rng(0).standard_normal((1, 4096)).astype(np.float32)
+    projected = _dihedral_views(signature)[:, 0] @ basis  # the 8 turned copies
+    np.testing.assert_allclose(projected, np.repeat(projected[:1], 8, axis=0), atol=1e-4)
     with pytest.raises(ValueError, match="dims"):
-        random_projection(5000)
+        invariant_projection(600)
 
 
 def test_without_faiss_the_error_says_what_to_install(monkeypatch):

@@ -2,16 +2,17 @@
 
 ``duplicates.find_pairs`` correlates every pair over the 8 flips/rotations: O(N^2) products of
 8 x 4096 values, about a minute at 10,000 images and days at a million. Here each 4096-value
-signature is projected onto ``dims`` (128) random orthonormal directions and renormalised, an inverted-
-file index (faiss ``IndexIVFFlat``, inner product) holds the projections, and the 8 views of every
-signature query it for neighbours above a lowered ``candidate_threshold``. Every candidate is then
-scored exactly on the full signatures, so no pair below ``threshold`` is ever reported and the
-output has the same form as ``find_pairs``.
+signature is projected onto 128 random directions of the subspace that flips and rotations leave
+unchanged (``invariant_projection``) and renormalised, so a copy turned any way lands where its
+original does; an inverted-file index (faiss ``IndexIVFFlat``, inner product) holds the
+projections and each one queries it once for neighbours above a lowered
+``candidate_threshold``. Every candidate is then scored exactly on the full signatures over the
+8 views, so no pair below ``threshold`` is ever reported and the output has the same form (and
+transform codes) as ``find_pairs``.
 
-Why a random projection and not PCA: the signatures are high-passed thumbnails whose energy is
-spread over many directions; a random projection keeps every correlation unbiased, with a spread
-of about (1 - rho^2) / sqrt(dims) (0.025 for a pair at 0.85 with 128 dims, 0.09 for an unrelated
-pair), so a candidate threshold 0.15 below the real one loses no pair and admits almost no noise.
+A random projection keeps correlations unbiased, with a spread of about (1 - rho^2) / sqrt(dims)
+(0.025 for a pair at 0.85 with 128 dims, 0.09 for an unrelated pair), so a candidate threshold
+0.15 below the real one loses no pair and admits few strangers.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from braintumor_tf.data.signatures import SIGNATURE_SIZE
 from braintumor_tf.log import log
 
 DEFAULT_DIMS = 128
+# Pixel orbits of a 64x64 thumbnail under the 8 flips/rotations: (4096 + 64 + 64) / 8.
+INVARIANT_DIMS = 528
 CANDIDATE_MARGIN = 0.15
 
 
@@ -37,19 +40,29 @@ def _faiss():
     return faiss
 
 
-def random_projection(dims: int = DEFAULT_DIMS, seed: int = 0) -> np.ndarray:
-    """[4096, dims] with orthonormal columns (QR of a Gaussian matrix), fixed by ``seed``."""
-    if not 8 <= dims <= SIGNATURE_SIZE:
-        raise ValueError(f"dims must be in [8, {SIGNATURE_SIZE}], got {dims!r}")
-    gaussian = np.random.default_rng(seed).standard_normal((SIGNATURE_SIZE, dims))
-    basis, _ = np.linalg.qr(gaussian)
-    return np.ascontiguousarray(basis, np.float32)
-
-
 def _project(block: np.ndarray, basis: np.ndarray) -> np.ndarray:
     projected = np.asarray(block, np.float32) @ basis
     norms = np.linalg.norm(projected, axis=1, keepdims=True)
     return projected / np.maximum(norms, 1e-12)
+
+
+def invariant_projection(dims: int = DEFAULT_DIMS, seed: int = 0) -> np.ndarray:
+    """[4096, dims] orthonormal columns spanning random directions of the subspace of 64x64
+    images that every flip and rotation leaves unchanged (528 dimensions: one per pixel orbit).
+
+    A flip or rotation only permutes pixels, so averaging a random basis over the 8 permutations
+    makes each column invariant, and so is any signature's projection: a copy turned any way
+    projects onto the same point as its original, and one query per signature finds it (eight
+    turned queries per signature cost eight times as much). A copy's noise shrinks with the
+    signal in this subspace, so its correlation there stays that of the full signatures."""
+    if not 8 <= dims <= INVARIANT_DIMS:
+        raise ValueError(f"dims must be in [8, {INVARIANT_DIMS}], got {dims!r}")
+    gaussian = np.random.default_rng(seed).standard_normal((SIGNATURE_SIZE, dims))
+    pixel_index = np.arange(SIGNATURE_SIZE, dtype=np.float32)[np.newaxis]
+    sources = _views(pixel_index)[:, 0].astype(np.int64)  # view t of x at p is x[sources[t, p]]
+    symmetric = np.mean([gaussian[np.argsort(source)] for source in sources], axis=0)
+    basis, _ = np.linalg.qr(symmetric)
+    return np.ascontiguousarray(basis, np.float32)
 
 
 def _views(block: np.ndarray) -> np.ndarray:
@@ -102,7 +115,7 @@ def find_pairs_approximate(
     if n < 2:
         return empty
     started = time.perf_counter()
-    basis = random_projection(dims, seed)
+    basis = invariant_projection(dims, seed)
     projected = np.zeros((n, dims), np.float32)
     for start in range(0, n, chunk):
         block = rows(start, min(n, start + chunk))
@@ -129,12 +142,10 @@ def find_pairs_approximate(
     candidates: list[np.ndarray] = []
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
-        views = _views(rows(start, stop))  # [8, B, 4096]
-        queries = _project(views.reshape(-1, SIGNATURE_SIZE), basis)
-        limits, _, found = index.range_search(queries, candidate_threshold)
+        limits, _, found = index.range_search(projected[start:stop], candidate_threshold)
         counts = np.diff(limits).astype(np.int64)
         found = found.astype(np.int64)
-        query_rows = np.repeat(np.tile(np.arange(start, stop), 8), counts)
+        query_rows = np.repeat(np.arange(start, stop), counts)
         pairs = np.stack([np.minimum(query_rows, found), np.maximum(query_rows, found)], axis=1)
         pairs = pairs[pairs[:, 0] != pairs[:, 1]]
         if len(pairs):
