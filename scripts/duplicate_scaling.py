@@ -7,7 +7,9 @@ are written to a float16 file and read in row ranges, so the search never holds 
 
     python scripts/duplicate_scaling.py --exact 10000,30000 --approximate 10000,30000,100000 \
         --out docs/duplicate_scaling.json --figure docs/duplicate_scaling.png
-    python scripts/duplicate_scaling.py --approximate 1000000 --out docs/duplicate_scaling_1m.json
+    python scripts/duplicate_scaling.py --approximate 10000,30000,100000,1000000 \
+        --merge docs/duplicate_scaling.json --out docs/duplicate_scaling.json \
+        --figure docs/duplicate_scaling.png
 """
 
 from __future__ import annotations
@@ -108,6 +110,9 @@ def main() -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--figure", default=None)
     parser.add_argument("--work", default=None, help="folder for the signature files (large)")
+    parser.add_argument("--merge", default=None,
+                        help="an earlier --out JSON whose results (of other methods or sizes) are "
+                             "kept beside the new ones, in the JSON and the figure")
     parser.add_argument("--_measure", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._measure:
@@ -143,6 +148,11 @@ def main() -> int:
                 result["pairs_not_in_exact"] = len(by_method[method] - exact)
             print(json.dumps(result), flush=True)
             results.append(result)
+    if args.merge:
+        measured = {(r["method"], r["n"]) for r in results}
+        earlier = json.loads(Path(args.merge).read_text())["results"]
+        results = [r for r in earlier if (r["method"], r["n"]) not in measured] + results
+        results.sort(key=lambda r: (r["method"], r["n"]))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"threshold": 0.85, "planted_fraction": PLANTED_FRACTION,
                                           "cores": os.cpu_count(), "results": results}, indent=2))

@@ -97,3 +97,25 @@ def test_without_faiss_the_error_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", None)
     with pytest.raises(ImportError, match=r"braintumor_tf\[scale\]"):
         find_pairs_approximate(np.zeros((10, 4096), np.float32))
+
+
+def test_adding_images_to_an_audited_set_computes_only_the_new_signatures(tmp_path, monkeypatch):
+    import cv2
+
+    from braintumor_tf.data import signatures as signature_module
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for index in range(30):
+        path = tmp_path / f"slice_{index:02d}.png"
+        cv2.imwrite(str(path), rng.integers(0, 255, (48, 48), dtype=np.uint8))
+        paths.append(str(path))
+    cache = tmp_path / "cache"
+    first, _, _ = signature_module.cached_signatures(paths[:20], cache, progress=False)
+    decoded = []
+    original = signature_module.read_image
+    monkeypatch.setattr(signature_module, "read_image",
+                        lambda path, *a, **k: decoded.append(path) or original(path, *a, **k))
+    both, _, ok = signature_module.cached_signatures(paths, cache, progress=False)
+    assert sorted(decoded) == paths[20:]  # the 20 audited before come from the cache
+    assert len(ok) == 30 and np.array_equal(both[:20], first)

@@ -160,7 +160,7 @@ def find_pairs_approximate(
     return _rescore(rows, pairs, threshold)
 
 
-def _rescore(rows: _Rows, pairs: np.ndarray, threshold: float, chunk: int = 4096):
+def _rescore(rows: _Rows, pairs: np.ndarray, threshold: float, chunk: int = 512):
     """Exact best correlation over the 8 views for each candidate pair; keep >= threshold."""
     out = [[], [], [], []]
     for start in range(0, len(pairs), chunk):
