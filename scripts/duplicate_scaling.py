@@ -49,7 +49,7 @@ class SignatureFile:
 
 def write_signatures(path: Path, n: int, seed: int = 0) -> np.ndarray:
     """Writes N signatures; returns the planted pairs [P, 2] (i < j)."""
-    from braintumor_tf.data.duplicates import _dihedral_views
+    from braintumor_tf.data.signatures import dihedral_views
 
     rng = np.random.default_rng(seed)
     planted = max(1, int(n * PLANTED_FRACTION))
@@ -63,7 +63,7 @@ def write_signatures(path: Path, n: int, seed: int = 0) -> np.ndarray:
         for start in range(0, n, CHUNK):
             block = _base(start, min(n, start + CHUNK), seed)
             for source, target in by_chunk.get(start // CHUNK, []):
-                view = _dihedral_views(_base(source, source + 1, seed))[noise_seed.integers(8), 0]
+                view = dihedral_views(_base(source, source + 1, seed))[noise_seed.integers(8), 0]
                 noise = noise_seed.standard_normal(4096).astype(np.float32) / 64.0  # unit norm
                 noisy = view + noise * noise_seed.uniform(0.1, 0.5)
                 noisy -= noisy.mean()

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from braintumor_tf.data.duplicate_search import find_pairs_approximate, invariant_projection
-from braintumor_tf.data.duplicates import _dihedral_views, find_duplicate_groups, find_pairs
+from braintumor_tf.data.duplicates import find_duplicate_groups, find_pairs
+from braintumor_tf.data.signatures import dihedral_views
 
 pytest.importorskip("faiss")
 
@@ -19,7 +20,7 @@ def planted_signatures(n, copies, seed=0, noise=0.5):
     sources = rng.choice(n, copies, replace=False)
     targets = rng.choice(np.setdiff1d(np.arange(n), sources), copies, replace=False)
     for source, target in zip(sources, targets, strict=True):
-        view = _dihedral_views(signatures[source:source + 1])[rng.integers(8), 0]
+        view = dihedral_views(signatures[source:source + 1])[rng.integers(8), 0]
         signatures[target] = view + rng.standard_normal(4096).astype(np.float32) * rng.uniform(0.1, noise)
     signatures -= signatures.mean(axis=1, keepdims=True)
     signatures /= np.linalg.norm(signatures, axis=1, keepdims=True)
@@ -87,7 +88,7 @@ def test_projection_is_orthonormal_seeded_and_blind_to_flips_and_rotations():
     np.testing.assert_allclose(basis.T @ basis, np.eye(64), atol=1e-5)
     np.testing.assert_array_equal(basis, invariant_projection(64, seed=5))
     signature = np.random.default_rng(0).standard_normal((1, 4096)).astype(np.float32)
-    projected = _dihedral_views(signature)[:, 0] @ basis  # the 8 turned copies
+    projected = dihedral_views(signature)[:, 0] @ basis  # the 8 turned copies
     np.testing.assert_allclose(projected, np.repeat(projected[:1], 8, axis=0), atol=1e-4)
     with pytest.raises(ValueError, match="dims"):
         invariant_projection(600)

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from braintumor_tf.data.signatures import SIGNATURE_SIZE
+from braintumor_tf.data.signatures import SIGNATURE_SIZE, dihedral_views
 from braintumor_tf.log import log
 
 DEFAULT_DIMS = 128
@@ -66,9 +66,7 @@ def invariant_projection(dims: int = DEFAULT_DIMS, seed: int = 0) -> np.ndarray:
 
 
 def _views(block: np.ndarray) -> np.ndarray:
-    from braintumor_tf.data.duplicates import _dihedral_views
-
-    return _dihedral_views(np.asarray(block, np.float32))
+    return dihedral_views(np.asarray(block, np.float32))
 
 
 class _Rows:

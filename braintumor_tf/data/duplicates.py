@@ -16,7 +16,12 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from braintumor_tf.data.discover import ImageRecord
-from braintumor_tf.data.signatures import SIGNATURE_SIZE, THUMB, _file_key, cached_signatures
+from braintumor_tf.data.signatures import (
+    SIGNATURE_SIZE,
+    _file_key,
+    cached_signatures,
+    dihedral_views,
+)
 from braintumor_tf.data.subjects import renumber_by_first_member
 from braintumor_tf.log import logger
 
@@ -24,22 +29,6 @@ from braintumor_tf.log import logger
 TRANSFORM_NAMES = (
     "identity", "rot90", "rot180", "rot270", "flip_lr", "flip_ud", "transpose", "anti_transpose",
 )
-
-
-def _dihedral_views(block: np.ndarray) -> np.ndarray:
-    """[B, 4096] -> [8, B, 4096] in TRANSFORM_NAMES order."""
-    t = block.reshape(-1, THUMB, THUMB)
-    views = (
-        t,
-        np.rot90(t, 1, axes=(1, 2)),
-        np.rot90(t, 2, axes=(1, 2)),
-        np.rot90(t, 3, axes=(1, 2)),
-        t[:, :, ::-1],
-        t[:, ::-1, :],
-        t.transpose(0, 2, 1),
-        np.rot90(t, 2, axes=(1, 2)).transpose(0, 2, 1),
-    )
-    return np.stack([v.reshape(len(block), -1) for v in views])
 
 
 def find_pairs(
@@ -59,7 +48,7 @@ def find_pairs(
     for r0 in range(0, n, block_size):
         rows = sigs[r0:r0 + block_size]
         b = len(rows)
-        views = _dihedral_views(rows).reshape(8 * b, SIGNATURE_SIZE)
+        views = dihedral_views(rows).reshape(8 * b, SIGNATURE_SIZE)
         for c0 in range(r0, n, block_size):
             cols = sigs[c0:c0 + block_size]
             prod = (views @ cols.T).reshape(8, b, len(cols))
@@ -98,7 +87,7 @@ def best_matches(
     best_corr = np.full(len(sigs), -np.inf, np.float32)
     for r0 in range(0, len(refs), block_size):
         rows = refs[r0:r0 + block_size]
-        views = _dihedral_views(rows).reshape(8 * len(rows), SIGNATURE_SIZE)
+        views = dihedral_views(rows).reshape(8 * len(rows), SIGNATURE_SIZE)
         corr = (views @ sigs.T).reshape(8, len(rows), len(sigs)).max(axis=0)  # [refs, sigs]
         block_best = corr.argmax(axis=0)
         block_corr = corr[block_best, np.arange(len(sigs))]

@@ -46,6 +46,23 @@ def image_signature(image: np.ndarray) -> np.ndarray:
     return sig.astype(np.float16).astype(np.float32)
 
 
+def dihedral_views(block: np.ndarray) -> np.ndarray:
+    """[B, 4096] -> [8, B, 4096]: identity, rot90, rot180, rot270, flip_lr, flip_ud, transpose,
+    anti_transpose (duplicates.TRANSFORM_NAMES)."""
+    t = block.reshape(-1, THUMB, THUMB)
+    views = (
+        t,
+        np.rot90(t, 1, axes=(1, 2)),
+        np.rot90(t, 2, axes=(1, 2)),
+        np.rot90(t, 3, axes=(1, 2)),
+        t[:, :, ::-1],
+        t[:, ::-1, :],
+        t.transpose(0, 2, 1),
+        np.rot90(t, 2, axes=(1, 2)).transpose(0, 2, 1),
+    )
+    return np.stack([v.reshape(len(block), -1) for v in views])
+
+
 def _signature_or_reason(path: str) -> tuple[np.ndarray | None, str]:
     try:
         return image_signature(read_image(path, channels=1)), ""
