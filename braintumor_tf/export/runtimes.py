@@ -361,7 +361,8 @@ def load_runtime(
         version = _resolve_serving_base(path)
         if version is not None:
             return _SavedModelRuntime(version, class_names, batch_size)
-        raise ValueError(f"{path} holds no exported model version{_what_is_here(path)}")
+        raise ValueError(f"{path} holds no exported model version{_what_is_here(path)}. A model "
+                         f"is {_ACCEPTED.removeprefix('expected ')}")
     raise ValueError(f"unrecognised model {path}: {_ACCEPTED}")
 
 
