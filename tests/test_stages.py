@@ -41,6 +41,7 @@ def test_bad_stages_fail_before_training_naming_the_stage(stages, message):
         _stages(stages)
 
 
+@pytest.mark.slow
 def test_a_staged_run_chains_weights_shares_its_split_and_resumes_as_finished(tmp_path):
     run = tmp_path / "run"
     args = ["-m", "braintumor_tf.train", "--config", str(SEG_CONFIG), "--out", str(run),
