@@ -77,3 +77,19 @@ def pixel_bombs(width: int = 12000, height: int = 12000) -> dict[str, bytes]:
            + b"\x00" * 24)
     gif = b"GIF89a" + struct.pack("<HH", min(width, 65535), min(height, 65535)) + b"\x00" * 20
     return {"bomb.png": png, "bomb.jpg": bytes(jpeg), "bomb.bmp": bmp, "bomb.gif": gif}
+
+
+def disc_images(count: int, size: int, seed: int = 0, radius=(6, 14)):
+    """Grey noise with one bright disc per image; the disc is the mask: (images, masks), float32
+    [count, size, size, 1], pixels in 0..255."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[:size, :size]
+    images = rng.normal(40, 10, (count, size, size, 1)).clip(0, 255).astype(np.float32)
+    masks = np.zeros((count, size, size, 1), np.float32)
+    for index in range(count):
+        disc_radius = rng.uniform(*radius)
+        centre = rng.uniform(disc_radius, size - disc_radius, 2)
+        disc = (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= disc_radius ** 2
+        masks[index, disc, 0] = 1.0
+        images[index, disc, 0] = 200.0
+    return images, masks

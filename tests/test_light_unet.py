@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from support import disc_images
 
 from braintumor_tf.config import SEGMENTATION_ENCODERS
 from braintumor_tf.data.augment import make_tumour_crop
@@ -56,17 +57,7 @@ def test_any_size_model_shares_weights_with_the_fixed_one_and_runs_at_other_size
 
 
 def _disc_batch(count, size, seed=0):
-    rng = np.random.default_rng(seed)
-    rows, cols = np.mgrid[:size, :size]
-    images = rng.normal(40, 10, (count, size, size, 1)).clip(0, 255).astype(np.float32)
-    masks = np.zeros((count, size, size, 1), np.float32)
-    for index in range(count):
-        radius = rng.uniform(3, 6)
-        centre = rng.uniform(radius, size - radius, 2)
-        disc = (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius ** 2
-        masks[index, disc, 0] = 1.0
-        images[index, disc, 0] = 200.0
-    return images, masks
+    return disc_images(count, size, seed, radius=(3, 6))
 
 
 def test_tumour_crops_are_exact_copies_that_show_the_tumour():

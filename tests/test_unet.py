@@ -6,6 +6,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 import pytest
+from support import disc_images
 
 from braintumor_tf.models.layers import IMAGENET_BGR_MEANS, CaffePreprocessing, GreyToRGB
 from braintumor_tf.models.macs import count_macs_nested
@@ -25,18 +26,7 @@ def scratch_unet():
 
 
 def _blobs(count, seed=0):
-    """Grey noise with one bright disc per image; the disc is the mask."""
-    rng = np.random.default_rng(seed)
-    rows, cols = np.mgrid[:SIZE, :SIZE]
-    images = rng.normal(40, 10, (count, SIZE, SIZE, 1)).clip(0, 255).astype(np.float32)
-    masks = np.zeros((count, SIZE, SIZE, 1), np.float32)
-    for index in range(count):
-        radius = rng.uniform(6, 14)
-        centre = rng.uniform(radius, SIZE - radius, 2)
-        disc = (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius ** 2
-        masks[index, disc, 0] = 1.0
-        images[index, disc, 0] = 200.0
-    return images, masks
+    return disc_images(count, SIZE, seed)
 
 
 def test_builds_with_the_documented_contract(scratch_unet):
