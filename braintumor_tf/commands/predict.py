@@ -57,22 +57,23 @@ def predict(
     and error come back) and a re-run with the same file skips what it already holds; so does a
     ``csv_path`` given alone with a local model. ``batch_size`` None: from the machine."""
     batch_size = resolve_batch_size(batch_size)
+    expanded = expand_inputs(inputs)  # the folders are walked once
     if jsonl_path is not None:
         if json_path is not None or csv_path is not None or server is not None \
                 or classifier_path is not None:
             raise ValueError("--jsonl goes alone: not with --json, --csv, --server or --classifier")
-        return _stream(inputs, model_path, jsonl_path, explain_dir, batch_size, masks_dir, "jsonl")
+        return _stream(expanded, model_path, jsonl_path, explain_dir, batch_size, masks_dir, "jsonl")
     if (csv_path is not None and json_path is None and server is None and model_path is not None
-            and classifier_path is None and not any(is_nifti(p) for p in expand_inputs(inputs))):
+            and classifier_path is None and not any(is_nifti(p) for p in expanded)):
         # A CSV alone streams like --jsonl: rows written as they come, a re-run skips done files.
-        return _stream(inputs, model_path, csv_path, explain_dir, batch_size, masks_dir, "csv")
+        return _stream(expanded, model_path, csv_path, explain_dir, batch_size, masks_dir, "csv")
     if (model_path is None) == (server is None):
         raise ValueError("give exactly one of --model PATH or --server URL")
     if json_path is not None and csv_path is not None:
         raise ValueError("give at most one of --json FILE and --csv FILE")
     if explain_dir is not None and server is not None:
         raise ValueError(EXPLAIN_NEEDS_KERAS)
-    paths = expand_inputs(inputs)
+    paths = expanded
     volumes = [path for path in paths if is_nifti(path)]
     paths = [path for path in paths if not is_nifti(path)]
     if not paths and not volumes:
@@ -163,13 +164,13 @@ def _drop_torn_tail(path: Path) -> None:
         handle.truncate(data.rfind(b"\n") + 1)
 
 
-def _stream(inputs, model_path, out_path, explain_dir, batch_size, masks_dir, fmt) -> list[dict]:
+def _stream(paths, model_path, out_path, explain_dir, batch_size, masks_dir, fmt) -> list[dict]:
     """Records appended batch by batch to ``out_path`` (JSON lines or CSV rows), holding one
     batch of pixels; paths already there without error are skipped."""
     import time
 
     out_path = Path(out_path)
-    paths = [path for path in expand_inputs(inputs) if not is_nifti(path)]
+    paths = [path for path in paths if not is_nifti(path)]
     if not paths:
         raise ValueError("no image files found in the given paths")
     runtime = load_runtime(model_path, class_names=CLASS_NAMES, batch_size=batch_size)

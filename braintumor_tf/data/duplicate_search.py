@@ -59,14 +59,10 @@ def invariant_projection(dims: int = DEFAULT_DIMS, seed: int = 0) -> np.ndarray:
         raise ValueError(f"dims must be in [8, {INVARIANT_DIMS}], got {dims!r}")
     gaussian = np.random.default_rng(seed).standard_normal((SIGNATURE_SIZE, dims))
     pixel_index = np.arange(SIGNATURE_SIZE, dtype=np.float32)[np.newaxis]
-    sources = _views(pixel_index)[:, 0].astype(np.int64)  # view t of x at p is x[sources[t, p]]
+    sources = dihedral_views(pixel_index)[:, 0].astype(np.int64)  # view t of x at p is x[sources[t, p]]
     symmetric = np.mean([gaussian[np.argsort(source)] for source in sources], axis=0)
     basis, _ = np.linalg.qr(symmetric)
     return np.ascontiguousarray(basis, np.float32)
-
-
-def _views(block: np.ndarray) -> np.ndarray:
-    return dihedral_views(np.asarray(block, np.float32))
 
 
 class _Rows:
@@ -164,7 +160,7 @@ def _rescore(rows: _Rows, pairs: np.ndarray, threshold: float, chunk: int = 512)
     for start in range(0, len(pairs), chunk):
         block = pairs[start:start + chunk]
         first, second = rows.take(block[:, 0]), rows.take(block[:, 1])
-        scores = np.einsum("vbd,bd->vb", _views(first), second)  # [8, B]
+        scores = np.einsum("vbd,bd->vb", dihedral_views(first), second)  # [8, B]
         best = scores.max(axis=0)
         keep = best >= threshold
         out[0].append(block[keep, 0])
