@@ -3,7 +3,8 @@
     python scripts/edge_file.py --run runs/release_classifier --release savedmodels/classifier/2 \
         --out savedmodels/classifier/classifier_int8.tflite --report docs/edge_int8.json
 
-Converts the run's model.keras (with the release's test-time views, without the OOD guard,
+Converts the run's model.keras (with the release's test-time views unless ``--tta`` says
+otherwise, e.g. ``none`` for a student from scripts/edge_student.py; without the OOD guard,
 whose covariance matrices alone would push the file past 2 MB) to int8 with int8 input and
 output, calibrated on 200 training images, then measures on the run's patient-level test split:
 top-1 agreement with the float release (gate 99 %), accuracy against the release's (within 0.5
@@ -29,6 +30,9 @@ def main(argv=None) -> int:
     parser.add_argument("--release", required=True, help="the float release (SavedModel)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--report", default=None)
+    parser.add_argument("--tta", default=None, choices=["none", "mirror", "flips", "dihedral"],
+                        help="views the edge file averages over (default: the release's; "
+                             "'none' for a student distilled from the release's averaged output)")
     args = parser.parse_args(argv)
 
     from braintumor_tf.custom_objects import load_model
@@ -43,7 +47,7 @@ def main(argv=None) -> int:
     release = load_runtime(args.release, class_names=CLASS_NAMES)
     meta_file = Path(release.path) / "assets.extra" / "braintumor_tf.json"
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    tta = meta.get("test_time_augmentation", "none")
+    tta = args.tta or meta.get("test_time_augmentation", "none")
     model = with_test_time_augmentation(
         float32_model(load_model(run / "model.keras", compile=False)), tta)
     size = release.image_size
