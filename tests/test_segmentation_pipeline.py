@@ -271,6 +271,26 @@ def test_evaluate_pipeline_matches_hand_scores_for_a_perfect_model(tmp_path):
     assert native["n_empty_truth"] == 2 and native["n_hd95_undefined"] == 2
     assert native["mean_hd95"] <= 2.0
     assert 0.5 < report["vs_annotations"]["micro_iou"] < 1.0
+    sizes = native["by_tumour_size"]        # empty truths have no size: left out of every bin
+    assert sum(row["n"] for row in sizes.values()) == native["n"] - native["n_empty_truth"]
+
+
+def test_dice_by_tumour_size_bins_each_slice_once():
+    from braintumor_tf.evaluation.segmentation import by_tumour_size, format_size_breakdown
+
+    dice = [0.0, 0.5, 0.9, 0.8, 0.7, 0.3]
+    fractions = [0.002, 0.009, 0.02, 0.05, 0.5, 0.0]     # the last slice has no tumour
+    breakdown = by_tumour_size(dice, fractions)
+    assert [breakdown[b]["n"] for b in ("small", "medium", "large")] == [2, 1, 2]
+    assert breakdown["small"]["mean_dice"] == pytest.approx(0.25)
+    assert breakdown["small"]["fraction_dice_below_0_1"] == pytest.approx(0.5)
+    assert breakdown["large"]["median_dice"] == pytest.approx(0.75)
+    assert "small" in format_size_breakdown(breakdown)
+    assert by_tumour_size([], [])["medium"] == {"tumour_fraction": [0.01, 0.03], "n": 0,
+                                                "mean_dice": None, "median_dice": None,
+                                                "fraction_dice_below_0_1": None}
+    with pytest.raises(ValueError, match="tumour sizes"):
+        by_tumour_size([0.5], [0.1, 0.2])
 
 
 # ----------------------------------------------------------------------------- export
