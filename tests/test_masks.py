@@ -111,3 +111,22 @@ def test_group_aware_split_of_one_mask_folder(tmp_path):
                    class_names=SEGMENTATION_LABELS)
     rows = read_manifest(tmp_path / "m.csv")
     assert {row["class_name"] for row in rows} == {"empty", "tumour"}
+
+
+def test_remove_specks_drops_small_pieces_or_keeps_the_largest():
+    from braintumor_tf.data.masks import remove_specks
+
+    mask = np.zeros((100, 100), np.uint8)
+    mask[10:30, 10:30] = 1          # 400 px: 4 % of the slice
+    mask[60:63, 60:63] = 1          # 9 px
+    mask[80:90, 80:85] = 1          # 50 px
+    mask[63, 63] = 1                # touches the 9-px piece diagonally: one 10-px piece
+    assert remove_specks(mask).sum() == mask.sum()
+    assert remove_specks(mask, min_fraction=0.002).sum() == 450      # the 10-px piece goes
+    assert remove_specks(mask, min_fraction=0.006).sum() == 400
+    assert remove_specks(mask, keep_largest=True).sum() == 400
+    assert remove_specks(np.zeros((8, 8)), keep_largest=True).sum() == 0
+    with pytest.raises(ValueError, match="one \\[H, W\\] mask"):
+        remove_specks(mask[None])
+    with pytest.raises(ValueError, match="min_fraction"):
+        remove_specks(mask, min_fraction=1.0)

@@ -106,3 +106,25 @@ def read_mask(path: str | os.PathLike, size: int | tuple[int, int] | None = None
 def mask_has_foreground(path: str | os.PathLike) -> bool:
     """For stratifying splits by tumour present / absent."""
     return bool(read_mask(path).any())
+
+
+def remove_specks(mask: np.ndarray, min_fraction: float = 0.0, keep_largest: bool = False
+                  ) -> np.ndarray:
+    """A binary [H, W] mask without the connected pieces (8-connected) smaller than
+    ``min_fraction`` of the slice, or with only its largest piece: a slice shows one tumour far
+    more often than several, and small false positives cost a small tumour most of its Dice."""
+    if mask.ndim != 2:
+        raise ValueError(f"remove_specks takes one [H, W] mask, got shape {mask.shape}")
+    if not 0.0 <= min_fraction < 1.0:
+        raise ValueError(f"min_fraction must be in [0, 1), got {min_fraction}")
+    binary = (np.asarray(mask) > 0).astype(np.uint8)
+    if not min_fraction and not keep_largest:
+        return binary
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    if count <= 1:
+        return binary
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    keep = areas >= min_fraction * mask.size
+    if keep_largest:
+        keep &= areas == areas.max()
+    return np.isin(labels, 1 + np.flatnonzero(keep)).astype(np.uint8)

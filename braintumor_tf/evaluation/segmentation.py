@@ -217,6 +217,20 @@ def evaluate_segmenter(runtime, data_paths: Sequence[str | os.PathLike], masks=N
     """Every decodable image under ``data_paths`` (COCO split folders, or plain image folders when
     ``masks`` is given), or the ``split`` rows of a run's ``split_manifest.csv`` (their folders
     supply the annotations); unreadable files are reported and skipped."""
+    source, good, bad = segmentation_images(data_paths, masks, split)
+    report = evaluate_segmentation_images(runtime, good, source, out_dir=out_dir, json_path=None,
+                                          threshold=threshold, batch_size=batch_size)
+    report["skipped_files"] = bad
+    report["images_without_mask"] = len(source.without_mask) if masks is not None else None
+    if json_path is not None:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(report, indent=2))
+    return report
+
+
+def segmentation_images(data_paths: Sequence[str | os.PathLike], masks=None,
+                        split: str | None = None) -> tuple[SegmentationSource, list[str], list[dict]]:
+    """The source (annotations, masks), the decodable images to score, and the unreadable ones."""
     manifests = [Path(p) for p in data_paths if str(p).endswith(".csv")]
     if manifests and len(manifests) != len(data_paths):
         raise ValueError("give either split manifests or data folders for a segmenter, not both")
@@ -239,11 +253,4 @@ def evaluate_segmenter(runtime, data_paths: Sequence[str | os.PathLike], masks=N
         logger.warning(f"skipped {len(bad)} unreadable files: "
                        + "; ".join(f"{b['path']} ({b['reason']})" for b in bad[:5])
                        + (" ..." if len(bad) > 5 else ""))
-    report = evaluate_segmentation_images(runtime, good, source, out_dir=out_dir, json_path=None,
-                                          threshold=threshold, batch_size=batch_size)
-    report["skipped_files"] = bad
-    report["images_without_mask"] = len(source.without_mask) if masks is not None else None
-    if json_path is not None:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(report, indent=2))
-    return report
+    return source, good, bad
