@@ -88,6 +88,12 @@ def test_dataclass_defaults_are_the_default_config_file():
     assert Config().to_dict() == load_config().to_dict()
 
 
+def test_the_release_recipe_is_the_default_training():
+    """The release (savedmodels/classifier/2) was trained by the default config; its recipe file
+    must keep training exactly that, or its model card's numbers describe another model."""
+    assert load_config("classification_release").to_dict() == load_config().to_dict()
+
+
 def test_packaged_configs_by_name_and_missing_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no configs/ folder here, as after a wheel install
     assert load_config("segmentation").task == "segmentation"
