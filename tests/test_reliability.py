@@ -43,8 +43,10 @@ def test_a_start_that_never_trained_does_not_lock_its_directory(tmp_path):
     save_config(second, run_dir / "config.yaml")
     (run_dir / "history.csv").write_text("epoch,loss\n0,1.0\n")
     # The error names what differs, in the form --set takes.
+    default_epochs = first.train.epochs
     with pytest.raises(ValueError, match=r"holds a run with a different config \(data\.root: None "
-                       r"in the run, '/no/such/folder' now; train\.epochs: 1 in the run, 12 now\)"):
+                       r"in the run, '/no/such/folder' now; train\.epochs: 1 in the run, "
+                       rf"{default_epochs} now\)"):
         check_resumable(first, run_dir)
 
 
