@@ -62,13 +62,13 @@ def soft_targets(predict: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray
 
 
 class _Agreement(keras.callbacks.Callback):
-    """Top-1 agreement with the teacher on held-out images after every epoch; keeps the best
-    weights in memory and the history on disk, so an interrupted run still leaves its record."""
+    """Top-1 agreement with the teacher on held-out images after every epoch; the best epoch so
+    far is saved as it comes and the history appended, so an interrupted run keeps both."""
 
-    def __init__(self, pixels, teacher_top1, history_file: Path, batch_size: int):
+    def __init__(self, pixels, teacher_top1, history_file: Path, batch_size: int, best_file: Path):
         super().__init__()
         self.pixels, self.teacher_top1 = pixels, teacher_top1
-        self.history_file, self.batch_size = history_file, batch_size
+        self.history_file, self.batch_size, self.best_file = history_file, batch_size, best_file
         self.best, self.best_epoch, self.best_weights = -1.0, -1, None
         self.started = time.perf_counter()
 
@@ -89,6 +89,7 @@ class _Agreement(keras.callbacks.Callback):
         if agreement > self.best:
             self.best, self.best_epoch = agreement, epoch + 1
             self.best_weights = self.model.get_weights()
+            self.model.save(self.best_file)
 
 
 def distill(student: keras.Model, train_pixels: np.ndarray, train_targets: np.ndarray,
@@ -96,7 +97,8 @@ def distill(student: keras.Model, train_pixels: np.ndarray, train_targets: np.nd
             batch_size: int = 32, learning_rate: float = 5e-4, mirror: bool = True,
             seed: int = 0, verbose: int = 2) -> dict:
     """Fit ``student`` to the teacher's probabilities (KL divergence), keep the epoch that agrees
-    best with the teacher on the validation images, save it as ``out_dir/model.keras``.
+    best with the teacher on the validation images as ``out_dir/model.keras`` (written whenever
+    an epoch beats the best so far).
 
     ``mirror`` flips training images left-right; only valid when the teacher's answer does not
     change under the flip (a teacher that averages over the mirror, as the release does).
@@ -113,13 +115,16 @@ def distill(student: keras.Model, train_pixels: np.ndarray, train_targets: np.nd
     history_file = out_dir / "distill_history.csv"
     history_file.unlink(missing_ok=True)
 
-    def augment(image, target):
-        if mirror:
-            image = tf.image.random_flip_left_right(image, seed=seed)
+    def augment(pair, flip_seed):
+        image, target = pair
+        if mirror:   # stateless, one seed per image: the flips do not depend on thread timing
+            image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
         return image, target
 
-    dataset = (tf.data.Dataset.from_tensor_slices((train_pixels, train_targets))
-               .shuffle(len(train_pixels), seed=seed, reshuffle_each_iteration=True)
+    examples = (tf.data.Dataset.from_tensor_slices((train_pixels, train_targets))
+                .shuffle(len(train_pixels), seed=seed, reshuffle_each_iteration=True))
+    flip_seeds = tf.data.Dataset.random(seed=seed).batch(2)
+    dataset = (tf.data.Dataset.zip((examples, flip_seeds))
                .map(augment, num_parallel_calls=tf.data.AUTOTUNE)
                .batch(batch_size).prefetch(tf.data.AUTOTUNE))
     steps = epochs * int(np.ceil(len(train_pixels) / batch_size))
@@ -127,11 +132,11 @@ def distill(student: keras.Model, train_pixels: np.ndarray, train_targets: np.nd
                                                       alpha=0.01)
     student.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4),
                     loss=keras.losses.KLDivergence())
-    tracker = _Agreement(val_pixels, val_targets.argmax(axis=1), history_file, batch_size)
+    tracker = _Agreement(val_pixels, val_targets.argmax(axis=1), history_file, batch_size,
+                         out_dir / "model.keras")
     keras.utils.set_random_seed(seed)
     student.fit(dataset, epochs=epochs, callbacks=[tracker], verbose=verbose)
-    student.set_weights(tracker.best_weights)
-    student.save(out_dir / "model.keras")
+    student.set_weights(tracker.best_weights)   # model.keras already holds them
     summary = {"best_epoch": tracker.best_epoch, "val_agreement": tracker.best,
                "epochs": epochs, "train_images": int(len(train_pixels)),
                "val_images": int(len(val_pixels)), "parameters": int(student.count_params()),
