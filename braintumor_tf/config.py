@@ -270,7 +270,7 @@ class SegmentationConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     batch_size: int = 32
-    epochs: int = 8
+    epochs: int = 7
     precision: str = "auto"
     distribute: str = "auto"
     seed: int = 0

@@ -90,7 +90,7 @@ def test_dataclass_defaults_are_the_default_config_file():
 
 def test_the_release_recipe_is_the_default_training_for_longer():
     """The release (savedmodels/classifier/2) was trained by the default config with 12 epochs
-    (the default has 8 to fit 30 minutes); its recipe file must keep training exactly that, or
+    (the default has 7 to fit 30 minutes); its recipe file must keep training exactly that, or
     its model card's numbers describe another model."""
     release = load_config("classification_release")
     assert release.train.epochs == 12
