@@ -83,7 +83,7 @@ class DataConfig:
     root: str | None = None
     image_size: int = 224
     channels: int = 1
-    phantom_images_per_class: int = 100
+    phantom_images_per_class: int = 175
     phantom_image_size: int = 160
     phantom_seed: int = 0
     val_fraction: float = 0.15
