@@ -22,6 +22,11 @@ CLEANUPS = {"none": (0.0, False), "largest": (0.0, True), "min_0.05%": (0.0005, 
             "min_0.1%": (0.001, False), "min_0.2%": (0.002, False), "min_0.4%": (0.004, False)}
 
 
+def dice(truth: np.ndarray, predicted: np.ndarray) -> float:
+    total = int(truth.sum()) + int(predicted.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(truth, predicted).sum()) / total
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True)
@@ -35,7 +40,6 @@ def main(argv=None) -> int:
     from braintumor_tf.data.masks import remove_specks
     from braintumor_tf.evaluation.segmentation import at_size, segmentation_images
     from braintumor_tf.export.runtimes import load_runtime
-    from braintumor_tf.training.seg_metrics import mean_dice
 
     runtime = load_runtime(args.model)
     source, paths, _ = segmentation_images(args.data, args.masks, args.split)
@@ -52,8 +56,7 @@ def main(argv=None) -> int:
                 binary = native > threshold
                 for name, (fraction, largest) in CLEANUPS.items():
                     cleaned = remove_specks(binary, fraction, largest) > 0
-                    scores[(threshold, name)].append(
-                        mean_dice(truth[np.newaxis], cleaned[np.newaxis].astype(np.uint8)))
+                    scores[(threshold, name)].append(dice(truth, cleaned))
         index += len(probabilities)
         print(f"{index}/{len(paths)} images", flush=True)
     rows = [{"threshold": t, "cleanup": c, "mean_dice": float(np.mean(v)),
