@@ -23,6 +23,8 @@ CLEANUPS = {"none": (0.0, False), "largest": (0.0, True), "min_0.05%": (0.0005, 
 
 
 def dice(truth: np.ndarray, predicted: np.ndarray) -> float:
+    """Dice alone, same empty-mask convention as training.seg_metrics, whose mean_dice builds the
+    whole report (HD95 included) per call: 5+ min instead of ~1 for 30 variants x 256 slices."""
     total = int(truth.sum()) + int(predicted.sum())
     return 1.0 if total == 0 else 2.0 * int(np.logical_and(truth, predicted).sum()) / total
 
