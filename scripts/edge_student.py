@@ -12,6 +12,14 @@ release's weights for every layer it keeps, and fitted to the release's own prob
 run's training split. The epoch is chosen by top-1 agreement with the release on the validation
 split; the test split is left to edge_file.py. ``--run`` is any run of the release's config on
 the same data: its split_manifest.csv is the patient-level split the release was trained on.
+
+``--consistent`` asks the release itself on every augmented (zoom-crop, contrast, flip) and,
+with ``--mixup``, mixed batch instead of copying fixed answers per image; ``--init`` starts the
+student from an earlier student's model.keras instead of the release's weights:
+
+    python scripts/edge_student.py --run runs/default_patient --release savedmodels/classifier/2 \
+        --weights savedmodels/classifier/classifier.keras --init runs/edge_student/model.keras \
+        --consistent --mixup 0.4 --epochs 6 --learning-rate 3e-4 --out runs/edge_student_e2
 """
 
 from __future__ import annotations
@@ -36,7 +44,14 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--consistent", action="store_true",
+                        help="the release answers every augmented batch (function matching)")
+    parser.add_argument("--mixup", type=float, default=0.0,
+                        help="with --consistent: mixup Beta parameter (0 = no mixing)")
+    parser.add_argument("--init", help="start from this student model.keras")
     args = parser.parse_args(argv)
+    if args.mixup and not args.consistent:
+        sys.exit("Error: --mixup needs --consistent (the release must answer the mixed images)")
 
     from braintumor_tf.config import load_config
     from braintumor_tf.custom_objects import load_model
@@ -47,7 +62,8 @@ def main(argv=None) -> int:
     from braintumor_tf.training.distill import distill, soft_targets, transfer_weights
 
     run, out = Path(args.run), Path(args.out)
-    for needed in (run / "split_manifest.csv", run / "config.yaml", Path(args.weights)):
+    needed_files = [run / "split_manifest.csv", run / "config.yaml", Path(args.weights)]
+    for needed in needed_files + ([Path(args.init)] if args.init else []):
         if not needed.exists():
             sys.exit(f"Error: {needed} not found")
     config = load_config(run / "config.yaml")
@@ -64,7 +80,8 @@ def main(argv=None) -> int:
     size, channels = release.image_size, release.channels
     student = build_classifier(student_config, size, channels)
     teacher = load_model(args.weights, compile=False)
-    copied = transfer_weights(teacher, student)
+    copied = transfer_weights(load_model(args.init, compile=False) if args.init else teacher,
+                              student)
     print(f"student: {student.count_params():,} parameters (release {teacher.count_params():,});"
           f" {len(copied)} layers start from the release's weights", flush=True)
 
@@ -72,14 +89,25 @@ def main(argv=None) -> int:
     val_pixels, _ = load_pixels(manifest_rows(run, "val"), size, channels, 1_000_000)
     print(f"teacher targets for {len(train_pixels)} training and {len(val_pixels)} validation "
           "images", flush=True)
-    train_targets = soft_targets(release.predict, train_pixels)
     val_targets = soft_targets(release.predict, val_pixels)
+    if args.consistent:
+        import tensorflow as tf
+
+        signature = tf.saved_model.load(args.release).signatures["predict_pixels"]
+        train_targets = None
+
+        def answer(images):
+            return signature(pixels=images)["probabilities"]
+    else:
+        train_targets, answer = soft_targets(release.predict, train_pixels), None
     summary = distill(student, train_pixels, train_targets, val_pixels, val_targets, out,
                       epochs=args.epochs, batch_size=args.batch_size,
-                      learning_rate=args.learning_rate, seed=args.seed)
+                      learning_rate=args.learning_rate, seed=args.seed, teacher=answer,
+                      mixup=args.mixup)
     shutil.copy(run / "split_manifest.csv", out / "split_manifest.csv")
     summary.update({"release": str(args.release), "weights": str(args.weights),
                     "split_from": str(run), "drop_blocks": args.drop_blocks,
+                    "init": args.init,
                     "block_filters": student_config.block_filters,
                     "layers_from_release": len(copied)})
     (out / "distill.json").write_text(json.dumps(summary, indent=2) + "\n")

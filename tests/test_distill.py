@@ -91,3 +91,32 @@ def test_distill_checks_its_inputs(tmp_path):
     with pytest.raises(ValueError, match="epochs"):
         distill(student, images, np.full((4, 3), 1 / 3), images, np.full((4, 3), 1 / 3), tmp_path,
                 epochs=0)
+    targets = np.full((4, 3), 1 / 3)
+    with pytest.raises(ValueError, match="not both or neither"):
+        distill(student, images, None, images, targets, tmp_path)
+    with pytest.raises(ValueError, match="not both or neither"):
+        distill(student, images, targets, images, targets, tmp_path, teacher=student)
+    with pytest.raises(ValueError, match="mixup"):
+        distill(student, images, targets, images, targets, tmp_path, mixup=0.4)
+
+
+def test_consistent_matching_copies_a_teacher_asked_on_every_batch(tmp_path):
+    """The teacher answers each augmented, mixed batch inside the training step; no fixed
+    targets exist, yet the student ends up giving the teacher's answers on new images."""
+    keras.utils.set_random_seed(0)
+    train, labels = _bars(256, seed=0)
+    held_out, _ = _bars(96, seed=1)
+    teacher = _teacher()
+    teacher.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy")
+    teacher.fit(train, labels, epochs=5, batch_size=32, verbose=0)
+    held_targets = teacher.predict(held_out, verbose=0)
+
+    student = _student()
+    before = np.mean(student.predict(held_out, verbose=0).argmax(axis=1)
+                     == held_targets.argmax(axis=1))
+    summary = distill(student, train, None, held_out, held_targets, tmp_path, epochs=6,
+                      learning_rate=3e-3, verbose=0, teacher=teacher, mixup=0.4)
+    assert summary["mode"] == "consistent"
+    assert summary["val_agreement"] >= 0.9 > before
+    saved = keras.saving.load_model(tmp_path / "model.keras")   # the student, not the wrapper
+    assert saved.count_params() == student.count_params()
