@@ -58,6 +58,7 @@ def test_soft_targets_refuses_what_is_not_probabilities():
     assert soft_targets(lambda x: np.full((len(x), 2), 0.5), pixels, batch_size=2).shape == (5, 2)
 
 
+@pytest.mark.slow
 def test_student_learns_the_teachers_answers(tmp_path):
     keras.utils.set_random_seed(0)
     train, labels = _bars(256, seed=0)
@@ -100,6 +101,7 @@ def test_distill_checks_its_inputs(tmp_path):
         distill(student, images, targets, images, targets, tmp_path, mixup=0.4)
 
 
+@pytest.mark.slow
 def test_consistent_matching_copies_a_teacher_asked_on_every_batch(tmp_path):
     """The teacher answers each augmented, mixed batch inside the training step; no fixed
     targets exist, yet the student ends up giving the teacher's answers on new images."""

@@ -1,4 +1,8 @@
-"""The CLI as a user runs it: train on tiny phantoms, evaluate every model form, resume."""
+"""The CLI as a user runs it: train on tiny phantoms, evaluate every model form, resume.
+
+Marked slow (~3 min: its training fixture alone takes 95 s): CI runs it with ``-m slow``; the
+default run keeps the faster learning checks (tests/test_classifier.py, tests/test_phantoms.py).
+"""
 
 import csv
 import json
@@ -10,6 +14,8 @@ from pathlib import Path
 
 import pytest
 from support import ENV, run_python
+
+pytestmark = pytest.mark.slow
 
 TINY = [
     "--set", "data.phantom_images_per_class=150", "--set", "data.phantom_image_size=64",
