@@ -93,11 +93,11 @@ def main(argv=None) -> int:
     if args.consistent:
         import tensorflow as tf
 
-        signature = tf.saved_model.load(args.release).signatures["predict_pixels"]
+        release_graph = tf.saved_model.load(args.release)   # kept: the signature needs its variables
         train_targets = None
 
         def answer(images):
-            return signature(pixels=images)["probabilities"]
+            return release_graph.signatures["predict_pixels"](pixels=images)["probabilities"]
     else:
         train_targets, answer = soft_targets(release.predict, train_pixels), None
     summary = distill(student, train_pixels, train_targets, val_pixels, val_targets, out,
