@@ -8,6 +8,7 @@ rle.py). Kept free of TensorFlow, like discover.py.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -17,6 +18,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 
+from braintumor_tf.data import filesystem
 from braintumor_tf.data.image_header import header_size
 from braintumor_tf.data.rle import decode_rle_string
 from braintumor_tf.log import logger
@@ -188,9 +190,14 @@ def _require(obj: dict, key: str, check, expected: str, where: str, json_path: P
 def _header_size(path: str) -> tuple[int, int] | None:
     """(height, width) from the file header only: decoding every image just to check sizes
     would cost seconds per split. None when the header is unreadable (check_images reports it)."""
+    remote = filesystem.is_remote(path)
     try:
-        with open(path, "rb") as handle:
-            size = header_size(handle.read(1 << 16))
+        if remote:
+            head = filesystem.read_bytes(path, 1 << 16)
+        else:
+            with open(path, "rb") as handle:
+                head = handle.read(1 << 16)
+        size = header_size(head)
     except OSError:
         return None
     if size is not None:
@@ -198,7 +205,7 @@ def _header_size(path: str) -> tuple[int, int] | None:
     from PIL import Image  # formats (or header layouts) image_header does not parse
 
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(filesystem.read_bytes(path)) if remote else path) as img:
             width, height = img.size
     except (OSError, ValueError, SyntaxError):
         return None
@@ -213,10 +220,11 @@ def load_coco_split(folder: str | os.PathLike, category_ids: Iterable[int] | Non
 
     Images listed but absent are returned in ``missing`` and skipped, so one lost file does
     not stop a run; anything wrong in the JSON itself raises, since guessing would train on
-    wrong masks.
+    wrong masks. A ``scheme://`` folder (gs://, ...) is read through tf.io.gfile (filesystem.py).
     """
-    folder_path = Path(folder)
-    json_path = folder_path / ANNOTATION_FILE
+    remote = filesystem.is_remote(folder)
+    folder_path = folder if remote else Path(folder)
+    json_path = filesystem.join(folder, ANNOTATION_FILE) if remote else folder_path / ANNOTATION_FILE
     data = _read_json(json_path, folder)
     categories = _parse_categories(data, json_path)
     wanted = None
@@ -233,11 +241,12 @@ def load_coco_split(folder: str | os.PathLike, category_ids: Iterable[int] | Non
     return CocoSplit(str(folder_path), records, missing, categories, by_path)
 
 
-def _read_json(json_path: Path, folder) -> dict:
-    if not json_path.is_file():
+def _read_json(json_path: Path | str, folder) -> dict:
+    if not (filesystem.is_file(json_path) if filesystem.is_remote(json_path)
+            else json_path.is_file()):
         raise FileNotFoundError(f"no {ANNOTATION_FILE} in {folder}: not a COCO split folder")
     try:
-        with open(json_path, encoding="utf-8") as f:
+        with filesystem.open_text(json_path, encoding="utf-8") as f:
             data = json.load(f)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{json_path}: not valid JSON: {exc}") from None
@@ -324,19 +333,28 @@ def _parse_annotations(data: dict, image_info, categories, wanted, json_path: Pa
     return shapes
 
 
-def _records(folder_path: Path, image_info, shapes, check_sizes: bool, json_path: Path
+def _records(folder_path: Path | str, image_info, shapes, check_sizes: bool, json_path: Path
              ) -> tuple[list[SegRecord], list[str]]:
-    """Records of the images on disk (inside the folder, sizes as the JSON says) and the missing."""
+    """Records of the images on disk (inside the folder, sizes as the JSON says) and the missing.
+
+    A remote folder has no links, so only the file name check (no '..') keeps reads inside it."""
     records: list[SegRecord] = []
     missing: list[str] = []
     mismatched: list[str] = []
-    folder_real = os.path.realpath(folder_path)
+    remote = filesystem.is_remote(folder_path)
+    folder_real = None if remote else os.path.realpath(folder_path)
     for image_id, (name, height, width) in image_info.items():
-        path = str(folder_path / name)
-        if not os.path.isfile(path):
-            missing.append(path)
-            continue
-        if os.path.commonpath([folder_real, os.path.realpath(path)]) != folder_real:
+        if remote:
+            path = filesystem.join(folder_path, name)
+            if not filesystem.is_file(path):
+                missing.append(path)
+                continue
+        else:
+            path = str(folder_path / name)
+            if not os.path.isfile(path):
+                missing.append(path)
+                continue
+        if not remote and os.path.commonpath([folder_real, os.path.realpath(path)]) != folder_real:
             raise ValueError(f"{json_path}: file_name {name!r} is a link to a file outside the split "
                              "folder; COCO images must be inside it")
         if check_sizes:
@@ -357,7 +375,11 @@ def _records(folder_path: Path, image_info, shapes, check_sizes: bool, json_path
 
 
 def find_coco_splits(root: str | os.PathLike) -> list[Path]:
-    """A split folder itself, or every split folder below ``root`` (e.g. train/valid/test)."""
+    """A split folder itself, or every split folder below ``root`` (e.g. train/valid/test).
+
+    Paths are ``str`` for a remote ``root`` (``scheme://``), else Path."""
+    if filesystem.is_remote(root):
+        return _find_remote_coco_splits(root)
     root_path = Path(root)
     if not root_path.is_dir():
         raise FileNotFoundError(f"data folder not found: {root}")
@@ -370,3 +392,14 @@ def find_coco_splits(root: str | os.PathLike) -> list[Path]:
     return found
 
 
+def _find_remote_coco_splits(root: str) -> list[str]:
+    if not filesystem.is_dir(root):
+        raise FileNotFoundError(f"data folder not found: {root}")
+    if filesystem.is_file(filesystem.join(root, ANNOTATION_FILE)):
+        return [root]
+    found = sorted(dirpath for dirpath, _, filenames in filesystem.walk(root)
+                   if ANNOTATION_FILE in filenames)
+    if not found:
+        raise ValueError(f"no {ANNOTATION_FILE} in {root} or any folder below it: expected a COCO "
+                         "split folder (images + _annotations.coco.json) or a folder of them")
+    return found

@@ -12,6 +12,7 @@ import os
 import cv2
 import numpy as np
 
+from braintumor_tf.data import filesystem
 from braintumor_tf.data.csv_files import open_csv
 from braintumor_tf.data.dicom import decode_dicom, is_dicom_bytes
 from braintumor_tf.data.image_header import check_pixel_count
@@ -131,9 +132,13 @@ def decode_bytes(
 
 
 def read_image(path: str | os.PathLike, channels: int, image_size: int | None = None) -> np.ndarray:
-    """np.fromfile rather than cv2.imread: imread fails silently on non-ASCII paths on Windows."""
+    """np.fromfile rather than cv2.imread: imread fails silently on non-ASCII paths on Windows.
+    A ``scheme://`` path (gs://, ...) is read through tf.io.gfile (filesystem.py)."""
     path = os.fspath(path)
-    data = np.fromfile(path, dtype=np.uint8).tobytes()
+    if filesystem.is_remote(path):
+        data = filesystem.read_bytes(path)
+    else:
+        data = np.fromfile(path, dtype=np.uint8).tobytes()
     return decode_bytes(data, channels, image_size, name=path)
 
 

@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 
+from braintumor_tf.data import filesystem
 from braintumor_tf.data.intensity import percentile_scaled
 
 DICOM_EXTENSIONS = (".dcm", ".dicom")
@@ -29,6 +30,8 @@ def is_dicom_bytes(data: bytes) -> bool:
 
 def is_dicom_file(path: str | os.PathLike) -> bool:
     try:
+        if filesystem.is_remote(path):
+            return is_dicom_bytes(filesystem.read_bytes(path, 132))
         with open(path, "rb") as handle:
             return is_dicom_bytes(handle.read(132))
     except OSError:
@@ -113,9 +116,12 @@ def dicom_patient_id(path: str | os.PathLike) -> str:
         pydicom = _pydicom()
     except ImportError:  # the file itself is then reported as unreadable
         return ""
+    # pydicom reads local files itself; a remote one is fetched whole (one slice, well under 1 MB).
+    source = os.fspath(path)
     try:
-        dataset = pydicom.dcmread(os.fspath(path), stop_before_pixels=True,
-                                  specific_tags=["PatientID"])
+        if filesystem.is_remote(source):
+            source = io.BytesIO(filesystem.read_bytes(source))
+        dataset = pydicom.dcmread(source, stop_before_pixels=True, specific_tags=["PatientID"])
     except Exception:  # an unreadable file is reported by the image check, not here
         return ""
     return str(dataset.get("PatientID", "") or "").strip()

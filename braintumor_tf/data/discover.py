@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from braintumor_tf.data import filesystem
 from braintumor_tf.data.dicom import is_dicom_file
 from braintumor_tf.log import logger
 
@@ -55,6 +56,15 @@ def is_image_file(name: str) -> bool:
 
 def class_for_path(path: PathLike, root: PathLike) -> str | None:
     """Nearest class folder wins, so e.g. root/glioma/pituitary/x.png is pituitary."""
+    if filesystem.is_remote(root):
+        rel = filesystem.relative_parts(os.fspath(path), root)
+        if rel is None:
+            return None
+        for part in reversed(rel[:-1]):
+            name = canonical_class(part)
+            if name is not None:
+                return name
+        return canonical_class(filesystem.basename(root))
     file_path = Path(os.path.abspath(path))
     root_path = Path(os.path.abspath(root))
     try:
@@ -68,13 +78,17 @@ def class_for_path(path: PathLike, root: PathLike) -> str | None:
     return canonical_class(root_path.name)
 
 
-def _walk_images(root: Path, odd: list[dict] | None = None) -> Iterable[Path]:
+def _walk_images(root: Path | str, odd: list[dict] | None = None) -> Iterable[Path | str]:
     """Sorted walk that follows symlinks but enters each real directory once (no loops).
 
     Entries that are named like images but are not readable files (folders named ``x.jpg``,
     dangling or looping links, FIFOs, sockets, devices), and folders reached a second time
     through a link, are appended to ``odd`` as ``{"path", "reason"}`` instead of vanishing.
+    A remote ``root`` (``scheme://``, see filesystem.py) yields ``str`` paths.
     """
+    if filesystem.is_remote(root):
+        yield from _walk_remote_images(root, odd)
+        return
     seen: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
@@ -102,6 +116,22 @@ def _walk_images(root: Path, odd: list[dict] | None = None) -> Iterable[Path]:
                 odd.append({"path": str(full), "reason": _why_not_a_file(full)})
 
 
+def _walk_remote_images(root: str, odd: list[dict] | None) -> Iterable[str]:
+    """_walk_images on an object store: it has no links to loop through, and the walk has
+    already told files from folders, so no second request per file is made."""
+    for dirpath, dirnames, filenames in filesystem.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if odd is not None:
+            odd.extend({"path": filesystem.join(dirpath, d), "reason": "a folder named like an "
+                        "image file; skipped"} for d in dirnames if is_image_file(d))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            full = filesystem.join(dirpath, name)
+            if is_image_file(name) or ("." not in name and is_dicom_file(full)):
+                yield full
+
+
 def _why_not_a_file(path: Path) -> str:
     import stat
 
@@ -124,7 +154,11 @@ def odd_entries(roots: PathLike | Sequence[PathLike]) -> list[dict]:
         roots = [roots]
     odd: list[dict] = []
     for root in roots:
-        if Path(root).is_dir():
+        if filesystem.is_remote(root):
+            if filesystem.is_dir(root):
+                for _ in _walk_images(root, odd):
+                    pass
+        elif Path(root).is_dir():
             for _ in _walk_images(Path(root), odd):
                 pass
     return odd
@@ -148,10 +182,11 @@ def discover_images_with_report(
     unlabelled: list[str] = []
     seen_files: set[str] = set()  # overlapping roots must not duplicate images
     for root in roots:
-        root_path = Path(root)
-        if not root_path.exists():
+        remote = filesystem.is_remote(root)
+        root_path = root if remote else Path(root)
+        if not (filesystem.exists(root) if remote else root_path.exists()):
             raise FileNotFoundError(f"data folder not found: {root}")
-        if not root_path.is_dir():
+        if not (filesystem.is_dir(root) if remote else root_path.is_dir()):
             raise ValueError(f"data root must be a folder, not a file: {root}")
         found = 0
         odd: list[dict] = []
@@ -159,7 +194,7 @@ def discover_images_with_report(
             name = class_for_path(file_path, root_path)
             if name is not None or not require_label:
                 found += 1  # counted before de-duplication: a repeated root is not empty
-            real = os.path.realpath(file_path)
+            real = file_path if remote else os.path.realpath(file_path)
             if real in seen_files:
                 continue
             seen_files.add(real)

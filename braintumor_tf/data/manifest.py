@@ -4,11 +4,13 @@ resumed run, ``evaluate --split`` and ``export --run`` all see exactly the same 
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from braintumor_tf.data import filesystem
 from braintumor_tf.data.csv_files import open_csv
 from braintumor_tf.data.discover import CLASS_NAMES, ImageRecord
 
@@ -40,8 +42,9 @@ def write_manifest(path, records: Sequence[ImageRecord], groups, splits,
 
 
 def read_manifest(path) -> list[dict]:
-    """Rows as dicts with int label and group (subject "" when the manifest has none)."""
-    with open_csv(path) as f:
+    """Rows as dicts with int label and group (subject "" when the manifest has none); a
+    ``scheme://`` manifest (one given as input) is read through tf.io.gfile."""
+    with _open_for_reading(path) as f:
         reader = csv.DictReader(f)
         missing = set(_REQUIRED_MANIFEST_COLUMNS) - set(reader.fieldnames or ())
         if missing:
@@ -61,11 +64,20 @@ def read_manifest(path) -> list[dict]:
     return rows
 
 
+def _open_for_reading(path):
+    """open_csv's reading for a remote file: UTF-8, rows kept as written, any file name kept."""
+    if filesystem.is_remote(path):
+        return filesystem.open_text(path, encoding="utf-8", errors="surrogateescape", newline="")
+    return open_csv(path)
+
+
 def manifest_split(path, split: str | None = None) -> list[dict]:
     """The rows of one split (every row when ``split`` is None), paths resolved: as written when
     they exist from here, else relative to the manifest's folder (training may have been started
-    elsewhere)."""
-    path = Path(path)
+    elsewhere). Remote rows (``scheme://``) are kept as written; a remote manifest's relative rows
+    resolve against its remote folder."""
+    remote = filesystem.is_remote(path)
+    path = path if remote else Path(path)
     rows = read_manifest(path)
     if split is not None:
         known = sorted({row["split"] for row in rows})
@@ -73,6 +85,15 @@ def manifest_split(path, split: str | None = None) -> list[dict]:
         if not rows:
             raise ValueError(f"no rows with split {split!r} in {path}; it has {', '.join(known)}")
     for row in rows:
+        if filesystem.is_remote(row["path"]):
+            continue
+        if remote:
+            image = row["path"]
+            if not os.path.isabs(image) and not os.path.exists(image):
+                beside = filesystem.join(filesystem.dirname(path), image)
+                if filesystem.exists(beside):
+                    row["path"] = beside
+            continue
         image = Path(row["path"])
         if not image.is_absolute() and not image.exists() and (path.parent / image).exists():
             row["path"] = str(path.parent / image)

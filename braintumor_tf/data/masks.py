@@ -13,18 +13,22 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from braintumor_tf.data import filesystem
 from braintumor_tf.data.decode import decode_bytes
 from braintumor_tf.data.discover import _walk_images
 
 
 def index_masks(mask_root: str | os.PathLike) -> dict[str, list[str]]:
-    """stem -> every mask file with that stem anywhere under ``mask_root``."""
-    root = Path(mask_root)
-    if not root.is_dir():
+    """stem -> every mask file with that stem anywhere under ``mask_root`` (local or
+    ``scheme://``, see filesystem.py)."""
+    remote = filesystem.is_remote(mask_root)
+    root = mask_root if remote else Path(mask_root)
+    if not (filesystem.is_dir(root) if remote else root.is_dir()):
         raise FileNotFoundError(f"mask folder not found: {mask_root}")
     index: dict[str, list[str]] = {}
     for path in _walk_images(root):
-        index.setdefault(path.stem, []).append(str(path))
+        # PurePath's stem of a remote str is right: only the last component matters.
+        index.setdefault(Path(path).stem if remote else path.stem, []).append(str(path))
     return index
 
 
@@ -62,13 +66,17 @@ def pair_images_with_masks(image_paths: Sequence[str | os.PathLike], mask_root: 
             unmatched.append(image_path)
             continue
         # An image folder that is also the mask root must not pair an image with itself.
-        candidates = [c for c in candidates if os.path.realpath(c) != os.path.realpath(image_path)]
+        candidates = [c for c in candidates if _same_file_key(c) != _same_file_key(image_path)]
         if not candidates:
             unmatched.append(image_path)
             continue
         mask = candidates[0] if len(candidates) == 1 else _best_candidate(image_path, candidates)
         pairs.append((image_path, mask))
     return pairs, unmatched
+
+
+def _same_file_key(path: str) -> str:
+    return path if filesystem.is_remote(path) else os.path.realpath(path)
 
 
 def _as_hw(size) -> tuple[int, int] | None:
@@ -94,10 +102,14 @@ def read_mask(path: str | os.PathLike, size: int | tuple[int, int] | None = None
     """uint8 [H, W] 0/1, any non-zero pixel is tumour; ``size`` is (height, width) or a side.
 
     Decoded like images (decode_bytes), so truncated files raise the same DecodeError and
-    0/255, 0/1, 16-bit and colour masks all read alike.
+    0/255, 0/1, 16-bit and colour masks all read alike. A ``scheme://`` path is read through
+    tf.io.gfile (filesystem.py).
     """
     path = os.fspath(path)
-    data = np.fromfile(path, dtype=np.uint8).tobytes()
+    if filesystem.is_remote(path):
+        data = filesystem.read_bytes(path)
+    else:
+        data = np.fromfile(path, dtype=np.uint8).tobytes()
     pixels = decode_bytes(data, channels=1, name=path)
     mask = (pixels[:, :, 0] > 0).astype(np.uint8)
     return mask if size is None else resize_mask(mask, size)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from braintumor_tf.config import SEGMENTATION_TARGETS
+from braintumor_tf.data import filesystem
 from braintumor_tf.data.coco import CocoSplit, find_coco_splits, load_coco_split
 from braintumor_tf.data.coco_masks import coco_mask_fn
 from braintumor_tf.data.discover import discover_images
@@ -108,8 +109,14 @@ class SegmentationSource:
             raise ValueError("targets 'masks' need a mask folder (segmentation.mask_root / --masks)")
 
 
-def _split_of(path: Path, root: Path) -> str | None:
+def _split_of(path: Path | str, root: Path | str) -> str | None:
     """The split named by the nearest enclosing folder below ``root`` (or ``root`` itself)."""
+    if filesystem.is_remote(root):
+        parts = (filesystem.relative_parts(path, root) or ("",))[:-1]
+        for part in (*reversed(parts), filesystem.basename(root)):
+            if part.lower() in SPLIT_FOLDER_NAMES:
+                return SPLIT_FOLDER_NAMES[part.lower()]
+        return None
     try:
         parts = path.parent.relative_to(root).parts
     except ValueError:
@@ -123,9 +130,11 @@ def _split_of(path: Path, root: Path) -> str | None:
 def find_segmentation_images(root: str | os.PathLike,
                              mask_root: str | os.PathLike | None = None) -> SegmentationSource:
     """Every image of the COCO split folder(s) at or below ``root``, or, when there is no COCO
-    file, every image under ``root``; paired with masks under ``mask_root`` by file stem."""
-    root_path = Path(root)
-    if not root_path.is_dir():
+    file, every image under ``root``; paired with masks under ``mask_root`` by file stem.
+    Either may be ``scheme://`` (gs://, ...): image paths are then ``str`` URLs."""
+    remote = filesystem.is_remote(root)
+    root_path = root if remote else Path(root)
+    if not (filesystem.is_dir(root) if remote else root_path.is_dir()):
         raise FileNotFoundError(f"data folder not found: {root}")
     coco_splits: list[CocoSplit] = []
     try:
@@ -138,7 +147,7 @@ def find_segmentation_images(root: str | os.PathLike,
                        for record in sorted(split.records, key=lambda r: r.file_name)]
     else:
         image_paths = [record.path for record in discover_images(root_path, require_label=False)]
-    folder_splits = [_split_of(Path(p), root_path) for p in image_paths]
+    folder_splits = [_split_of(p if remote else Path(p), root_path) for p in image_paths]
     source = SegmentationSource(image_paths, folder_splits, coco_splits)
     if mask_root is not None:
         pairs, unmatched = pair_images_with_masks(image_paths, mask_root)

@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from braintumor_tf.data import filesystem
 from braintumor_tf.data.decode import DecodeError, error_text, read_image
 from braintumor_tf.log import log, logger
 
@@ -97,8 +98,8 @@ def compute_signatures(
 
 
 def _file_key(path: str) -> str:
-    st = os.stat(path)
-    return f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    size, mtime_ns = filesystem.size_and_mtime(path)  # remote files too (gs://, ...)
+    return f"{path}|{size}|{mtime_ns}"
 
 
 def cached_signatures(

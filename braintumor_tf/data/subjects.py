@@ -19,6 +19,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from braintumor_tf.data import filesystem
 from braintumor_tf.data.dicom import DICOM_EXTENSIONS, dicom_patient_id
 
 SUBJECTS_FILE_NAME = "subjects.csv"
@@ -63,20 +64,25 @@ class SubjectReport:
 
 
 def _key(path) -> str:
-    return os.path.realpath(os.fspath(path))
+    path = os.fspath(path)
+    return path if filesystem.is_remote(path) else os.path.realpath(path)
 
 
 def read_subjects(csv_path) -> SubjectTable:
     """Read ``path,subject`` rows (other columns ignored); paths are relative to the CSV's folder
-    or absolute. A malformed file is one ``ValueError`` line naming the file and row."""
-    csv_path = Path(csv_path)
-    if not csv_path.is_file():
+    or absolute. A malformed file is one ``ValueError`` line naming the file and row.
+
+    A ``scheme://`` file (gs://, ...) is read through tf.io.gfile; its relative rows are then
+    remote paths beside it, matched to images by their text (object stores have no links)."""
+    remote = filesystem.is_remote(csv_path)
+    csv_path = csv_path if remote else Path(csv_path)
+    if not (filesystem.is_file(csv_path) if remote else csv_path.is_file()):
         raise FileNotFoundError(f"subjects file not found: {csv_path}")
-    base = csv_path.resolve().parent
+    base = filesystem.dirname(csv_path) if remote else csv_path.resolve().parent
     subject_of: dict[str, str] = {}
     rows = missing = 0
     try:
-        with open(csv_path, newline="", encoding="utf-8") as handle:
+        with filesystem.open_text(csv_path, encoding="utf-8", newline="") as handle:
             reader = csv.DictReader(handle)
             columns = set(reader.fieldnames or ())
             if not {"path", "subject"} <= columns:
@@ -87,13 +93,17 @@ def read_subjects(csv_path) -> SubjectTable:
                 if not path or not subject:
                     raise ValueError(f"{csv_path}, line {line}: empty path or subject")
                 rows += 1
-                full = Path(path) if os.path.isabs(path) else base / path
+                if remote or filesystem.is_remote(path):
+                    full = path if filesystem.is_remote(path) or os.path.isabs(path) \
+                        else filesystem.join(base, path)
+                else:
+                    full = Path(path) if os.path.isabs(path) else base / path
                 key = _key(full)
                 if key in subject_of and subject_of[key] != subject:
                     raise ValueError(f"{csv_path}, line {line}: {path} is listed under two subjects "
                                      f"({subject_of[key]} and {subject})")
                 subject_of[key] = subject
-                if not os.path.exists(full):
+                if not filesystem.exists(full):
                     missing += 1
     except UnicodeDecodeError as error:
         raise ValueError(f"{csv_path}: not a UTF-8 text file ({error.reason})") from None
@@ -104,9 +114,16 @@ def read_subjects(csv_path) -> SubjectTable:
     return SubjectTable(str(csv_path), subject_of, rows, missing)
 
 
-def find_subjects_file(roots: Sequence[str | os.PathLike]) -> Path | None:
-    """The nearest ``subjects.csv`` in a data root or one of its parents (first root wins)."""
+def find_subjects_file(roots: Sequence[str | os.PathLike]) -> Path | str | None:
+    """The nearest ``subjects.csv`` in a data root or one of its parents (first root wins); for a
+    remote root the parents stop at its bucket."""
     for root in roots:
+        if filesystem.is_remote(root):
+            for candidate in (root, *filesystem.parent_folders(root)):
+                path = filesystem.join(candidate, SUBJECTS_FILE_NAME)
+                if filesystem.is_file(path):
+                    return path
+            continue
         folder = Path(os.path.abspath(root))
         for candidate in (folder, *folder.parents):
             path = candidate / SUBJECTS_FILE_NAME

@@ -1,0 +1,181 @@
+"""Reading user data from local disk or from any filesystem TensorFlow has registered.
+
+A path with a URL scheme (``gs://``, ``s3://``, ``ram://``, ...) goes through ``tf.io.gfile``;
+every other path keeps the plain stdlib calls, so local data pays neither TensorFlow's import
+nor a behaviour change. Remote paths stay ``str``: ``pathlib`` collapses the ``//`` after the
+scheme. Errors from TensorFlow become ``OSError`` (``FileNotFoundError`` for a missing file),
+because that is what every caller already catches for unreadable local files.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import posixpath
+import re
+from collections.abc import Iterator
+
+# Two letters at least, so that a Windows drive ("C://data") is not taken for a scheme.
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
+
+
+def is_remote(path) -> bool:
+    """True for ``scheme://...`` strings; a Path can never be one (it has lost the ``//``)."""
+    return isinstance(path, str) and _SCHEME.match(path) is not None
+
+
+def _gfile():
+    import tensorflow as tf  # only here: listing and reading local data must not import TF
+
+    return tf.io.gfile
+
+
+def _as_os_error(error: Exception, path: str) -> OSError:
+    """tf.errors.* are not OSError; callers report unreadable files by catching OSError."""
+    import tensorflow as tf
+
+    if isinstance(error, tf.errors.NotFoundError):
+        return FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+    if isinstance(error, tf.errors.PermissionDeniedError):
+        return PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+    message = getattr(error, "message", "") or str(error) or type(error).__name__
+    return OSError(errno.EIO, message, path)
+
+
+def join(root, *parts) -> str:
+    """os.path.join would use ``\\`` on Windows, which object stores do not understand."""
+    if is_remote(root):
+        return posixpath.join(root, *parts)
+    return os.path.join(root, *parts)
+
+
+def basename(path) -> str:
+    """Last component; a remote folder given with a trailing ``/`` still has its name."""
+    if is_remote(path):
+        return posixpath.basename(path.rstrip("/"))
+    return os.path.basename(path)
+
+
+def parent_folders(path: str) -> list[str]:
+    """A remote path's enclosing folders, nearest first, down to the bucket (not ``scheme://``)."""
+    scheme = _SCHEME.match(path).group(0)
+    rest = path[len(scheme):]
+    lead = "/" if rest.startswith("/") else ""
+    parts = [p for p in rest.split("/") if p]
+    return [scheme + lead + "/".join(parts[:k]) for k in range(len(parts) - 1, 0, -1)]
+
+
+def dirname(path) -> str:
+    """The enclosing folder; for a file at the top of a remote store, ``scheme://`` itself."""
+    if is_remote(path):
+        folders = parent_folders(path)
+        return folders[0] if folders else _SCHEME.match(path).group(0)
+    return os.path.dirname(path)
+
+
+def relative_parts(path: str, root: str) -> tuple[str, ...] | None:
+    """Components of a remote ``path`` below ``root``; None when it is not below it."""
+    prefix = root.rstrip("/") + "/"
+    if not path.startswith(prefix):
+        return None
+    return tuple(p for p in path[len(prefix):].split("/") if p)
+
+
+def exists(path) -> bool:
+    if is_remote(path):
+        gfile = _gfile()
+        try:
+            return bool(gfile.exists(path))
+        except Exception as error:  # e.g. a scheme TensorFlow does not know, a store not reached
+            raise _as_os_error(error, path) from error
+    return os.path.exists(path)
+
+
+def is_dir(path) -> bool:
+    if is_remote(path):
+        gfile = _gfile()
+        try:
+            return bool(gfile.isdir(path))
+        except Exception as error:
+            raise _as_os_error(error, path) from error
+    return os.path.isdir(path)
+
+
+def is_file(path) -> bool:
+    """Object stores have files and folders only: no links, pipes or devices to tell apart."""
+    if is_remote(path):
+        import tensorflow as tf
+
+        try:
+            return not tf.io.gfile.stat(path).is_directory  # one request, not exists + isdir
+        except tf.errors.NotFoundError:
+            return False
+        except Exception as error:
+            raise _as_os_error(error, path) from error
+    return os.path.isfile(path)
+
+
+def walk(root) -> Iterator[tuple[str, list[str], list[str]]]:
+    """Top-down like os.walk (edit ``dirnames`` in place to prune), errors ignored like os.walk.
+
+    Remote listings are done here rather than with tf.io.gfile.walk because the GCS listing
+    names folders with a trailing ``/`` (tensorflow/tensorflow#39167) and that walk keeps it.
+    """
+    if not is_remote(root):
+        yield from os.walk(root)
+        return
+    gfile = _gfile()
+    try:
+        names = gfile.listdir(root)
+    except Exception:
+        return
+    dirnames: list[str] = []
+    filenames: list[str] = []
+    for name in names:
+        if name.endswith("/"):
+            dirnames.append(name.rstrip("/"))
+            continue
+        try:
+            folder = gfile.isdir(join(root, name))
+        except Exception:
+            folder = False
+        (dirnames if folder else filenames).append(name)
+    dirnames = [d for d in dirnames if d]
+    yield root, dirnames, filenames
+    for name in dirnames:
+        yield from walk(join(root, name))
+
+
+def read_bytes(path, limit: int | None = None) -> bytes:
+    """The whole file, or its first ``limit`` bytes (headers, magic numbers)."""
+    if not is_remote(path):
+        with open(path, "rb") as handle:
+            return handle.read() if limit is None else handle.read(limit)
+    gfile = _gfile()
+    try:
+        with gfile.GFile(path, "rb") as handle:
+            return handle.read() if limit is None else handle.read(limit)
+    except Exception as error:
+        raise _as_os_error(error, path) from error
+
+
+def open_text(path, encoding: str = "utf-8", errors: str = "strict", newline: str | None = None):
+    """A text file to read; a remote one is fetched whole (subjects CSVs, COCO JSON, manifests
+    are small) so that decoding errors surface as they do for a local file."""
+    if not is_remote(path):
+        return open(path, encoding=encoding, errors=errors, newline=newline)
+    return io.StringIO(read_bytes(path).decode(encoding, errors), newline=newline)
+
+
+def size_and_mtime(path) -> tuple[int, int]:
+    """(bytes, modification time in ns): what caches key a file's content on."""
+    if not is_remote(path):
+        st = os.stat(path)
+        return st.st_size, st.st_mtime_ns
+    gfile = _gfile()
+    try:
+        st = gfile.stat(path)
+    except Exception as error:
+        raise _as_os_error(error, path) from error
+    return int(st.length), int(st.mtime_nsec)
