@@ -70,15 +70,16 @@ def _default_run_dir(config_path) -> Path:
 def train_command(config_path, data_root, run_dir, subjects_path, overrides):
     """Train a classifier or a segmenter (config task); everything lands in the run directory."""
     from braintumor_tf.config import load_config
+    from braintumor_tf.data import filesystem
 
     overrides = list(overrides)
     if data_root is not None:
         for root in data_root.split(","):
-            if not Path(root).exists():
+            if not filesystem.exists(root):
                 raise FileNotFoundError(f"data folder not found: {root}")
         overrides.append(f"data.root={data_root}")
     if subjects_path is not None:
-        if not Path(subjects_path).is_file():
+        if not filesystem.is_file(subjects_path):
             raise FileNotFoundError(f"subjects file not found: {subjects_path}")
         overrides.append(f"data.subjects={subjects_path}")
     config = load_config(config_path, overrides)

@@ -304,3 +304,28 @@ def test_local_data_does_not_import_tensorflow(tmp_path):
             f"records = discover_images({local!r}); read_image(records[0].path, 1); "
             "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_classification_split_of_remote_data_matches_local(tmp_path):
+    """data.root = ram://... through the classification task (discovery, groups, subjects CSV
+    beside the data, split, manifest in a local run directory); no training."""
+    from braintumor_tf.tasks.classification import ClassificationTask
+
+    tree, subjects = {}, ["path,subject"]
+    for label in ("glioma", "meningioma", "notumor", "pituitary"):
+        for k in range(5):
+            seed = 1000 + 10 * len(label) + k
+            tree[f"data/{label}/{label}_{k}.png"] = png(32, 32, seed=seed)
+            subjects.append(f"data/{label}/{label}_{k}.png,{label}_patient{k % 2}")
+    tree["subjects.csv"] = ("\n".join(subjects) + "\n").encode()
+    local, remote = write_tree(tmp_path, tree)
+    results = []
+    for root in (local, remote):
+        config = load_config(CONFIG_DIR / "classification.yaml", [f"data.root={root}/data"])
+        run_dir = tmp_path / f"run{len(results)}"
+        run_dir.mkdir()
+        rows = ClassificationTask().prepare_data(config, run_dir).rows
+        results.append(sorted(({**row, "path": rel(row["path"], root)} for row in rows),
+                              key=lambda row: row["path"]))
+    assert len(results[1]) == 20 and {row["subject"] for row in results[1]} >= {"glioma_patient0"}
+    assert results[1] == results[0]

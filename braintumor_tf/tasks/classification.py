@@ -10,6 +10,7 @@ import keras
 import numpy as np
 
 from braintumor_tf.config import Config
+from braintumor_tf.data import filesystem
 from braintumor_tf.data.csv_files import open_csv
 from braintumor_tf.data.datasets import classification_dataset
 from braintumor_tf.data.discover import CLASS_NAMES, class_counts, discover_images
@@ -48,7 +49,7 @@ class ClassificationTask(Task):
                                   config.data.phantom_image_size, config.data.phantom_seed)
             roots = [root]
         else:
-            roots = [Path(p) for p in str(config.data.root).split(",")]
+            roots = [_data_path(p) for p in str(config.data.root).split(",")]
         records = discover_images(roots)
         log(f"found {len(records)} labelled images under {', '.join(map(str, roots))}: "
             f"{class_counts(records)}")
@@ -159,11 +160,16 @@ def _paths_and_labels(rows) -> tuple[list[str], list[int]]:
     return [row["path"] for row in rows], [int(row["label"]) for row in rows]
 
 
+def _data_path(path: str):
+    """A local folder as a Path; a ``scheme://`` one stays a string (Path would drop a slash)."""
+    return path if filesystem.is_remote(path) else Path(path)
+
+
 def _exclude_near_duplicates(records, config: Config, run_dir: Path, roots):
     """Drop every image that is a near-duplicate of one under ``data.exclude_duplicates_of`` and,
     where subjects are known, every image of the subjects those images show (neighbouring slices
     of a patient are not copies but still leak); ``excluded.csv`` lists what was dropped and why."""
-    exclude_roots = [Path(p) for p in config.data.exclude_duplicates_of]
+    exclude_roots = [_data_path(p) for p in config.data.exclude_duplicates_of]
     references = [r.path for r in discover_images(exclude_roots, require_label=False)]
     if not references:
         raise ValueError("data.exclude_duplicates_of: no images found under "
