@@ -98,9 +98,10 @@ def train_command(config_path, data_root, run_dir, subjects_path, overrides):
               help="Classifier: labelled data root (folder-per-class) or a run's split_manifest.csv. "
                    "Segmenter: a COCO split folder or a folder of them (or images with --masks), or a "
                    "run's split_manifest.csv with --split. "
-                   "Repeatable.")
+                   "Repeatable; folders may be gs:// (any tf.io.gfile scheme).")
 @click.option("--masks", "masks_dir", default=None,
-              help="Segmenter: expert mask folder (matched by file stem, searched recursively).")
+              help="Segmenter: expert mask folder (matched by file stem, searched recursively; "
+                   "may be gs://).")
 @click.option("--split", "split_name", default=None,
               help="With a split_manifest.csv: evaluate only this split (train, val or test).")
 @click.option("--json", "json_path", default=None, help="Write the metrics JSON here.")
@@ -115,10 +116,13 @@ def train_command(config_path, data_root, run_dir, subjects_path, overrides):
 def evaluate_command(model_path, data_paths, masks_dir, split_name, json_path, out_dir, batch_size,
                      tta):
     """Evaluate a saved classifier or segmenter on every image under --data."""
+    from braintumor_tf.data import filesystem
+
+    # --data and --masks may be scheme:// (gs://, ...): a Path would drop a slash of the scheme.
     for path in data_paths:
-        if not Path(path).exists():
+        if not filesystem.exists(path):
             raise FileNotFoundError(f"data folder not found: {path}")
-    if masks_dir is not None and not Path(masks_dir).is_dir():
+    if masks_dir is not None and not filesystem.is_dir(masks_dir):
         raise FileNotFoundError(f"mask folder not found: {masks_dir}")
     if not Path(model_path).exists():
         raise FileNotFoundError(f"model not found: {model_path}")
@@ -245,7 +249,8 @@ def export_command(model_path, run_dir, out_base, version, tflite_variants, repr
 def predict_command(inputs, model_path, server, model_name, timeout, json_path, csv_path,
                     explain_dir, masks_dir, batch_size, jsonl_path, axis, classifier_path):
     """Classifier: class and probabilities. Segmenter: tumour area (pixels at the original size and
-    fraction of the image) and a mask PNG per file. Unreadable files are reported, the rest predicted."""
+    fraction of the image) and a mask PNG per file. Unreadable files are reported, the rest predicted.
+    INPUTS are image files or folders, local or gs:// (any tf.io.gfile scheme); outputs are local."""
     from braintumor_tf.commands.predict import predict
 
     records = predict(list(inputs), model_path=model_path, server=server, model_name=model_name,

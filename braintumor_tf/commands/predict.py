@@ -9,6 +9,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from braintumor_tf.data import filesystem
 from braintumor_tf.data.discover import CLASS_NAMES, discover_images
 from braintumor_tf.export.runtimes import load_runtime, resolve_batch_size
 from braintumor_tf.inference.classification import EXPLAIN_NEEDS_KERAS
@@ -20,9 +21,18 @@ from braintumor_tf.tasks import get_task
 
 def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[str]:
     """Folders are searched for image files; files named explicitly are always kept, so a
-    broken or oddly named one is reported rather than silently dropped."""
+    broken or oddly named one is reported rather than silently dropped. A ``scheme://`` input
+    (gs://, ...) is listed through tf.io.gfile and kept as written (a Path drops a slash)."""
     paths: list[str] = []
     for item in inputs:
+        if filesystem.is_remote(item):
+            if filesystem.is_dir(item):
+                paths.extend(r.path for r in discover_images([item], require_label=False))
+            elif filesystem.exists(item):
+                paths.append(item)
+            else:
+                raise FileNotFoundError(f"no such file or folder: {item}")
+            continue
         path = Path(item)
         if path.is_dir():
             paths.extend(r.path for r in discover_images([path], require_label=False))
@@ -93,7 +103,8 @@ def predict(
 
         if not model_name:
             raise ValueError("--server needs --model-name (the name in models.config)")
-        outputs = predict_files(server, model_name, paths, batch_size=batch_size, timeout=timeout)
+        outputs = predict_files(server, model_name, paths, batch_size=batch_size, timeout=timeout,
+                                read_file=filesystem.read_bytes)  # gs:// inputs too
         served = "segmentation" if any(out.get("task") == "segmentation" for out in outputs) \
             else "classification"
         task = get_task(served)
@@ -230,8 +241,8 @@ def _predict_volumes(volumes, model_path, masks_dir, batch_size, axis) -> list[d
                 log(f"{path}: {answer['class_name']} (volume; tumour slices "
                     f"{answer['tumour_slices'] or 'none'} of {answer['slices_counted']} counted)")
             else:
-                name = Path(path).name
-                stem = name[:-len(".nii.gz")] if name.lower().endswith(".nii.gz") else Path(path).stem
+                name = filesystem.basename(path) if filesystem.is_remote(path) else Path(path).name
+                stem = name[:-len(".nii.gz")] if name.lower().endswith(".nii.gz") else Path(name).stem
                 record = volume_inference.predict_volume_mask(
                     runtime, path, Path(masks_dir) / f"{stem}_mask.nii.gz", axis)
                 log(f"{path}: tumour in {record['slices_with_tumour']} of {record['slices']} "

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from braintumor_tf.data import filesystem
 from braintumor_tf.data.csv_files import open_csv
 from braintumor_tf.data.datasets import image_dataset
 from braintumor_tf.data.decode import check_images
@@ -75,7 +76,12 @@ def evaluate_records(model_path, paths, labels, out_dir=None, batch_size: int = 
     return report
 
 
-def _manifest_records(path: Path, split: str | None) -> list[ImageRecord]:
+def _local_or_remote(path):
+    """A ``scheme://`` path stays ``str`` (a Path would drop a slash of the scheme)."""
+    return path if filesystem.is_remote(path) else Path(path)
+
+
+def _manifest_records(path: Path | str, split: str | None) -> list[ImageRecord]:
     return [ImageRecord(path=row["path"], label=int(row["label"]), source=str(path))
             for row in manifest_split(path, split)]
 
@@ -87,10 +93,10 @@ def evaluate_classifier(runtime, data_paths, json_path=None, out_dir=None, batch
     if masks is not None:
         raise ValueError(f"--masks is for segmentation models; {runtime.path} is a classifier")
     records = []
-    folders = [Path(p) for p in data_paths if not str(p).endswith(".csv")]
+    folders = [_local_or_remote(p) for p in data_paths if not str(p).endswith(".csv")]
     for path in data_paths:
         if str(path).endswith(".csv"):
-            records += _manifest_records(Path(path), split)
+            records += _manifest_records(_local_or_remote(path), split)
     if folders:
         records += discover_images(folders)
     good, bad = check_images([r.path for r in records])

@@ -18,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from braintumor_tf.data import filesystem
 from braintumor_tf.data.csv_files import open_csv
 from braintumor_tf.data.datasets import image_dataset
 from braintumor_tf.data.decode import check_images, read_image
@@ -188,7 +189,7 @@ def _write_overlays(runtime, image_paths, indices, dice, reader, out_dir: Path, 
         pixels = np.stack([read_image(p, runtime.channels, runtime.image_size) for p in paths])
         probabilities = np.asarray(runtime.predict(pixels))[..., 0]
         cases = [(pixels[j], mask_at_size(reader, p, runtime.image_size), probabilities[j],
-                  f"{Path(p).name[:18]} Dice {dice[k]:.2f}")
+                  f"{filesystem.basename(p)[:18]} Dice {dice[k]:.2f}")
                  for j, (p, k) in enumerate(zip(paths, chosen, strict=True))]
         target = out_dir / f"overlays_{name}_{label}.png"
         plot_segmentation_cases(cases, target, threshold)
@@ -231,21 +232,25 @@ def evaluate_segmenter(runtime, data_paths: Sequence[str | os.PathLike], masks=N
 def segmentation_images(data_paths: Sequence[str | os.PathLike], masks=None,
                         split: str | None = None) -> tuple[SegmentationSource, list[str], list[dict]]:
     """The source (annotations, masks), the decodable images to score, and the unreadable ones."""
-    manifests = [Path(p) for p in data_paths if str(p).endswith(".csv")]
+    # Folders, manifests, their rows and ``masks`` may be scheme:// (gs://, ...): kept as str,
+    # as a Path would drop a slash of the scheme, and compared as written (no links to resolve).
+    manifests = [p if filesystem.is_remote(p) else Path(p) for p in data_paths
+                 if str(p).endswith(".csv")]
     if manifests and len(manifests) != len(data_paths):
         raise ValueError("give either split manifests or data folders for a segmenter, not both")
     sources, wanted = [], None
     if manifests:
         chosen = [row["path"] for manifest in manifests for row in manifest_split(manifest, split)]
-        wanted = {os.path.realpath(path) for path in chosen}
-        for folder in sorted({str(Path(path).parent) for path in chosen}):
+        wanted = {_real(path) for path in chosen}
+        for folder in sorted({filesystem.dirname(path) if filesystem.is_remote(path)
+                              else str(Path(path).parent) for path in chosen}):
             sources.append(find_segmentation_images(folder, masks))
     else:
         sources = [find_segmentation_images(path, masks) for path in data_paths]
     source = _merge(sources)
     candidates = source.image_paths
     if wanted is not None:
-        candidates = [p for p in candidates if os.path.realpath(p) in wanted]
+        candidates = [p for p in candidates if _real(p) in wanted]
     if not source.has_annotations:
         candidates = [p for p in candidates if p in source.mask_paths]
     good, bad = check_images(candidates)
@@ -254,3 +259,9 @@ def segmentation_images(data_paths: Sequence[str | os.PathLike], masks=None,
                        + "; ".join(f"{b['path']} ({b['reason']})" for b in bad[:5])
                        + (" ..." if len(bad) > 5 else ""))
     return source, good, bad
+
+
+def _real(path) -> str:
+    """What a manifest row and a listed image are matched on: the resolved local file, or a
+    remote URL as written."""
+    return path if filesystem.is_remote(path) else os.path.realpath(path)

@@ -22,7 +22,7 @@ import os
 import socket
 import threading
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -163,14 +163,22 @@ def _predict_one(server, model_name, data: bytes, kwargs) -> dict:
         return {"error": str(error)}
 
 
+def _read_local(path: str | os.PathLike) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
 def predict_files(
     server: str,
     model_name: str,
     paths: Sequence[str | os.PathLike],
     batch_size: int = 16,
+    read_file: Callable[[str | os.PathLike], bytes] | None = None,
     **kwargs,
 ) -> list[dict]:
     """One result per path, in order: a prediction, or ``{"error": ...}`` for that file only.
+    ``read_file`` (default: the local file's bytes) may fetch from elsewhere; an OSError it
+    raises is that file's error.
 
     A failed batch is retried one file at a time, so a single broken upload costs its own
     prediction and nothing else. The first file goes alone: if the model answers with a mask
@@ -180,8 +188,7 @@ def predict_files(
     blobs: list[tuple[int, bytes]] = []
     for index, path in enumerate(paths):
         try:
-            with open(path, "rb") as handle:
-                blobs.append((index, handle.read()))
+            blobs.append((index, (read_file or _read_local)(path)))
         except OSError as error:
             results[index] = {"error": f"cannot read file: {error.strerror or error}"}
     start = 0

@@ -11,7 +11,7 @@ import numpy as np
 from braintumor_tf.data.csv_files import open_csv
 from braintumor_tf.data.decode import DecodeError, read_image
 from braintumor_tf.data.discover import CLASS_NAMES
-from braintumor_tf.inference.common import error_text, unique_name
+from braintumor_tf.inference.common import error_text, file_stem, unique_name
 from braintumor_tf.overlays import heatmap_overlay
 
 EXPLAIN_NEEDS_KERAS = ("--explain (Grad-CAM) needs a .keras model: it reads the layers and their "
@@ -80,7 +80,7 @@ def write_explanations(runtime, paths, pixels, explain_dir, batch_size, records,
         heatmaps, _ = cam.heatmaps(pixels[start:start + batch_size])
         for offset, heatmap in enumerate(heatmaps):
             path = paths[start + offset]
-            out = explain_dir / f"{unique_name(Path(path).stem, used)}_gradcam.png"
+            out = explain_dir / f"{unique_name(file_stem(path), used)}_gradcam.png"
             picture = heatmap_overlay(pixels[start + offset], heatmap)
             cv2.imwrite(str(out), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
             records[path]["explanation"] = str(out)

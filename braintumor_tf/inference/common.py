@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from braintumor_tf.data import filesystem
 from braintumor_tf.data.decode import error_text
+
+
+def file_stem(path) -> str:
+    """The file name without its suffix, for naming outputs; a ``scheme://`` path is taken apart
+    as a URL (on Windows a Path would read ``gs:`` as a drive)."""
+    if filesystem.is_remote(path):
+        return Path(filesystem.basename(path)).stem
+    return Path(path).stem
 
 
 def unique_name(stem: str, used: set[str]) -> str:
@@ -23,4 +32,4 @@ def default_masks_dir(json_path=None, csv_path=None) -> Path:
     return Path(table).parent / f"{Path(table).stem}_masks"
 
 
-__all__ = ["default_masks_dir", "error_text", "unique_name"]
+__all__ = ["default_masks_dir", "error_text", "file_stem", "unique_name"]

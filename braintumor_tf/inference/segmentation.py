@@ -10,7 +10,7 @@ import numpy as np
 
 from braintumor_tf.data.csv_files import open_csv
 from braintumor_tf.data.decode import DecodeError, read_image, resize_image
-from braintumor_tf.inference.common import error_text, unique_name
+from braintumor_tf.inference.common import error_text, file_stem, unique_name
 from braintumor_tf.overlays import mask_overlay
 
 SEGMENT_CSV_COLUMNS = ("path", "height", "width", "tumour_area_pixels", "tumour_fraction", "mask",
@@ -55,7 +55,7 @@ def iter_mask_records(runtime, paths, masks_dir, explain_dir=None, batch_size: i
             if (height, width) != probability.shape:
                 probability = cv2.resize(probability, (width, height), interpolation=cv2.INTER_LINEAR)
             mask = (probability > runtime.threshold).astype(np.uint8)
-            name = unique_name(Path(path).stem, used)
+            name = unique_name(file_stem(path), used)
             records[path] = segment_record(path, mask=mask, mask_file=write_mask(mask, masks_dir, name))
             if explain_dir is not None:
                 out = Path(explain_dir) / f"{name}_overlay.png"
@@ -79,7 +79,7 @@ def records_from_server(paths, outputs, masks_dir) -> list[dict]:
         if "error" in out:
             records.append(segment_record(path, error=out["error"]))
             continue
-        mask_file = write_mask(out["mask"], Path(masks_dir), unique_name(Path(path).stem, used))
+        mask_file = write_mask(out["mask"], Path(masks_dir), unique_name(file_stem(path), used))
         records.append(segment_record(path, mask=out["mask"], mask_file=mask_file))
     return records
 

@@ -16,12 +16,14 @@ input's affine and header, so it overlays the scan in any viewer.
 
 from __future__ import annotations
 
+import gzip
 import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from braintumor_tf.data import filesystem
 from braintumor_tf.data.decode import resize_image
 from braintumor_tf.data.intensity import percentile_scaled
 
@@ -49,10 +51,12 @@ def axial_axis(affine: np.ndarray) -> int:
 
 
 def read_volume(path: str | os.PathLike, axis: int | None = None):
-    """(nibabel image, float32 slices [N, H, W] in 0..255, the slicing axis)."""
+    """(nibabel image, float32 slices [N, H, W] in 0..255, the slicing axis). A ``scheme://``
+    volume (gs://, ...) is fetched whole through tf.io.gfile and read from memory."""
     nibabel = _nibabel()
     try:
-        image = nibabel.load(os.fspath(path))
+        image = _load_remote(nibabel, path) if filesystem.is_remote(path) \
+            else nibabel.load(os.fspath(path))
         data = np.asarray(image.dataobj, dtype=np.float32)
     except Exception as error:  # nibabel raises several types for damaged files
         raise ValueError(f"{path}: not a readable NIfTI volume ({error})") from error
@@ -65,6 +69,15 @@ def read_volume(path: str | os.PathLike, axis: int | None = None):
         raise ValueError(f"axis must be 0, 1 or 2, got {axis!r}")
     scaled = percentile_scaled(data)
     return image, np.moveaxis(scaled, axis, 0), axis
+
+
+def _load_remote(nibabel, path: str):
+    """A single-file NIfTI (.nii, or gzipped .nii.gz) from its bytes; nibabel only opens local
+    files by name."""
+    data = filesystem.read_bytes(path)
+    if data[:2] == b"\x1f\x8b":  # gzip magic: a .nii.gz
+        data = gzip.decompress(data)
+    return nibabel.Nifti1Image.from_bytes(data)
 
 
 def _pixels(slices: np.ndarray, size: int, channels: int) -> np.ndarray:
