@@ -32,23 +32,33 @@ def _slice(size, seed=0):
 def test_contract_matches_the_sidecar_and_the_card(runtime):
     sidecar = json.loads((RELEASE / "segmenter_dynamic.json").read_text())
     assert sidecar["file"] == MODEL.name
-    assert sidecar["task"] == "segmentation" and sidecar["test_time_augmentation"] == "dihedral"
+    assert sidecar["task"] == "segmentation" and sidecar["test_time_augmentation"] == "mirror"
     assert runtime.task == "segmentation"
     assert (runtime.image_size, runtime.channels) == (sidecar["image_size"], sidecar["channels"])
     assert MODEL.stat().st_size < 40 * 1024 * 1024
     card = (RELEASE / "MODEL_CARD.md").read_text()
     assert f"[N, {runtime.image_size}, {runtime.image_size}, 1]" in card
+    assert "**Test-time augmentation: mirror**" in card
 
 
-def test_masks_follow_the_slice_under_mirrors_and_turns(runtime):
-    """Dihedral averaging makes the masks equivariant; a file without it would not be."""
+def test_masks_follow_the_slice_under_a_left_right_mirror(runtime):
+    """Mirror averaging makes the masks mirror-equivariant; a file without it would not be."""
     image = _slice(runtime.image_size)
     mask = runtime.predict(image)
     assert mask.shape == image.shape and 0.0 <= mask.min() and mask.max() <= 1.0
-    for turns, mirror in ((1, False), (2, True), (3, False), (0, True)):
-        moved = np.rot90(image, turns, axes=(1, 2))
-        expected = np.rot90(mask, turns, axes=(1, 2))
-        if mirror:
-            moved, expected = moved[:, :, ::-1], expected[:, :, ::-1]
-        np.testing.assert_allclose(runtime.predict(np.ascontiguousarray(moved)), expected,
-                                   atol=1e-4)
+    mirrored = np.ascontiguousarray(image[:, :, ::-1])
+    np.testing.assert_allclose(runtime.predict(mirrored), mask[:, :, ::-1], atol=1e-4)
+
+
+def test_the_committed_keras_file_is_the_source_of_the_release(runtime):
+    """savedmodels/segmenter/segmenter.keras is what SERVING.md exports: it must compute the file."""
+    source = RELEASE / "segmenter.keras"
+    keras_runtime = load_runtime(source, tta="mirror")
+    images = np.concatenate([_slice(runtime.image_size, seed) for seed in range(2)])
+    float_masks = keras_runtime.predict(images)
+    file_masks = runtime.predict(images)
+    assert float_masks.shape == file_masks.shape
+    # Measured: mean 0.0001 / max 0.04 with mirror averaging; the same weights without it differ
+    # from the file by a mean of 0.001 and up to 0.48, another model by far more.
+    assert np.abs(float_masks - file_masks).mean() < 0.0005
+    assert np.abs(float_masks - file_masks).max() < 0.15
