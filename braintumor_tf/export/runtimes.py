@@ -373,5 +373,18 @@ def _what_is_here(folder: Path) -> str:
     hint = "".join(f"; --model {folder / name} loads as it is" for name in loadable[:1])
     keras_files = [name for name in loadable if name.endswith(".keras")]
     source = f"--model {folder / keras_files[0]}" if keras_files else "--run RUN_DIR"
-    return (f"{hint}; or export the SavedModel first: braintumor-tf export {source} --out {folder} "
-            "(docs/SERVING.md)")
+    return (f"{hint}; or export the SavedModel first: braintumor-tf export {source} --out {folder}"
+            f"{_released_tta(folder)} (docs/SERVING.md)")
+
+
+def _released_tta(folder: Path) -> str:
+    """The --tta the released files were exported with (their sidecars say), so that the
+    SavedModel made from the committed .keras computes what they compute."""
+    for sidecar in sorted(folder.glob("*.json")):
+        try:
+            tta = json.loads(sidecar.read_text()).get("test_time_augmentation", "none")
+        except (ValueError, AttributeError):
+            continue
+        if tta and tta != "none":
+            return f" --tta {tta}"
+    return ""
