@@ -62,3 +62,14 @@ def test_the_committed_keras_file_is_the_source_of_the_release(runtime):
     # from the file by a mean of 0.001 and up to 0.48, another model by far more.
     assert np.abs(float_masks - file_masks).mean() < 0.0005
     assert np.abs(float_masks - file_masks).max() < 0.15
+
+
+@pytest.mark.parametrize("task", ["classifier", "segmenter"])
+def test_committed_parity_reports_are_what_their_json_generates(task):
+    # The markdown is read by people, the JSON by tools: a hand edit to one would leave them
+    # telling different stories.
+    from braintumor_tf.export.parity import format_parity_markdown
+
+    folder = RELEASE.parent / task
+    report = json.loads((folder / "tflite_parity.json").read_text())
+    assert format_parity_markdown(report) == (folder / "tflite_parity.md").read_text()

@@ -149,7 +149,8 @@ def _format_segmentation_markdown(report: dict) -> str:
         f"{report.get('image_source', 'validation')} images, "
         f"masks at probability > {report['threshold']}"
         + ("" if report["reference_dice"] is None
-           else f", reference mean Dice vs truth {report['reference_dice']:.4f}") + ".",
+           else f", reference mean Dice vs truth {report['reference_dice']:.4f} on these images "
+           "at the model's input size (a parity check, not the model's score)") + ".",
         "Agreement: mean Dice of the variant's mask against the Keras model's mask (1 = identical). "
         f"Gate: Dice drop <= {report['gates']['max_dice_drop']} (against the Keras masks and, "
         "when given, against the truth).",
