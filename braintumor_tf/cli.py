@@ -112,9 +112,12 @@ def train_command(config_path, data_root, run_dir, subjects_path, overrides):
 @click.option("--tta", type=click.Choice(TTA_CHOICES), default="none", show_default=True,
               help=".keras models: average over mirrored/turned views (classifier: use "
                    "mirror, the flip it trained with; segmenter: flips or dihedral).")
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="Segmenter: score masks at this probability instead of the model's own "
+                   "threshold (choose it on a validation split).")
 @_friendly_errors
 def evaluate_command(model_path, data_paths, masks_dir, split_name, json_path, out_dir, batch_size,
-                     tta):
+                     tta, threshold):
     """Evaluate a saved classifier or segmenter on every image under --data."""
     from braintumor_tf.data import filesystem
 
@@ -129,7 +132,7 @@ def evaluate_command(model_path, data_paths, masks_dir, split_name, json_path, o
     from braintumor_tf.commands.evaluate import evaluate
 
     evaluate(model_path, data_paths, json_path=json_path, out_dir=out_dir, batch_size=batch_size,
-             split=split_name, masks=masks_dir, tta=tta)
+             split=split_name, masks=masks_dir, tta=tta, threshold=threshold)
 
 
 @main.group("data")
@@ -202,9 +205,12 @@ def calibrate_command(run_dir, quantile):
                    "forward passes per image; classifier: mirror).")
 @click.option("--parity-split", type=click.Choice(["train", "val", "test"]), default="val",
               show_default=True, help="With --run: the split the parity report checks on.")
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="Segmenter: probability above which a pixel is tumour in the exported masks "
+                   "(default: the run's segmentation.threshold, else 0.5).")
 @_friendly_errors
 def export_command(model_path, run_dir, out_base, version, tflite_variants, representative_data,
-                   validation_data, masks_dir, int8_io, tta, parity_split):
+                   validation_data, masks_dir, int8_io, tta, parity_split, threshold):
     """Write a versioned SavedModel for TF Serving and, optionally, TFLite variants with a parity
     report (classifier: top-1 agreement; segmenter: Dice drop <= 0.01)."""
     from braintumor_tf.commands.export import export_model
@@ -212,7 +218,7 @@ def export_command(model_path, run_dir, out_base, version, tflite_variants, repr
     summary = export_model(out_base, model_path=model_path, run_dir=run_dir, version=version,
                            tflite_variants=tflite_variants, representative_data=representative_data,
                            validation_data=validation_data, int8_io=int8_io, masks=masks_dir,
-                           tta=tta, parity_split=parity_split)
+                           tta=tta, parity_split=parity_split, threshold=threshold)
     if summary.get("parity_passed") is False:
         raise click.ClickException("a TFLite variant failed its agreement gate (see tflite_parity.md)")
 

@@ -141,6 +141,10 @@ def test_export_rejects_non_keras_model_and_missing_calibration(trained, tmp_pat
     assert result.exit_code != 0 and "--representative-data" in result.output
     result = cli("export", "--model", trained["model_path"], "--out", base, "--tflite", "int4")
     assert result.exit_code != 0 and "unknown TFLite variant" in result.output
+    result = cli("export", "--model", trained["model_path"], "--out", base, "--threshold", "0.7")
+    assert result.exit_code != 0 and "segmenters only" in result.output
+    result = cli("export", "--model", trained["model_path"], "--out", base, "--threshold", "1.5")
+    assert result.exit_code != 0 and "--threshold" in result.output
     assert not base.exists()
 
 

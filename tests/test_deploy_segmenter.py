@@ -151,6 +151,23 @@ def test_segmenter_tflite_dynamic_passes_the_dice_gate(seg, exported):
     assert runtime.predict(seg["val_x"][:2]).shape == (2, SIZE, SIZE, 1)
 
 
+def test_a_threshold_chosen_on_validation_is_scored_then_exported(seg, tmp_path):
+    reports = {}
+    for threshold in ("0.05", "0.5"):
+        path = tmp_path / f"eval_{threshold}.json"
+        result = cli("evaluate", "--model", seg["path"], "--data", seg["val"], "--masks",
+                     seg["val_masks"], "--json", path, "--threshold", threshold)
+        assert result.exit_code == 0, result.output
+        reports[threshold] = json.loads(path.read_text())
+        assert reports[threshold]["threshold"] == float(threshold)
+    assert reports["0.05"]["vs_masks"]["mean_dice"] != reports["0.5"]["vs_masks"]["mean_dice"]
+    summary = export_model(tmp_path / "segmenter", model_path=seg["path"], threshold=0.8)
+    runtime = load_runtime(summary["savedmodel"])
+    assert runtime.threshold == pytest.approx(0.8) and summary["threshold"] == pytest.approx(0.8)
+    default = export_model(tmp_path / "segmenter", model_path=seg["path"])
+    assert load_runtime(default["savedmodel"]).threshold == pytest.approx(0.5)
+
+
 def test_benchmark_on_a_segmenter(seg, exported):
     out_base, _ = exported
     results = benchmark([seg["path"], out_base], images=2, batch_sizes=(1, 2))

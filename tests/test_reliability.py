@@ -98,7 +98,8 @@ def test_native_noise_is_dropped_and_real_errors_pass_through():
 
 
 def test_the_export_hint_repeats_the_released_files_averaging(tmp_path):
-    """A SavedModel made from the committed .keras must average as the released .tflite does."""
+    """A SavedModel made from the committed .keras must average and threshold as the released
+    .tflite does."""
     from click.testing import CliRunner
 
     from braintumor_tf.cli import main
@@ -107,10 +108,12 @@ def test_the_export_hint_repeats_the_released_files_averaging(tmp_path):
     release.mkdir()
     (release / "segmenter.keras").write_bytes(b"x")
     (release / "segmenter_dynamic.tflite").write_bytes(b"x")
-    (release / "segmenter_dynamic.json").write_text('{"test_time_augmentation": "mirror"}')
+    (release / "segmenter_dynamic.json").write_text(
+        '{"file": "segmenter_dynamic.tflite", "test_time_augmentation": "mirror", "threshold": 0.7}')
+    (release / "tflite_parity.json").write_text('{"task": "segmentation", "threshold": 0.5}')
     image = tmp_path / "scan.png"
     image.write_bytes(b"\x89PNG\r\n\x1a\n")
     result = CliRunner().invoke(main, ["predict", "--model", str(release), str(image)])
     assert result.exit_code != 0
     assert (f"braintumor-tf export --model {release / 'segmenter.keras'} --out {release} --tta mirror"
-            in result.output)
+            " --threshold 0.7" in " ".join(result.output.split()))

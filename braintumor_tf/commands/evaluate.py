@@ -10,7 +10,8 @@ from braintumor_tf.tasks import get_task
 
 
 def evaluate(model_path, data_paths, json_path=None, out_dir=None, batch_size: int | None = None,
-             split: str | None = None, masks=None, tta: str = "none") -> dict:
+             split: str | None = None, masks=None, tta: str = "none",
+             threshold: float | None = None) -> dict:
     """Every decodable image under ``data_paths`` is evaluated; broken files reported.
 
     A ``split_manifest.csv`` written by a training run may stand in for a folder, so the
@@ -22,5 +23,11 @@ def evaluate(model_path, data_paths, json_path=None, out_dir=None, batch_size: i
         raise FileNotFoundError(f"model not found: {model_path}")
     batch_size = resolve_batch_size(batch_size)
     runtime = load_runtime(model_path, class_names=CLASS_NAMES, batch_size=batch_size, tta=tta)
+    if threshold is not None:  # a threshold being chosen on validation, before it is exported
+        if runtime.task != "segmentation":
+            raise ValueError("--threshold applies to segmenters only; this model is a classifier")
+        if not 0.0 < float(threshold) < 1.0:
+            raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold}")
+        runtime.threshold = float(threshold)
     return get_task(runtime.task).evaluate(runtime, data_paths, json_path=json_path, out_dir=out_dir,
                                            batch_size=batch_size, split=split, masks=masks)

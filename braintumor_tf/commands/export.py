@@ -65,14 +65,14 @@ def resolve_keras_model(model_path=None, run_dir=None) -> Path:
 
 
 @contextlib.contextmanager
-def _float32_reference(model, keras_path: Path):
+def _float32_reference(model, keras_path: Path, threshold: float):
     """The float32 model the files were converted from, as a runtime; named after the trained
     file in the reports."""
     with tempfile.TemporaryDirectory() as tmp:
         twin = Path(tmp) / keras_path.name
         model.save(twin)
         runtime = load_runtime(twin, class_names=CLASS_NAMES)
-        runtime.path, runtime.threshold = keras_path, configured_threshold(keras_path)
+        runtime.path, runtime.threshold = keras_path, threshold
         yield runtime
 
 
@@ -101,6 +101,7 @@ def export_model(
     masks=None,
     tta: str = "none",
     parity_split: str = "val",
+    threshold: float | None = None,
 ) -> dict:
     """SavedModel version, then TFLite variants, then the parity report.
 
@@ -108,7 +109,9 @@ def export_model(
     empty folder fails without leaving a version behind. The model's task (read from its output)
     decides how many images calibrate and check parity, and how parity is judged. ``tta`` builds
     test-time augmentation into every exported file (``models.tta``). ``parity_split``: the
-    part of ``run_dir``'s manifest the parity report uses.
+    part of ``run_dir``'s manifest the parity report uses. ``threshold`` (segmenters): where a
+    probability becomes tumour in the exported masks, e.g. one chosen on validation; default the
+    run's ``segmentation.threshold``.
     """
     if parity_split not in ("train", "val", "test"):
         raise ValueError(f"parity_split must be train, val or test, got {parity_split!r}")
@@ -121,6 +124,13 @@ def export_model(
     model = float32_model(load_model(keras_path, compile=False))
     image_size, channels = model_geometry(model)
     task = get_task(task_of_output_rank(len(model.output_shape)))
+    if threshold is None:
+        threshold = configured_threshold(keras_path)
+    elif task.name != "segmentation":
+        raise ValueError("threshold applies to segmenters only; this model is a classifier")
+    elif not 0.0 < float(threshold) < 1.0:
+        raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold}")
+    threshold = float(threshold)
     guard = load_guard_beside(keras_path) if task.name == "classification" else None
     if guard is not None:  # ood_score and calibrated probabilities inside every export
         model = with_guard(model, guard, tta)
@@ -142,7 +152,7 @@ def export_model(
     validation = task.parity_data(image_size, channels, run_dir, validation_data, masks,
                                   representative_data, split=parity_split) if variants else None
 
-    saved, names = task.export_savedmodel(model, target, tta, configured_threshold(keras_path))
+    saved, names = task.export_savedmodel(model, target, tta, threshold)
     log(f"SavedModel version {saved.name} written to {saved}")
     summary: dict = {"model": str(keras_path), "savedmodel": str(saved), "version": int(saved.name),
                      "tflite": {}, "parity": None, **names}
@@ -164,7 +174,7 @@ def export_model(
                 "parity report skipped")
         report = None
         if variants and validation is not None:
-            with _float32_reference(model, keras_path) as reference:
+            with _float32_reference(model, keras_path, threshold) as reference:
                 report, summary["parity"], message = task.parity(
                     reference, {v: str(p) for v, p in staged.items()}, validation)
             summary["parity_passed"] = report["passed"]

@@ -374,17 +374,23 @@ def _what_is_here(folder: Path) -> str:
     keras_files = [name for name in loadable if name.endswith(".keras")]
     source = f"--model {folder / keras_files[0]}" if keras_files else "--run RUN_DIR"
     return (f"{hint}; or export the SavedModel first: braintumor-tf export {source} --out {folder}"
-            f"{_released_tta(folder)} (docs/SERVING.md)")
+            f"{_released_options(folder)} (docs/SERVING.md)")
 
 
-def _released_tta(folder: Path) -> str:
-    """The --tta the released files were exported with (their sidecars say), so that the
-    SavedModel made from the committed .keras computes what they compute."""
+def _released_options(folder: Path) -> str:
+    """The --tta and --threshold the released files were exported with (their sidecars say), so
+    that the SavedModel made from the committed .keras computes what they compute."""
     for sidecar in sorted(folder.glob("*.json")):
         try:
-            tta = json.loads(sidecar.read_text()).get("test_time_augmentation", "none")
+            meta = json.loads(sidecar.read_text())
+            tta = meta.get("test_time_augmentation", "none")
+            threshold = meta.get("threshold")
         except (ValueError, AttributeError):
             continue
-        if tta and tta != "none":
-            return f" --tta {tta}"
+        if "file" not in meta:  # a parity report, not a released file's sidecar
+            continue
+        options = f" --tta {tta}" if tta and tta != "none" else ""
+        if isinstance(threshold, int | float) and float(threshold) != DEFAULT_THRESHOLD:
+            options += f" --threshold {float(threshold):g}"
+        return options
     return ""
