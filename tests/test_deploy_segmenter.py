@@ -161,9 +161,16 @@ def test_a_threshold_chosen_on_validation_is_scored_then_exported(seg, tmp_path)
         reports[threshold] = json.loads(path.read_text())
         assert reports[threshold]["threshold"] == float(threshold)
     assert reports["0.05"]["vs_masks"]["mean_dice"] != reports["0.5"]["vs_masks"]["mean_dice"]
-    summary = export_model(tmp_path / "segmenter", model_path=seg["path"], threshold=0.8)
+    summary = export_model(tmp_path / "segmenter", model_path=seg["path"], threshold=0.8,
+                           tflite_variants="dynamic", validation_data=seg["val"],
+                           masks=seg["val_masks"])
     runtime = load_runtime(summary["savedmodel"])
     assert runtime.threshold == pytest.approx(0.8) and summary["threshold"] == pytest.approx(0.8)
+    # Parity cuts the file's masks where it cuts the reference's: same model, same masks.
+    report = json.loads((tmp_path / "segmenter" / "tflite_parity.json").read_text())
+    assert report["threshold"] == pytest.approx(0.8) and summary["parity_passed"] is True
+    assert report["variants"]["dynamic"]["dice_vs_reference"] > 0.99
+    assert load_runtime(summary["tflite"]["dynamic"]).threshold == pytest.approx(0.8)
     default = export_model(tmp_path / "segmenter", model_path=seg["path"])
     assert load_runtime(default["savedmodel"]).threshold == pytest.approx(0.5)
 

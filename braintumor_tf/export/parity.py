@@ -118,12 +118,14 @@ def segmentation_parity(
     threshold = reference.threshold
     want_mask = (want > threshold).astype(np.float32)
     truth = None if truth_masks is None else np.asarray(truth_masks)
-    reference_dice = None if truth is None else mean_dice(truth, want)
+    reference_dice = None if truth is None else mean_dice(truth, want, threshold)
 
     def judge(variant, outputs):
         got = outputs[..., 0]
-        agreement = mean_dice(want_mask, got)
-        dice_vs_truth = None if truth is None else mean_dice(truth, got)
+        # Every mask at the model's own threshold (a variant's at 0.5 would disagree with a
+        # reference cut at 0.7 where nothing differs but the cut).
+        agreement = mean_dice(want_mask, got, threshold)
+        dice_vs_truth = None if truth is None else mean_dice(truth, got, threshold)
         delta = None if truth is None else dice_vs_truth - reference_dice
         drops = [1.0 - agreement] + ([] if delta is None else [-delta])
         return {"dice_vs_reference": agreement, "dice_drop_vs_reference": 1.0 - agreement,
