@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from support import bright_segmenter
 from test_remote_filesystem import _coco_tree, png, write_tree
 
 from braintumor_tf.cli import PREDICT_SOME_FAILED, main
@@ -35,17 +36,6 @@ def _classifier(path):
     x = keras.layers.Conv2D(4, 3, strides=2, activation="relu")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     keras.Model(inputs, keras.layers.Dense(4, activation="softmax", dtype="float32")(x)).save(path)
-    return str(path)
-
-
-def _segmenter(path):
-    """Tumour = bright: sigmoid(20 * (x / 255 - 0.5)), no training needed."""
-    inputs = keras.Input((SIZE, SIZE, 1), name="pixels")
-    x = keras.layers.Rescaling(1 / 255)(inputs)
-    x = keras.layers.Conv2D(1, 1, activation="sigmoid", dtype="float32",
-                            kernel_initializer=keras.initializers.Constant(20.0),
-                            bias_initializer=keras.initializers.Constant(-10.0))(x)
-    keras.Model(inputs, x).save(path)
     return str(path)
 
 
@@ -132,7 +122,7 @@ def test_evaluate_classifier_on_a_remote_folder_and_manifest(tmp_path):
 
 def test_evaluate_segmenter_on_remote_images_and_masks(tmp_path):
     local, remote = write_tree(tmp_path, _seg_tree())
-    model = _segmenter(tmp_path / "segmenter.keras")
+    model = bright_segmenter(tmp_path / "segmenter.keras", SIZE)
     reports = {}
     for where, root in (("local", local), ("remote", remote)):
         out = tmp_path / f"out_{where}"
@@ -152,7 +142,7 @@ def test_evaluate_segmenter_on_remote_images_and_masks(tmp_path):
 def test_evaluate_segmenter_on_a_local_manifest_of_remote_images(tmp_path):
     """A run trained on gs:// data writes gs:// rows into its local split_manifest.csv."""
     local, remote = write_tree(tmp_path, _seg_tree())
-    model = _segmenter(tmp_path / "segmenter.keras")
+    model = bright_segmenter(tmp_path / "segmenter.keras", SIZE)
     texts = {}
     for where, root in (("local", local), ("remote", remote)):
         manifest = tmp_path / f"split_{where}.csv"
@@ -179,7 +169,7 @@ def test_evaluate_segmenter_on_a_local_manifest_of_remote_images(tmp_path):
 
 def test_evaluate_segmenter_on_remote_coco_splits(tmp_path):
     local, remote = write_tree(tmp_path, _coco_tree())
-    model = _segmenter(tmp_path / "segmenter.keras")
+    model = bright_segmenter(tmp_path / "segmenter.keras", SIZE)
     texts = {}
     for where, root in (("local", local), ("remote", remote)):
         out = tmp_path / f"coco_{where}.json"
@@ -246,7 +236,7 @@ def test_predict_streams_and_resumes_on_remote_inputs(tmp_path, caplog):
 
 def test_predict_segmenter_masks_from_remote_images(tmp_path):
     local, remote = write_tree(tmp_path, _seg_tree())
-    model = _segmenter(tmp_path / "segmenter.keras")
+    model = bright_segmenter(tmp_path / "segmenter.keras", SIZE)
     texts, masks = {}, {}
     for where, root in (("local", local), ("remote", remote)):
         out, masks[where] = tmp_path / f"seg_{where}.json", tmp_path / f"masks_{where}"
@@ -270,7 +260,7 @@ def test_predict_segmenter_on_a_remote_nifti_volume(tmp_path):
     scan = tmp_path / "scan.nii.gz"
     nibabel.save(nibabel.Nifti1Image(data, affine), str(scan))
     local, remote = write_tree(tmp_path, {"vol/scan.nii.gz": scan.read_bytes()})
-    model = _segmenter(tmp_path / "segmenter.keras")
+    model = bright_segmenter(tmp_path / "segmenter.keras", SIZE)
     texts, volumes = {}, {}
     for where, root in (("local", local), ("remote", remote)):
         out, masks = tmp_path / f"vol_{where}.json", tmp_path / f"vmasks_{where}"

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 nibabel = pytest.importorskip("nibabel")
+from support import bright_segmenter  # noqa: E402
+
 from braintumor_tf.commands.predict import predict  # noqa: E402
 from braintumor_tf.inference.volumes import axial_axis, read_volume, volume_class  # noqa: E402
 
@@ -22,17 +24,6 @@ def _volume(tmp_path, name="scan.nii.gz"):
     path = tmp_path / name
     nibabel.save(nibabel.Nifti1Image(data, affine), str(path))
     return path, data, affine
-
-
-def _bright_segmenter(path):
-    """Tumour = bright: sigmoid(20 * (x / 255 - 0.5)), no training needed."""
-    inputs = keras.Input((SIZE, SIZE, 1), name="pixels")
-    x = keras.layers.Rescaling(1 / 255)(inputs)
-    x = keras.layers.Conv2D(1, 1, activation="sigmoid", dtype="float32",
-                            kernel_initializer=keras.initializers.Constant(20.0),
-                            bias_initializer=keras.initializers.Constant(-10.0))(x)
-    keras.Model(inputs, x).save(path)
-    return path
 
 
 def test_axial_axis_and_scaling(tmp_path):
@@ -65,7 +56,7 @@ def test_volume_rule():
 
 def test_segmenter_writes_a_mask_volume_and_classifier_answers_per_volume(tmp_path):
     path, data, affine = _volume(tmp_path)
-    model = _bright_segmenter(tmp_path / "seg.keras")
+    model = bright_segmenter(tmp_path / "seg.keras", SIZE)
     [record] = predict([path], model_path=model, masks_dir=tmp_path / "masks",
                        json_path=tmp_path / "out.json")
     mask_image = nibabel.load(record["mask"])
