@@ -117,3 +117,14 @@ def test_the_export_hint_repeats_the_released_files_averaging(tmp_path):
     assert result.exit_code != 0
     assert (f"braintumor-tf export --model {release / 'segmenter.keras'} --out {release} --tta mirror"
             " --threshold 0.7" in " ".join(result.output.split()))
+
+
+def test_a_user_threshold_is_for_segmenters_and_lies_inside_zero_one():
+    from braintumor_tf.export.runtimes import checked_threshold
+
+    assert checked_threshold("0.7", "segmentation") == 0.7
+    for threshold, task, message in [(0.7, "classification", "segmenters only"),
+                                     (0.0, "segmentation", "strictly between"),
+                                     (1.0, "segmentation", "strictly between")]:
+        with pytest.raises(ValueError, match=message):
+            checked_threshold(threshold, task)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from braintumor_tf.data.discover import CLASS_NAMES
-from braintumor_tf.export.runtimes import load_runtime, resolve_batch_size
+from braintumor_tf.export.runtimes import checked_threshold, load_runtime, resolve_batch_size
 from braintumor_tf.tasks import get_task
 
 
@@ -24,10 +24,6 @@ def evaluate(model_path, data_paths, json_path=None, out_dir=None, batch_size: i
     batch_size = resolve_batch_size(batch_size)
     runtime = load_runtime(model_path, class_names=CLASS_NAMES, batch_size=batch_size, tta=tta)
     if threshold is not None:  # a threshold being chosen on validation, before it is exported
-        if runtime.task != "segmentation":
-            raise ValueError("--threshold applies to segmenters only; this model is a classifier")
-        if not 0.0 < float(threshold) < 1.0:
-            raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold}")
-        runtime.threshold = float(threshold)
+        runtime.threshold = checked_threshold(threshold, runtime.task)
     return get_task(runtime.task).evaluate(runtime, data_paths, json_path=json_path, out_dir=out_dir,
                                            batch_size=batch_size, split=split, masks=masks)

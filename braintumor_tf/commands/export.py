@@ -19,7 +19,12 @@ from pathlib import Path
 from braintumor_tf.custom_objects import load_model
 from braintumor_tf.data.discover import CLASS_NAMES
 from braintumor_tf.export.parity import write_parity_report
-from braintumor_tf.export.runtimes import configured_threshold, load_runtime, task_of_output_rank
+from braintumor_tf.export.runtimes import (
+    checked_threshold,
+    configured_threshold,
+    load_runtime,
+    task_of_output_rank,
+)
 from braintumor_tf.export.savedmodel import guard_metadata, model_geometry, next_version_dir
 from braintumor_tf.export.tflite import (
     TFLITE_VARIANTS,
@@ -124,13 +129,8 @@ def export_model(
     model = float32_model(load_model(keras_path, compile=False))
     image_size, channels = model_geometry(model)
     task = get_task(task_of_output_rank(len(model.output_shape)))
-    if threshold is None:
-        threshold = configured_threshold(keras_path)
-    elif task.name != "segmentation":
-        raise ValueError("threshold applies to segmenters only; this model is a classifier")
-    elif not 0.0 < float(threshold) < 1.0:
-        raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold}")
-    threshold = float(threshold)
+    threshold = (configured_threshold(keras_path) if threshold is None
+                 else checked_threshold(threshold, task.name))
     guard = load_guard_beside(keras_path) if task.name == "classification" else None
     if guard is not None:  # ood_score and calibrated probabilities inside every export
         model = with_guard(model, guard, tta)

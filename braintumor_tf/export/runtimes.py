@@ -23,6 +23,15 @@ _ACCEPTED = (
 DEFAULT_THRESHOLD = DEFAULT_SEGMENTATION_THRESHOLD
 
 
+def checked_threshold(threshold, task: str) -> float:
+    """A threshold given by the user (evaluate/export --threshold): segmenters only, in (0, 1)."""
+    if task != "segmentation":
+        raise ValueError("threshold applies to segmenters only; this model is a classifier")
+    if not 0.0 < float(threshold) < 1.0:
+        raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold}")
+    return float(threshold)
+
+
 def configured_threshold(keras_path: Path) -> float:
     """A segmenter's ``segmentation.threshold`` from the run's config.yaml beside its .keras file
     (training, evaluation, export and predict then agree); the default without one."""
