@@ -23,7 +23,8 @@ def evaluate(model_path, data_paths, json_path=None, out_dir=None, batch_size: i
         raise FileNotFoundError(f"model not found: {model_path}")
     batch_size = resolve_batch_size(batch_size)
     runtime = load_runtime(model_path, class_names=CLASS_NAMES, batch_size=batch_size, tta=tta)
-    if threshold is not None:  # a threshold being chosen on validation, before it is exported
-        runtime.threshold = checked_threshold(threshold, runtime.task)
+    # A threshold being chosen on validation, before it is exported: the segmenter's evaluator
+    # takes it as it takes the run's own at the end of training.
+    options = {} if threshold is None else {"threshold": checked_threshold(threshold, runtime.task)}
     return get_task(runtime.task).evaluate(runtime, data_paths, json_path=json_path, out_dir=out_dir,
-                                           batch_size=batch_size, split=split, masks=masks)
+                                           batch_size=batch_size, split=split, masks=masks, **options)
