@@ -82,6 +82,26 @@ def test_a_release_folder_without_its_savedmodel_names_what_loads_and_what_to_ru
             in result.output)
 
 
+def test_a_release_folder_without_a_keras_model_says_the_run_must_be_trained_first(tmp_path):
+    """The ResNet50 release commits its .tflite only (the Keras model is 130 MB)."""
+    from click.testing import CliRunner
+
+    from braintumor_tf.cli import main
+
+    release = tmp_path / "segmenter"
+    release.mkdir()
+    for name in ("segmenter_dynamic.tflite", "MODEL_CARD.md"):
+        (release / name).write_bytes(b"x")
+    image = tmp_path / "scan.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n")
+    result = CliRunner().invoke(main, ["predict", "--model", str(release), str(image)])
+    assert result.exit_code != 0
+    output = " ".join(result.output.split())
+    assert f"--model {release / 'segmenter_dynamic.tflite'} loads as it is" in output
+    assert f"braintumor-tf export --run RUN_DIR --out {release}" in output
+    assert f"made by the command in {release / 'MODEL_CARD.md'} (Training)" in output
+
+
 def test_native_noise_is_dropped_and_real_errors_pass_through():
     """Lines written straight to file descriptor 2 (as TensorFlow's C++ does) are filtered."""
     script = (

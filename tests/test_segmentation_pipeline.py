@@ -25,13 +25,23 @@ TINY = [
 # ----------------------------------------------------------------------------- config
 
 
-@pytest.mark.parametrize("name", ["segmentation.yaml", "segmentation_seed.yaml"])
+@pytest.mark.parametrize("name", ["segmentation.yaml", "segmentation_seed.yaml",
+                                  "segmentation_release.yaml", "segmentation_mobile.yaml"])
 def test_segmentation_configs_load(name):
     config = load_config(CONFIG_DIR / name)
     assert config.task == "segmentation"
     assert config.train.monitor == "val_dice"
     assert config.data.image_size % 32 == 0
     assert "segmentation" in config.to_dict()
+
+
+def test_release_config_is_the_default_trained_on_the_expert_outlines():
+    # The release's card and RESULTS call it "the baseline on the outlines": a setting changed in
+    # one file and not the other would make that untrue without anyone noticing.
+    release = load_config(CONFIG_DIR / "segmentation_release.yaml").to_dict()
+    default = load_config(CONFIG_DIR / "segmentation.yaml", ["segmentation.targets=masks"]).to_dict()
+    assert release == default
+    assert load_config(CONFIG_DIR / "segmentation.yaml").segmentation.targets == "annotations"
 
 
 def test_seed_config_is_the_study():

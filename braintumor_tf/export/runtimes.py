@@ -382,8 +382,12 @@ def _what_is_here(folder: Path) -> str:
     hint = "".join(f"; --model {folder / name} loads as it is" for name in loadable[:1])
     keras_files = [name for name in loadable if name.endswith(".keras")]
     source = f"--model {folder / keras_files[0]}" if keras_files else "--run RUN_DIR"
+    # A release too big to commit its Keras model: the run has to be trained first.
+    train_first = ("; RUN_DIR is the training run, made by the command in "
+                   f"{folder / 'MODEL_CARD.md'} (Training)"
+                   if not keras_files and (folder / "MODEL_CARD.md").is_file() else "")
     return (f"{hint}; or export the SavedModel first: braintumor-tf export {source} --out {folder}"
-            f"{_released_options(folder)} (docs/SERVING.md)")
+            f"{_released_options(folder)}{train_first} (docs/SERVING.md)")
 
 
 def _released_options(folder: Path) -> str:
