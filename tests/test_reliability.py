@@ -50,6 +50,24 @@ def test_a_start_that_never_trained_does_not_lock_its_directory(tmp_path):
         check_resumable(first, run_dir)
 
 
+def test_a_moved_staged_run_still_resumes_but_other_starting_weights_do_not(tmp_path):
+    """Stage k's config holds the full path of stage k-1's checkpoint; copying the run elsewhere
+    must not lock it, while a genuinely different starting checkpoint still does."""
+    old_stage = tmp_path / "old" / "stages" / "2_whole"
+    moved_stage = tmp_path / "moved" / "stages" / "2_whole"
+    saved = load_config(None, [f"train.initial_weights={old_stage.parent / '1_crops' / 'best.keras'}"])
+    moved_stage.mkdir(parents=True)
+    save_config(saved, moved_stage / "config.yaml")
+    (moved_stage / "history.csv").write_text("epoch,loss\n0,1.0\n")
+    moved = saved.replace(**{"train.initial_weights":
+                             str(moved_stage.parent / "1_crops" / "best.keras")})
+    check_resumable(moved, moved_stage)  # no error
+    for other in (tmp_path / "moved" / "stages" / "0_other" / "best.keras",
+                  tmp_path / "pretrained" / "encoder.keras"):
+        with pytest.raises(ValueError, match=r"different config \(train\.initial_weights"):
+            check_resumable(saved.replace(**{"train.initial_weights": str(other)}), moved_stage)
+
+
 def test_predict_with_an_unexported_savedmodel_says_what_to_run(tmp_path):
     from click.testing import CliRunner
 

@@ -31,7 +31,11 @@ def check_resumable(config: Config, run_dir: Path) -> None:
     if not saved.exists():
         return
     try:
-        differences = _differences(load_config(saved).to_dict(), config.to_dict())
+        saved_tree, wanted_tree = load_config(saved).to_dict(), config.to_dict()
+        if _same_stage_checkpoint(saved_tree["train"].get("initial_weights"),
+                                  wanted_tree["train"].get("initial_weights")):
+            wanted_tree["train"]["initial_weights"] = saved_tree["train"]["initial_weights"]
+        differences = _differences(saved_tree, wanted_tree)
     except ValueError:
         differences = ["(its config.yaml no longer loads)"]
     if not differences:
@@ -44,6 +48,16 @@ def check_resumable(config: Config, run_dir: Path) -> None:
     log(f"{run_dir} holds a start that never trained; starting over with the new config")
     for name in SPLIT_FILES:
         (run_dir / name).unlink(missing_ok=True)
+
+
+def _same_stage_checkpoint(saved, wanted) -> bool:
+    """A staged run's stage k starts from ``<run>/stages/<k-1>/best.keras``, stored as a full path:
+    the same stage of the same layout after the run directory was moved or copied is no change."""
+    if not saved or not wanted or saved == wanted:
+        return False
+    saved_parts, wanted_parts = Path(saved).parts, Path(wanted).parts
+    return (len(saved_parts) >= 3 and saved_parts[-3:] == wanted_parts[-3:]
+            and saved_parts[-3] == "stages" and saved_parts[-1] == "best.keras")
 
 
 def _differences(saved: dict, wanted: dict, prefix: str = "") -> list[str]:
