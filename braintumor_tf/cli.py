@@ -111,7 +111,8 @@ def train_command(config_path, data_root, run_dir, subjects_path, overrides):
               help="Images per batch (default: 8 per usable core, capped by free memory).")
 @click.option("--tta", type=click.Choice(TTA_CHOICES), default="none", show_default=True,
               help=".keras models: average over mirrored/turned views (classifier: use "
-                   "mirror, the flip it trained with; segmenter: flips or dihedral).")
+                   "mirror, the flip it trained with; segmenter: any, chosen on a validation "
+                   "split).")
 @click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
               help="Segmenter: score masks at this probability instead of the model's own "
                    "threshold (choose it on a validation split).")
