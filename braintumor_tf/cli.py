@@ -64,15 +64,36 @@ def _default_run_dir(config_path) -> Path:
 @click.option("--subjects", "subjects_path", default=None, type=click.Path(dir_okay=False),
               help="CSV with columns path,subject: split by patient (overrides data.subjects; "
                    "default: a subjects.csv in a data root or one of its parents).")
+@click.option("--labels", "label_tables", multiple=True, metavar="CSV",
+              help="Classifier: a table of labelled images (columns path,class; paths relative to "
+                   "the table or a parent folder of it) that joins --data (repeatable; "
+                   "overrides data.labels).")
+@click.option("--folds", type=click.IntRange(min=0), default=None,
+              help="Patient-level K-fold cross-validation (K >= 2; overrides data.folds): one "
+                   "resumable run per fold, out-of-fold predictions of every image and a report "
+                   "with patient-bootstrap intervals. 0: one train/val/test split.")
+@click.option("--publish", "publish_dir", default=None, type=click.Path(file_okay=False),
+              help="With --folds: copy each fold's out-of-fold predictions here as it finishes "
+                   "(e.g. docs/cv/NAME, to commit).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value, e.g. --set train.epochs=3 (repeatable).")
 @_friendly_errors
-def train_command(config_path, data_root, run_dir, subjects_path, overrides):
+def train_command(config_path, data_root, run_dir, subjects_path, label_tables, folds, publish_dir,
+                  overrides):
     """Train a classifier or a segmenter (config task); everything lands in the run directory."""
     from braintumor_tf.config import load_config
     from braintumor_tf.data import filesystem
 
     overrides = list(overrides)
+    for table in label_tables:
+        if not filesystem.is_file(table):
+            raise FileNotFoundError(f"labels file not found: {table}")
+    if label_tables:
+        overrides.append(f"data.labels=[{', '.join(json.dumps(t) for t in label_tables)}]")
+    if folds is not None:
+        if folds == 1:
+            raise ValueError("--folds must be 0 (no cross-validation) or at least 2, got 1")
+        overrides.append(f"data.folds={folds}")
     if data_root is not None:
         for root in data_root.split(","):
             if not filesystem.exists(root):
@@ -84,17 +105,54 @@ def train_command(config_path, data_root, run_dir, subjects_path, overrides):
         overrides.append(f"data.subjects={subjects_path}")
     config = load_config(config_path, overrides)
     run_dir = Path(run_dir) if run_dir else _default_run_dir(config_path)
-    from braintumor_tf.commands.train import train
+    if config.data.folds:
+        from braintumor_tf.commands.cross_validate import train_folds
 
-    summary = train(config, run_dir)
+        summary = train_folds(config, run_dir, publish_dir=publish_dir)
+    else:
+        if publish_dir is not None:
+            raise ValueError("--publish needs --folds (or data.folds): it publishes out-of-fold "
+                             "predictions")
+        from braintumor_tf.commands.train import train
+
+        summary = train(config, run_dir)
     click.echo(json.dumps(summary, indent=2))
     click.echo(f"run directory: {run_dir}")
+
+
+@main.command("compare")
+@click.argument("run_a", type=click.Path(exists=True))
+@click.argument("run_b", type=click.Path(exists=True))
+@click.option("--json", "json_path", default=None, help="Write the comparison as JSON.")
+@click.option("--markdown", "markdown_path", default=None, help="Write the table as Markdown.")
+@click.option("--seed", default=0, show_default=True, help="Bootstrap seed.")
+@_friendly_errors
+def compare_command(run_a, run_b, json_path, markdown_path, seed):
+    """Paired difference B - A of two cross-validation runs on the images both scored.
+
+    RUN_A and RUN_B are CV run directories, folders of published fold*.csv files, or
+    out-of-fold CSVs. Intervals resample subjects, the same ones for both runs; B is better on a
+    metric only when its whole interval lies on the better side of 0."""
+    from braintumor_tf.evaluation.cross_validation import (
+        compare,
+        format_compare_markdown,
+        read_run_predictions,
+    )
+
+    result = compare(read_run_predictions(run_a), read_run_predictions(run_b), seed=seed)
+    result.update(a=str(run_a), b=str(run_b))
+    table = format_compare_markdown(result, run_a, run_b)
+    click.echo(table)
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=2))
+    if markdown_path:
+        Path(markdown_path).write_text(table)
 
 
 @main.command("evaluate")
 @click.option("--model", "model_path", required=True,
               help=".keras file, SavedModel dir, TF Serving base dir or .tflite file.")
-@click.option("--data", "data_paths", required=True, multiple=True,
+@click.option("--data", "data_paths", multiple=True,
               help="Classifier: labelled data root (folder-per-class) or a run's split_manifest.csv. "
                    "Segmenter: a COCO split folder or a folder of them (or images with --masks), or a "
                    "run's split_manifest.csv with --split. "
@@ -116,12 +174,28 @@ def train_command(config_path, data_root, run_dir, subjects_path, overrides):
 @click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
               help="Segmenter: score masks at this probability instead of the model's own "
                    "threshold (choose it on a validation split).")
+@click.option("--labels", "label_tables", multiple=True, metavar="CSV",
+              help="Classifier: also score the images a table lists (columns path,class; paths "
+                   "relative to the table or a parent folder of it). Repeatable; reported as its "
+                   "own source.")
+@click.option("--shifts", default=None, is_flag=False, flag_value="all", metavar="[all|NAMES]",
+              help="Classifier: also score every image re-rendered as other tools export it "
+                   "(quarter turns, flips, window, gamma, 16-bit, 640-px resample, JPEG 30-95, "
+                   "blur, noise): accuracy, agreement with the unshifted answer and OOD flags per "
+                   "shift. --shifts alone means all; or comma-separated names.")
 @_friendly_errors
 def evaluate_command(model_path, data_paths, masks_dir, split_name, json_path, out_dir, batch_size,
-                     tta, threshold):
-    """Evaluate a saved classifier or segmenter on every image under --data."""
+                     tta, threshold, label_tables, shifts):
+    """Evaluate a saved classifier or segmenter on every image under --data (and --labels)."""
     from braintumor_tf.data import filesystem
 
+    for table in label_tables:
+        if not filesystem.is_file(table):
+            raise FileNotFoundError(f"labels file not found: {table}")
+    if shifts is not None:
+        from braintumor_tf.evaluation.shifts import select_shifts
+
+        select_shifts(shifts)  # an unknown name fails before the model loads
     # --data and --masks may be scheme:// (gs://, ...): a Path would drop a slash of the scheme.
     for path in data_paths:
         if not filesystem.exists(path):
@@ -133,7 +207,8 @@ def evaluate_command(model_path, data_paths, masks_dir, split_name, json_path, o
     from braintumor_tf.commands.evaluate import evaluate
 
     evaluate(model_path, data_paths, json_path=json_path, out_dir=out_dir, batch_size=batch_size,
-             split=split_name, masks=masks_dir, tta=tta, threshold=threshold)
+             split=split_name, masks=masks_dir, tta=tta, threshold=threshold,
+             labels=label_tables, shifts=shifts)
 
 
 @main.group("data")

@@ -22,6 +22,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adopt")
 SCHEDULES = ("warmup_cosine_floor", "constant")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 HEADS = ("flatten", "global_average")
+INTENSITY_MODES = ("none", "percentile")
 # resnet50: keras.applications.ResNet50 + pooling + dropout + softmax, used to pretrain the
 # segmenter's encoder in-domain; only num_classes and dropout of the model section apply to it.
 MODEL_NAMES = ("residual_cnn", "resnet50")
@@ -58,12 +59,20 @@ class AugmentConfig:
     mixup: float = 0.0  # Beta(a, a) parameter; 0 = off
     cutmix: float = 0.0  # Beta(a, a) parameter; 0 = off (both on: each batch picks one)
     mix_probability: float = 0.5  # share of images that mixup/cutmix touch; the rest stay whole
+    # Renderings: the same slice exported by another tool is turned by quarter turns, windowed
+    # differently, resampled from another size and JPEG-compressed again.
+    rotate90: bool = False  # a random quarter turn (with both flips: all 8 orientations)
+    window: float = 0.0  # clip up to this fraction of the range at each end, then stretch back
+    resample: float = 0.0  # probability of a shrink to 35-90 % and back (once per batch)
+    jpeg: float = 0.0  # probability of a JPEG re-encoding at quality 30-95
 
     def __post_init__(self):
         for name in ("rotation", "zoom", "translation", "contrast", "brightness", "gamma",
-                     "noise", "blur", "erasing"):
+                     "noise", "blur", "erasing", "resample"):
             value = getattr(self, name)
             _check(0.0 <= value < 1.0, f"augment.{name} must be in [0, 1), got {value!r}")
+        _check(0.0 <= self.window < 0.5, f"augment.window must be in [0, 0.5), got {self.window!r}")
+        _check(0.0 <= self.jpeg <= 1.0, f"augment.jpeg must be in [0, 1], got {self.jpeg!r}")
         _check(0.0 < self.mix_probability <= 1.0,
                f"augment.mix_probability must be in (0, 1], got {self.mix_probability!r}")
         for name in ("mixup", "cutmix"):
@@ -100,6 +109,14 @@ class DataConfig:
     # (paths relative to the CSV's folder or absolute); "auto" uses a subjects.csv found in a data
     # root or one of its parents; "none" splits by near-duplicate groups only.
     subjects: str | None = "auto"
+    # Labelled images listed in tables (path,class; paths relative to the table or a parent
+    # folder of it) join the folder-per-class roots: a rendering whose labels are not folder names.
+    labels: tuple[str, ...] = ()
+    # Sources (top folders under a root, or a table's folder name) the model trains on; the others
+    # are split and scored like the rest but never trained on. Empty: every source.
+    train_sources: tuple[str, ...] = ()
+    # >= 2: patient-level K-fold cross-validation (train --folds K), one run per fold; 0: one split.
+    folds: int = 0
     cache: bool = True
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
 
@@ -119,6 +136,8 @@ class DataConfig:
                f"data.train_max_per_group must be null or >= 1, got {self.train_max_per_group!r}")
         _check(self.subjects is None or (isinstance(self.subjects, str) and self.subjects.strip()),
                f"data.subjects must be 'auto', 'none' or the path of a CSV file, got {self.subjects!r}")
+        _check(self.folds == 0 or 2 <= self.folds <= 20,
+               f"data.folds must be 0 (no cross-validation) or in [2, 20], got {self.folds!r}")
         _check(0.0 < self.group_threshold <= 1.0,
                f"data.group_threshold must be in (0, 1], got {self.group_threshold!r}")
 
@@ -143,8 +162,13 @@ class ModelConfig:
     head: str = "global_average"
     dense_units: int = 256
     dropout: float = 0.3
+    # Standardisation inside the model, so every rendering of a scan reaches the network alike:
+    # none (raw 0..255 pixels) or percentile (each image's 0.5-99.5th percentiles to 0..255).
+    intensity: str = "none"
 
     def __post_init__(self):
+        _check(self.intensity in INTENSITY_MODES,
+               f"model.intensity must be one of {INTENSITY_MODES}, got {self.intensity!r}")
         _check(self.name in MODEL_NAMES, f"model.name must be one of {MODEL_NAMES}, got {self.name!r}")
         _check(self.num_classes >= 2, f"model.num_classes must be >= 2, got {self.num_classes!r}")
         count = len(self.block_filters)
@@ -384,7 +408,8 @@ class Config:
 # from stage to stage by itself.
 STAGE_RESERVED_KEYS = frozenset({"task", "train.stages", "train.initial_weights", "data.root",
                                  "data.split_seed", "data.val_fraction", "data.test_fraction",
-                                 "data.subjects"})
+                                 "data.subjects", "data.labels", "data.folds",
+                                 "data.train_sources"})
 
 
 def _to_plain(value):

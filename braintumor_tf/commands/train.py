@@ -18,7 +18,10 @@ import numpy as np
 from braintumor_tf import faults
 from braintumor_tf.commands.run_dir import (
     SPLIT_FILES,
+    end_worker_fit,
     load_initial_weights,
+    prepare_run_data,
+    release_workers,
     setup_training,
     start_run,
     write_learning_rate_plot,
@@ -32,6 +35,7 @@ from braintumor_tf.models.macs import count_macs_nested
 from braintumor_tf.plots import plot_history
 from braintumor_tf.tasks import get_task
 from braintumor_tf.training.callbacks import read_history, run_callbacks
+from braintumor_tf.training.distribute import prepare_model
 from braintumor_tf.training.optimizers import make_optimizer
 from braintumor_tf.training.schedules import make_schedule
 
@@ -41,10 +45,18 @@ warnings.filterwarnings("ignore", message="`shuffle=True` was passed")
 
 
 def train(config: Config, run_dir: str | Path, score_test: bool = True,
-          data_dir: Path | None = None) -> dict:
+          data_dir: Path | None = None, keep: str = "best", finish: bool = True) -> dict:
     """Split, train, keep the best checkpoint by ``train.monitor``, then let the task score the
     test split and write its exports. ``train.stages``: see ``train_stages``; ``data_dir``: where
-    generated data lives when not in ``run_dir``."""
+    generated data lives when not in ``run_dir``. ``keep="last"``: model.keras is the last epoch's
+    weights (a cross-validation fold, whose validation images are its held-out fold, must not pick
+    its epoch on them); ``finish=False``: no test scoring, guard or exports."""
+    if keep not in ("best", "last"):
+        raise ValueError(f"keep must be 'best' or 'last', got {keep!r}")
+    if config.data.folds:
+        from braintumor_tf.commands.cross_validate import train_folds
+
+        return train_folds(config, run_dir)
     if config.train.stages:
         return train_stages(config, run_dir)
     task = get_task(config.task)
@@ -53,9 +65,9 @@ def train(config: Config, run_dir: str | Path, score_test: bool = True,
         return finished
     policy, strategy = setup_training(config)
 
-    data = task.prepare_data(config, run_dir, data_dir)
+    data = prepare_run_data(task, config, run_dir, data_dir, strategy)
     train_rows = rows_of_split(data.rows, "train", config.data.train_max_per_group,
-                               config.data.split_seed)
+                               config.data.split_seed, sources=config.data.train_sources)
     val_rows, test_rows = rows_of_split(data.rows, "val"), rows_of_split(data.rows, "test")
     counts = {"train": len(train_rows), "val": len(val_rows), "test": len(test_rows)}
     log(task.describe_split(data, counts))
@@ -75,7 +87,7 @@ def train(config: Config, run_dir: str | Path, score_test: bool = True,
     total_steps = steps_per_epoch * train_settings.epochs
 
     with strategy.scope():
-        model = task.build_model(config)
+        model = prepare_model(task.build_model(config), strategy)
         if train_settings.initial_weights:
             load_initial_weights(model, train_settings.initial_weights)
         schedule = make_schedule(config.schedule, config.optimizer.learning_rate, total_steps)
@@ -92,7 +104,8 @@ def train(config: Config, run_dir: str | Path, score_test: bool = True,
     write_learning_rate_plot(schedule, total_steps, steps_per_epoch, run_dir)
 
     start = time.perf_counter()
-    if _fit_already_finished(run_dir, train_settings.epochs):
+    # keep="last" needs the last weights, which only the backup restored by fit holds.
+    if keep == "best" and _fit_already_finished(run_dir, train_settings.epochs):
         # A run stopped after its last epoch by a version that deleted the backup at the end of
         # fit: train nothing again, go on to scoring.
         log(f"{run_dir}: history.csv holds all {train_settings.epochs} epochs and best.keras exists;"
@@ -100,15 +113,23 @@ def train(config: Config, run_dir: str | Path, score_test: bool = True,
     else:
         _fit(model, train_dataset, val_dataset, train_settings, steps_per_epoch, plan, run_dir)
     summary["fit_seconds"] = time.perf_counter() - start
+    if (worker_summary := end_worker_fit(model, strategy, run_dir, summary)) is not None:
+        return worker_summary  # not the chief: the chief scores and exports
 
     plot_history(read_history(run_dir / "history.csv"), run_dir / "training_curves.png")
     best_path = run_dir / "best.keras"
-    best = task.deployable(config, load_model(best_path, compile=True) if best_path.exists() else model)
+    if keep == "last":
+        best = task.deployable(config, model)
+    else:
+        best = task.deployable(config, load_model(best_path, compile=True)
+                               if best_path.exists() else model)
     best.save(run_dir / "model.keras")
     faults.reached("finish")
-    summary.update(task.finish(config, run_dir, best, data, test_rows if score_test else []))
+    if finish:
+        summary.update(task.finish(config, run_dir, best, data, test_rows if score_test else []))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     shutil.rmtree(run_dir / "backup", ignore_errors=True)  # finished: summary.json says so
+    release_workers(strategy, run_dir)
     return summary
 
 

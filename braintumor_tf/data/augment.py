@@ -256,14 +256,16 @@ def make_batch_regulariser(augment_config, seed: int = 0):
            else lambda k, d: getattr(augment_config, k, d))
     gamma, noise, blur, erasing, mixup, cutmix = (float(get(name, 0.0) or 0.0)
                                                   for name in EXTRA_FIELDS)
-    if not any((gamma, noise, blur, erasing, mixup, cutmix)):
+    rotate90 = bool(get("rotate90", False))
+    window, resample, jpeg = (float(get(name, 0.0) or 0.0) for name in ("window", "resample", "jpeg"))
+    if not any((gamma, noise, blur, erasing, mixup, cutmix, rotate90, window, resample, jpeg)):
         return None
     mix_probability = float(get("mix_probability", 1.0))
     column, row = _blur_kernel()
 
     def regularise(images, labels, batch_seed):
         batch_seed = tf.cast(batch_seed, tf.int64) + tf.constant([0, seed + 7919], tf.int64)
-        seeds = tf.unstack(tf.random.experimental.stateless_split(batch_seed, num=20), axis=0)
+        seeds = tf.unstack(tf.random.experimental.stateless_split(batch_seed, num=27), axis=0)
         images = tf.cast(images, tf.float32)
         labels = tf.cast(labels, tf.float32)
         shape = tf.shape(images)
@@ -273,6 +275,16 @@ def make_batch_regulariser(augment_config, seed: int = 0):
             return tf.random.stateless_uniform(size if size is not None else [batch, 1, 1, 1],
                                                seeds[k], low, high)
 
+        if rotate90:  # square images: a quarter turn keeps the shape
+            quarter = tf.reshape(tf.floor(uniform(20, 0.0, 4.0, size=[batch])), [-1, 1, 1, 1])
+            turned = images
+            for k in (1, 2, 3):
+                turned = tf.where(tf.equal(quarter, float(k)), tf.image.rot90(images, k), turned)
+            images = turned
+        if window:  # another window: values outside [low, high] clip, the rest stretch to 0..255
+            low = 255.0 * uniform(21, 0.0, window)
+            high = 255.0 * (1.0 - uniform(22, 0.0, window))
+            images = tf.clip_by_value((images - low) * (255.0 / (high - low)), 0.0, 255.0)
         if gamma:
             exponent = tf.exp(uniform(0, -gamma, gamma))
             images = 255.0 * tf.pow(tf.clip_by_value(images / 255.0, 0.0, 1.0), exponent)
@@ -287,6 +299,23 @@ def make_batch_regulariser(augment_config, seed: int = 0):
             sigma = 255.0 * uniform(2, 0.0, noise)
             images = images + sigma * tf.random.stateless_normal(tf.shape(images), seeds[3])
         images = tf.clip_by_value(images, 0.0, 255.0)
+        if resample:  # exported smaller and enlarged again: one size per batch
+            factor = uniform(23, 0.35, 0.9, size=[])
+            small = tf.maximum(tf.cast(tf.round(tf.cast(height, tf.float32) * factor), tf.int32), 8)
+            smaller = tf.image.resize(images, tf.stack([small, small]), method="area")
+            again = tf.image.resize(smaller, tf.stack([height, width]), method="bilinear")
+            images = tf.where(uniform(24) < resample, tf.clip_by_value(again, 0.0, 255.0), images)
+        if jpeg:  # compressed again by another tool
+            image_seeds = tf.random.experimental.stateless_split(seeds[25], num=batch)
+
+            def recompress(pair):
+                image, image_seed = pair
+                return tf.image.stateless_random_jpeg_quality(image / 255.0, 30, 95, image_seed)
+
+            compressed = tf.map_fn(recompress, (images, image_seeds),
+                                   fn_output_signature=tf.float32) * 255.0
+            compressed = tf.reshape(compressed, tf.shape(images))
+            images = tf.where(uniform(26) < jpeg, compressed, images)
         ys = (tf.cast(tf.range(height), tf.float32)[None, :, None, None] + 0.5) / tf.cast(
             height, tf.float32)
         xs = (tf.cast(tf.range(width), tf.float32)[None, None, :, None] + 0.5) / tf.cast(

@@ -15,30 +15,35 @@ from braintumor_tf.data.csv_files import open_csv
 from braintumor_tf.data.discover import CLASS_NAMES, ImageRecord
 
 SPLIT_NAMES = ("train", "val", "test")
-MANIFEST_COLUMNS = ("path", "label", "class_name", "group", "split", "subject")
+MANIFEST_COLUMNS = ("path", "label", "class_name", "group", "split", "subject", "source")
 # Manifests written before subjects existed have no subject column; they still read.
 _REQUIRED_MANIFEST_COLUMNS = ("path", "label", "class_name", "group", "split")
 
 
 def write_manifest(path, records: Sequence[ImageRecord], groups, splits,
-                   class_names: Sequence[str] = CLASS_NAMES, subjects: Sequence[str] | None = None
-                   ) -> None:
+                   class_names: Sequence[str] = CLASS_NAMES, subjects: Sequence[str] | None = None,
+                   sources: Sequence[str] | None = None) -> None:
     """One row per image so a run can be repeated on exactly the same split.
 
     ``class_names`` names the labels in the class_name column (SEGMENTATION_LABELS for
-    segmentation records); ``subjects`` fills the subject column ("" where none is known)."""
+    segmentation records); ``subjects`` fills the subject column ("" where none is known);
+    ``sources`` the source column (default: labels_csv.source_name of each record)."""
+    from braintumor_tf.data.labels_csv import source_names
+
     groups = np.asarray(groups).ravel()
     splits = np.asarray(splits).ravel()
     subjects = [""] * len(records) if subjects is None else list(subjects)
-    if not len(records) == len(groups) == len(splits) == len(subjects):
-        raise ValueError("records, groups, splits and subjects must have the same length")
+    sources = source_names(records) if sources is None else list(sources)
+    if not len(records) == len(groups) == len(splits) == len(subjects) == len(sources):
+        raise ValueError("records, groups, splits, subjects and sources must have the same length")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open_csv(path, "w") as f:
         writer = csv.writer(f)
         writer.writerow(MANIFEST_COLUMNS)
-        for rec, g, s, subject in zip(records, groups, splits, subjects, strict=True):
+        for rec, g, s, subject, source in zip(records, groups, splits, subjects, sources,
+                                              strict=True):
             name = class_names[rec.label] if 0 <= rec.label < len(class_names) else ""
-            writer.writerow([rec.path, rec.label, name, int(g), str(s), subject])
+            writer.writerow([rec.path, rec.label, name, int(g), str(s), subject, source])
 
 
 def read_manifest(path) -> list[dict]:
@@ -60,6 +65,7 @@ def read_manifest(path) -> list[dict]:
                 "group": int(row["group"]),
                 "split": row["split"],
                 "subject": row.get("subject") or "",
+                "source": row.get("source") or "",
             })
     return rows
 

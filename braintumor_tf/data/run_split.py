@@ -97,9 +97,18 @@ def units_in_several_splits(units, splits) -> int:
     return sum(len(names) > 1 for names in seen.values())
 
 
-def rows_of_split(rows, name: str, max_per_group: int | None = None, seed: int = 0) -> list[dict]:
-    """The manifest rows of one split; ``max_per_group`` caps the copies of each duplicate group."""
+def rows_of_split(rows, name: str, max_per_group: int | None = None, seed: int = 0,
+                  sources=()) -> list[dict]:
+    """The manifest rows of one split; ``max_per_group`` caps the copies of each duplicate group;
+    ``sources`` (when given) keeps only rows of those sources (data.train_sources)."""
     chosen = [row for row in rows if row["split"] == name]
+    if sources:
+        known = {row.get("source", "") for row in rows}
+        unknown = sorted(set(sources) - known)
+        if unknown:
+            raise ValueError(f"data.train_sources names {', '.join(unknown)}, which no image of "
+                             f"the split comes from; sources here: {', '.join(sorted(known))}")
+        chosen = [row for row in chosen if row.get("source", "") in set(sources)]
     return cap_per_group(chosen, max_per_group, seed) if max_per_group is not None else chosen
 
 

@@ -50,6 +50,27 @@ def group_split(
     if len(labels) == 0:
         return out
     fractions = np.array([1.0 - val_fraction - test_fraction, val_fraction, test_fraction])
+    out[:] = np.asarray(SPLIT_NAMES)[_assign_groups(labels, groups, fractions, seed)]
+    return out
+
+
+def group_folds(labels, groups, folds: int, seed: int) -> np.ndarray:
+    """Fold index (0..folds-1) of each image for patient-level K-fold cross-validation: whole
+    groups (subjects) per fold, stratified by each group's majority label like ``group_split``."""
+    if int(folds) != folds or folds < 2:
+        raise ValueError(f"folds must be an integer >= 2, got {folds!r}")
+    labels, groups = _check_split_args(labels, groups, 0.0, 0.0)
+    if len(labels) == 0:
+        return np.zeros(0, np.int64)
+    if len(np.unique(groups)) < folds:
+        raise ValueError(f"{folds} folds need at least {folds} subjects or duplicate groups, "
+                         f"found {len(np.unique(groups))}")
+    return _assign_groups(labels, groups, np.full(int(folds), 1.0 / folds), seed)
+
+
+def _assign_groups(labels: np.ndarray, groups: np.ndarray, fractions: np.ndarray,
+                   seed: int) -> np.ndarray:
+    """Index into ``fractions`` for each image, whole groups at a time (see group_split)."""
     uniq, inverse = np.unique(groups, return_inverse=True)
     sizes = np.bincount(inverse)
     # Majority label per group, ties to the smaller label.
@@ -58,20 +79,19 @@ def group_split(
     np.add.at(table, (inverse, lab_idx), 1)
     group_class = table.argmax(axis=1)
     rng = np.random.default_rng(seed)
-    group_split_idx = np.zeros(len(uniq), np.int64)
+    group_part = np.zeros(len(uniq), np.int64)
     for c in range(len(lab_vals)):
         members = np.flatnonzero(group_class == c)
         members = members[rng.permutation(len(members))]
         members = members[np.argsort(-sizes[members], kind="stable")]
         target = fractions * sizes[members].sum()
-        filled = np.zeros(3)
+        filled = np.zeros(len(fractions))
         for g in members:
             deficit = np.where(fractions > 0, target - filled, -np.inf)
-            s = int(np.argmax(deficit))
-            group_split_idx[g] = s
-            filled[s] += sizes[g]
-    out[:] = np.asarray(SPLIT_NAMES)[group_split_idx[inverse]]
-    return out
+            part = int(np.argmax(deficit))
+            group_part[g] = part
+            filled[part] += sizes[g]
+    return group_part[inverse]
 
 
 def random_split(

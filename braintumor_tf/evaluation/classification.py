@@ -40,11 +40,13 @@ def predict_paths(runtime, paths, batch_size: int = 32) -> tuple[np.ndarray, np.
 
 
 def evaluate_records(model_path, paths, labels, out_dir=None, batch_size: int = 32,
-                     json_path=None, verbose: bool = True, runtime=None) -> dict:
+                     json_path=None, verbose: bool = True, runtime=None, sources=None) -> dict:
     runtime = runtime or load_runtime(model_path, class_names=CLASS_NAMES)
     class_names = list(runtime.class_names)
     probabilities, scores = predict_paths(runtime, paths, batch_size)
     report = classification_report(np.asarray(labels), probabilities, class_names)
+    if sources is not None:
+        report["per_source"] = per_source_report(labels, probabilities, sources, class_names)
     report["model"] = str(model_path)
     report["model_kind"] = runtime.kind
     inside = runtime.in_distribution(scores)
@@ -53,6 +55,8 @@ def evaluate_records(model_path, paths, labels, out_dir=None, batch_size: int = 
         report["ood_threshold"] = runtime.ood_threshold
     if verbose:
         print(format_report(report), flush=True)
+        if sources is not None:
+            print(format_per_source(report["per_source"]), flush=True)
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -81,24 +85,69 @@ def _local_or_remote(path):
     return path if filesystem.is_remote(path) else Path(path)
 
 
-def _manifest_records(path: Path | str, split: str | None) -> list[ImageRecord]:
-    return [ImageRecord(path=row["path"], label=int(row["label"]), source=str(path))
-            for row in manifest_split(path, split)]
+def _manifest_records(path: Path | str, split: str | None) -> tuple[list[ImageRecord], list[str]]:
+    rows = manifest_split(path, split)
+    records = [ImageRecord(path=row["path"], label=int(row["label"]), source=str(path))
+               for row in rows]
+    return records, [row.get("source") or "manifest" for row in rows]
+
+
+def per_source_report(labels, probabilities, sources, class_names) -> dict:
+    """Accuracy (and how often a tumour is called no tumour) of each source's images: a model
+    right on one rendering and wrong on another has learned the export, not the anatomy."""
+    labels, predicted = np.asarray(labels), np.asarray(probabilities).argmax(axis=1)
+    sources = np.asarray(sources)
+    notumor = list(class_names).index("notumor") if "notumor" in class_names else None
+    found = {}
+    for name in sorted(set(sources.tolist())):
+        chosen = sources == name
+        entry = {"n": int(chosen.sum()),
+                 "accuracy": float(np.mean(predicted[chosen] == labels[chosen]))}
+        if notumor is not None:
+            tumour = chosen & (labels != notumor)
+            if tumour.any():
+                entry["tumour_called_notumor"] = float(np.mean(predicted[tumour] == notumor))
+        found[name] = entry
+    return found
+
+
+def format_per_source(per_source: dict) -> str:
+    lines = ["per source:"]
+    for name, entry in per_source.items():
+        called = entry.get("tumour_called_notumor")
+        lines.append(f"  {name:<24} n={entry['n']:<6} accuracy {entry['accuracy']:.4f}"
+                     + (f", tumours called notumor {called * 100:.1f} %" if called is not None
+                        else ""))
+    return "\n".join(lines)
 
 
 def evaluate_classifier(runtime, data_paths, json_path=None, out_dir=None, batch_size: int = 32,
-                        split: str | None = None, masks=None) -> dict:
+                        split: str | None = None, masks=None, labels=(), shifts=None) -> dict:
     """Every labelled, decodable image under ``data_paths`` (folders, or a run's
-    ``split_manifest.csv`` restricted to ``split``); unreadable files are reported and skipped."""
+    ``split_manifest.csv`` restricted to ``split``) and in the ``labels`` tables (path,class);
+    unreadable files are reported and skipped. Accuracy is also reported per source (the top
+    folder under a data root, or a table's folder). ``shifts`` ("all" or names from
+    evaluation/shifts.py): the images re-rendered by each shift, scored again."""
+    from braintumor_tf.data.labels_csv import records_from_labels, source_name
+
     if masks is not None:
         raise ValueError(f"--masks is for segmentation models; {runtime.path} is a classifier")
-    records = []
+    records, sources = [], []
     folders = [_local_or_remote(p) for p in data_paths if not str(p).endswith(".csv")]
     for path in data_paths:
         if str(path).endswith(".csv"):
-            records += _manifest_records(_local_or_remote(path), split)
+            found, found_sources = _manifest_records(_local_or_remote(path), split)
+            records += found
+            sources += found_sources
     if folders:
-        records += discover_images(folders)
+        found = discover_images(folders)
+        records += found
+        sources += [source_name(record) for record in found]
+    for table in labels:
+        found = records_from_labels(table)
+        records += found
+        sources += [source_name(record) for record in found]
+    source_of = {record.path: source for record, source in zip(records, sources, strict=True)}
     good, bad = check_images([r.path for r in records])
     if bad:
         logger.warning(f"skipped {len(bad)} unreadable files: "
@@ -106,9 +155,18 @@ def evaluate_classifier(runtime, data_paths, json_path=None, out_dir=None, batch
                        + (" ..." if len(bad) > 5 else ""))
     good_set = set(good)
     kept = [r for r in records if r.path in good_set]
+    kept_sources = [source_of[r.path] for r in kept]
     report = evaluate_records(runtime.path, [r.path for r in kept], [r.label for r in kept],
                               out_dir=out_dir, batch_size=batch_size, json_path=json_path,
-                              runtime=runtime)
+                              runtime=runtime, sources=kept_sources)
+    if shifts is not None:
+        from braintumor_tf.evaluation.shift_report import format_shift_report, shift_report
+
+        report["shifts"] = shift_report(runtime, [r.path for r in kept], [r.label for r in kept],
+                                        kept_sources, shifts, batch_size=batch_size)
+        print(format_shift_report(report["shifts"]), flush=True)
+        if out_dir is not None:
+            (Path(out_dir) / "shifts.md").write_text(format_shift_report(report["shifts"]))
     report["skipped_files"] = bad
     if json_path is not None:
         Path(json_path).write_text(json.dumps(report, indent=2))

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import keras
 from keras import layers
 
+from braintumor_tf.models.layers import PercentileStretch
+
 
 def _validate(image_size, channels, num_classes, block_filters, block_kernel_sizes,
               block_downsample, convs_per_block, head, dropout):
@@ -82,6 +84,7 @@ def build_residual_cnn(
     dropout: float = 0.3,
     name: str = "residual_cnn",
     stem_kernel_size: int = 3,
+    intensity: str = "none",
 ) -> keras.Model:
     """A residual CNN; downsampling is a 2x2 stride-2 convolution after a block, as in the study."""
     _validate(image_size, channels, num_classes, block_filters, block_kernel_sizes,
@@ -89,8 +92,11 @@ def build_residual_cnn(
     if stem_filters and stem_kernel_size < stem_stride:
         raise ValueError(f"stem_kernel_size {stem_kernel_size} is smaller than stem_stride "
                          f"{stem_stride}: the stem would skip pixels")
+    if intensity not in ("none", "percentile"):
+        raise ValueError(f"intensity must be 'none' or 'percentile', got {intensity!r}")
     inputs = keras.Input((image_size, image_size, channels), name="pixels", dtype="float32")
-    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    x = PercentileStretch(name="percentile_stretch")(inputs) if intensity == "percentile" else inputs
+    x = layers.Rescaling(1.0 / 255.0, name="rescale")(x)
     if stem_filters:
         x = layers.Conv2D(stem_filters, stem_kernel_size, strides=stem_stride, padding="same",
                           use_bias=False, name="stem_conv")(x)
@@ -141,4 +147,5 @@ def build_classifier(model_config, image_size: int, channels: int) -> keras.Mode
         head=model_config.head,
         dense_units=model_config.dense_units,
         dropout=model_config.dropout,
+        intensity=model_config.intensity,
     )

@@ -15,6 +15,7 @@ from braintumor_tf.data.csv_files import open_csv
 from braintumor_tf.data.datasets import classification_dataset
 from braintumor_tf.data.discover import CLASS_NAMES, class_counts, discover_images
 from braintumor_tf.data.duplicates import drop_near_duplicates_of
+from braintumor_tf.data.labels_csv import records_from_labels
 from braintumor_tf.data.phantoms import write_phantom_dataset
 from braintumor_tf.data.run_split import reuse_split, split_and_write_manifest
 from braintumor_tf.data.subjects import resolve_subjects
@@ -42,6 +43,12 @@ class ClassificationTask(Task):
         rows = reuse_split(run_dir)
         if rows is not None:
             return TaskData(rows)
+        records, subject_roots = self.discover(config, run_dir, data_dir)
+        return TaskData(split_and_write_manifest(config, run_dir, records, subject_roots))
+
+    def discover(self, config: Config, run_dir: Path, data_dir: Path | None = None):
+        """(labelled records, folders where a subjects.csv is looked for) of the configured data:
+        folder-per-class roots (or generated phantoms) plus any ``data.labels`` tables."""
         if config.data.root is None:
             root = (data_dir or run_dir) / "data" / "phantoms"
             log(f"no data.root given: generating the built-in phantom data set in {root}")
@@ -53,11 +60,16 @@ class ClassificationTask(Task):
         records = discover_images(roots)
         log(f"found {len(records)} labelled images under {', '.join(map(str, roots))}: "
             f"{class_counts(records)}")
+        for table in config.data.labels:
+            listed = records_from_labels(table)
+            log(f"found {len(listed)} labelled images listed in {table}: {class_counts(listed)}")
+            records += listed
         if config.data.exclude_duplicates_of:
             records = _exclude_near_duplicates(records, config, run_dir, roots)
         # Phantoms have no patients; never pick up a subjects.csv from the run directory's parents.
         subject_roots = roots if config.data.root is not None else []
-        return TaskData(split_and_write_manifest(config, run_dir, records, subject_roots))
+        subject_roots += [filesystem.dirname(table) for table in config.data.labels]
+        return records, subject_roots
 
     def datasets(self, config: Config, data: TaskData, train_rows, val_rows, plan=None):
         settings = dict(image_size=config.data.image_size, channels=config.data.channels,
@@ -107,6 +119,18 @@ class ClassificationTask(Task):
                           export_dir, CLASS_NAMES)
         log(f"saved {run_dir / 'model.keras'} and SavedModel {export_dir}")
         return summary
+
+    def predict_held_out(self, config: Config, model_path: Path, rows: list[dict], out_path: Path):
+        """A cross-validation fold's held-out images scored by its model: one row per image with
+        its fold, subject and source, the truth, the prediction and the probabilities."""
+        from braintumor_tf.evaluation.cross_validation import write_classification_out_of_fold
+
+        paths, labels = _paths_and_labels(rows)
+        report = evaluate_records(model_path, paths, labels, out_dir=out_path.parent / "held_out",
+                                  batch_size=config.train.batch_size, verbose=False)
+        log(f"held-out fold: accuracy {report['accuracy']:.4f} on {report['n']} images")
+        write_classification_out_of_fold(rows, out_path.parent / "held_out" / "predictions.csv",
+                                         out_path)
 
     def evaluate(self, runtime, data_paths, **options) -> dict:
         return evaluate_classifier(runtime, data_paths, **options)
