@@ -260,3 +260,27 @@ def test_compare_command_pairs_two_runs(cv_run, tmp_path):
     assert comparison["images"] == 88
     assert comparison["difference_b_minus_a"]["accuracy"]["value"] == 0.0
     assert "B − A" in result.stdout
+
+
+def test_segmentation_report_bins_sizes_and_counts_missed_slices():
+    rows = []
+    for unit in range(12):
+        small_dice = 0.05 if unit < 3 else 0.6  # 3 of 12 small tumours missed
+        rows.append({"path": f"{unit}_s.png", "source": "seg", "subject": f"S{unit}",
+                     "unit": str(unit), "fold": "0", "dice": str(small_dice), "hd95": "10",
+                     "tumour_fraction": "0.005"})
+        rows.append({"path": f"{unit}_l.png", "source": "seg", "subject": f"S{unit}",
+                     "unit": str(unit), "fold": "0", "dice": "0.9", "hd95": "",
+                     "tumour_fraction": "0.05"})
+    report = cv_report(rows, seed=0, samples=300)
+    assert report["task"] == "segmentation" and report["images"] == 24
+    metrics = report["metrics"]
+    assert metrics["fraction_dice_below_0_1"]["value"] == pytest.approx(3 / 24)
+    assert metrics["below_0.1/small"]["value"] == pytest.approx(3 / 12)
+    assert metrics["dice/large"]["value"] == pytest.approx(0.9)
+    assert metrics["mean_hd95"]["value"] == pytest.approx(10.0)  # slices without HD95 left out
+    assert metrics["mean_dice"]["low"] < metrics["mean_dice"]["value"] < metrics["mean_dice"]["high"]
+    better = [{**row, "dice": "0.9"} if row["dice"] == "0.05" else row for row in rows]
+    delta = compare(rows, better, samples=300)["difference_b_minus_a"]
+    assert delta["fraction_dice_below_0_1"]["value"] == pytest.approx(-3 / 24)
+    assert delta["mean_dice"]["value"] > 0

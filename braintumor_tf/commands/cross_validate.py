@@ -82,7 +82,8 @@ def train_folds(config: Config, run_dir: str | Path, data_dir: Path | None = Non
             train(fold_config, directory, score_test=False, data_dir=run_dir, keep="last",
                   finish=False)
             held_out = [row for row in rows if row["fold"] == fold]
-            task.predict_held_out(fold_config, directory / "model.keras", held_out, out_of_fold)
+            task.predict_held_out(fold_config, directory / "model.keras", held_out, out_of_fold,
+                                  data_dir=run_dir)
         if publish_dir is not None:
             Path(publish_dir).mkdir(parents=True, exist_ok=True)
             shutil.copy2(out_of_fold, Path(publish_dir) / f"fold{fold}.csv")

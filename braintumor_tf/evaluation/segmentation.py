@@ -132,7 +132,7 @@ def evaluate_segmentation_images(runtime, image_paths: Sequence[str], source: Se
         report[key]["by_tumour_size"] = by_tumour_size(full["per_image_dice"], fractions[key])
         report[MODEL_SIZE_KEY][key] = {k: model_size[key].report()[k] for k in SUMMARY_KEYS}
         per_image[key] = (scored[key], full["per_image_iou"], full["per_image_dice"],
-                          fractions[key])
+                          fractions[key], full["per_image_hd95"])
         if verbose:
             print(f"{key.replace('_', ' ')} (at each image's own size):\n"
                   f"{format_segmentation_report(full)}\n"
@@ -142,7 +142,7 @@ def evaluate_segmentation_images(runtime, image_paths: Sequence[str], source: Se
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
         _write_per_image(out_dir / "predictions.csv", image_paths, per_image)
-        for key, (indices, _, dice, _) in per_image.items():
+        for key, (indices, _, dice, _, _) in per_image.items():
             report.setdefault("overlays", {})[key] = _write_overlays(
                 runtime, image_paths, indices, dice, truths[key][0], out_dir, key.replace("vs_", ""),
                 threshold)
@@ -164,13 +164,15 @@ def at_size(probability: np.ndarray, shape) -> np.ndarray:
 
 def _write_per_image(path: Path, image_paths, per_image) -> None:
     columns = {i: {} for i in range(len(image_paths))}
-    for key, (indices, iou, dice, fraction) in per_image.items():
-        for i, image_iou, image_dice, share in zip(indices, iou, dice, fraction, strict=True):
+    for key, (indices, iou, dice, fraction, hd95) in per_image.items():
+        for i, image_iou, image_dice, share, distance in zip(indices, iou, dice, fraction, hd95,
+                                                             strict=True):
             columns[i][f"iou_{key}"] = f"{image_iou:.6f}"
             columns[i][f"dice_{key}"] = f"{image_dice:.6f}"
             columns[i][f"tumour_fraction_{key}"] = f"{share:.6f}"
+            columns[i][f"hd95_{key}"] = "" if distance is None else f"{distance:.3f}"
     names = [f"{metric}_{key}" for key in per_image
-             for metric in ("iou", "dice", "tumour_fraction")]
+             for metric in ("iou", "dice", "tumour_fraction", "hd95")]
     with open_csv(path, "w") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", *names])

@@ -120,7 +120,8 @@ class ClassificationTask(Task):
         log(f"saved {run_dir / 'model.keras'} and SavedModel {export_dir}")
         return summary
 
-    def predict_held_out(self, config: Config, model_path: Path, rows: list[dict], out_path: Path):
+    def predict_held_out(self, config: Config, model_path: Path, rows: list[dict], out_path: Path,
+                         data_dir: Path | None = None):
         """A cross-validation fold's held-out images scored by its model: one row per image with
         its fold, subject and source, the truth, the prediction and the probabilities."""
         from braintumor_tf.evaluation.cross_validation import write_classification_out_of_fold

@@ -43,9 +43,7 @@ class SegmentationTask(Task):
         rows = reuse_split(run_dir)
         if rows is not None:
             return TaskData(rows, extras)
-        images = source.images_with(targets)
-        records = segmentation_records(images, source.has_tumour(images, targets),
-                                                  source=str(config.data.root or "phantoms"))
+        records, _ = self.discover(config, run_dir, data_dir, (source, targets))
         folder_splits = None
         if config.segmentation.use_split_folders and source.has_split_folders:
             folder_splits = dict(zip(source.image_paths, source.folder_splits, strict=True))
@@ -54,6 +52,36 @@ class SegmentationTask(Task):
                                         class_names=SEGMENTATION_LABELS,
                                         folder_splits=folder_splits)
         return TaskData(rows, extras)
+
+    def discover(self, config: Config, run_dir: Path, data_dir: Path | None = None,
+                 source_and_targets=None):
+        """(records labelled 1 where the slice shows a tumour, folders where a subjects.csv is
+        looked for)."""
+        source, targets = source_and_targets or training_source(config, data_dir or run_dir)
+        images = source.images_with(targets)
+        records = segmentation_records(images, source.has_tumour(images, targets),
+                                       source=str(config.data.root or "phantoms"))
+        return records, [config.data.root] if config.data.root is not None else []
+
+    def predict_held_out(self, config: Config, model_path: Path, rows: list[dict], out_path: Path,
+                         data_dir: Path | None = None):
+        """A cross-validation fold's held-out slices scored by its model at each slice's own size
+        (vs the expert masks when given, else the annotations): Dice, HD95 and tumour size per
+        slice, with its fold, subject and source."""
+        from braintumor_tf.evaluation.segmentation_cv import write_segmentation_out_of_fold
+        from braintumor_tf.export.runtimes import load_runtime
+
+        source, _ = training_source(config, data_dir or out_path.parent)
+        runtime = load_runtime(model_path, batch_size=config.train.batch_size)
+        report = evaluate_segmentation_images(
+            runtime, [row["path"] for row in rows], source, out_dir=out_path.parent / "held_out",
+            threshold=config.segmentation.threshold, batch_size=config.train.batch_size,
+            verbose=False)
+        truth = "vs_masks" if "vs_masks" in report else "vs_annotations"
+        log(f"held-out fold: mean Dice {report[truth]['mean_dice']:.4f} ({truth}) on "
+            f"{report[truth]['n']} slices")
+        write_segmentation_out_of_fold(rows, out_path.parent / "held_out" / "predictions.csv",
+                                       truth, out_path)
 
     def describe_split(self, data: TaskData, counts: dict[str, int]) -> str:
         return f"targets: {data.extras['targets']}; {super().describe_split(data, counts)}"
