@@ -117,6 +117,8 @@ class DataConfig:
     train_sources: tuple[str, ...] = ()
     # >= 2: patient-level K-fold cross-validation (train --folds K), one run per fold; 0: one split.
     folds: int = 0
+    # With folds: also write model.keras, the fold models averaged in one graph (the release).
+    folds_ensemble: bool = True
     cache: bool = True
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
 
@@ -409,7 +411,7 @@ class Config:
 STAGE_RESERVED_KEYS = frozenset({"task", "train.stages", "train.initial_weights", "data.root",
                                  "data.split_seed", "data.val_fraction", "data.test_fraction",
                                  "data.subjects", "data.labels", "data.folds",
-                                 "data.train_sources"})
+                                 "data.train_sources", "data.folds_ensemble"})
 
 
 def _to_plain(value):

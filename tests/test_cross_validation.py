@@ -284,3 +284,17 @@ def test_segmentation_report_bins_sizes_and_counts_missed_slices():
     delta = compare(rows, better, samples=300)["difference_b_minus_a"]
     assert delta["fraction_dice_below_0_1"]["value"] == pytest.approx(-3 / 24)
     assert delta["mean_dice"]["value"] > 0
+
+
+def test_the_release_of_a_cv_run_is_the_fold_ensemble(cv_run, patient_data):
+    from braintumor_tf.custom_objects import load_model
+    from braintumor_tf.data.decode import read_image
+
+    ensemble = load_model(cv_run / "model.keras")
+    members = [load_model(cv_run / f"folds/fold{k}/model.keras") for k in range(2)]
+    paths = sorted((patient_data / "data/scans").rglob("*.png"))[:6]
+    pixels = np.stack([read_image(p, 1, 32) for p in paths])
+    want = np.mean([m.predict(pixels, verbose=0) for m in members], axis=0)
+    np.testing.assert_allclose(ensemble.predict(pixels, verbose=0), want, atol=1e-5)
+    assert (cv_run / "ood_guard.npz").is_file()  # fitted on the last fold's model's features
+    assert {r["split"] for r in _csv_rows(cv_run / "split_manifest.csv")} == {"train", "val"}

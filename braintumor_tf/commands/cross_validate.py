@@ -89,6 +89,8 @@ def train_folds(config: Config, run_dir: str | Path, data_dir: Path | None = Non
             shutil.copy2(out_of_fold, Path(publish_dir) / f"fold{fold}.csv")
         summary_path = directory / "summary.json"
         fold_summaries.append(json.loads(summary_path.read_text()) if summary_path.exists() else {})
+    if config.data.folds_ensemble:
+        _write_ensemble(config, task, run_dir, folds)
     predictions = read_out_of_fold([fold_dir(run_dir, fold) / OUT_OF_FOLD_NAME
                                     for fold in range(folds)])
     _write_rows(run_dir / OUT_OF_FOLD_NAME, predictions)
@@ -102,6 +104,26 @@ def train_folds(config: Config, run_dir: str | Path, data_dir: Path | None = Non
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     log(f"cross-validation finished: {run_dir / 'cv_report.md'}")
     return summary
+
+
+def _write_ensemble(config: Config, task, run_dir: Path, folds: int) -> None:
+    """``model.keras``: the fold models averaged in one graph, what a CV run releases. The last
+    fold's manifest becomes the run's (export --run, calibrate and parity read it): its model's
+    features feed the OOD guard, fitted on that model's training folds and checked on its
+    held-out fold."""
+    from braintumor_tf.custom_objects import load_model
+    from braintumor_tf.models.ensemble import fold_ensemble
+
+    members = [task.deployable(config, load_model(fold_dir(run_dir, k) / "model.keras"))
+               for k in range(folds)]
+    ensemble = fold_ensemble(members, name=f"{members[0].name}_ensemble{folds}")
+    target = run_dir / "model.keras"
+    temporary = run_dir / "model.tmp.keras"
+    ensemble.save(temporary)
+    temporary.replace(target)
+    shutil.copy2(fold_dir(run_dir, folds - 1) / "split_manifest.csv", run_dir / "split_manifest.csv")
+    log(f"fold ensemble of {folds} models: {target} ({ensemble.count_params():,} parameters)")
+    task.finish_ensemble(config, run_dir)
 
 
 def _fold_rows(config: Config, task, run_dir: Path, data_dir: Path | None) -> list[dict]:

@@ -35,6 +35,19 @@ class Task:
         generated data (phantoms) lives, if not in ``run_dir`` (the stages of one run share it)."""
         raise NotImplementedError
 
+    def discover(self, config: Config, run_dir: Path, data_dir: Path | None = None):
+        """(labelled records, folders to look for a subjects.csv in): the data before any split;
+        cross-validation assigns folds to them."""
+        raise NotImplementedError
+
+    def predict_held_out(self, config: Config, model_path: Path, rows: list[dict], out_path: Path,
+                         data_dir: Path | None = None) -> None:
+        """Score a fold's held-out ``rows`` with its model; write the out-of-fold CSV."""
+        raise NotImplementedError
+
+    def finish_ensemble(self, config: Config, run_dir: Path) -> None:
+        """Whatever the fold ensemble (``run_dir/model.keras``) needs beside it."""
+
     def describe_split(self, data: TaskData, counts: dict[str, int]) -> str:
         return f"split: {counts['train']} train / {counts['val']} val / {counts['test']} test images"
 

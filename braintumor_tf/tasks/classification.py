@@ -133,6 +133,14 @@ class ClassificationTask(Task):
         write_classification_out_of_fold(rows, out_path.parent / "held_out" / "predictions.csv",
                                          out_path)
 
+    def finish_ensemble(self, config: Config, run_dir: Path) -> None:
+        """The OOD guard and temperature of a CV run's fold ensemble (see cross_validate)."""
+        try:
+            calibrate_classifier(run_dir / "model.keras", manifest_rows(run_dir, "train"),
+                                 manifest_rows(run_dir, "val"))
+        except ValueError as error:
+            log(f"warning: no out-of-distribution guard for the ensemble: {error}")
+
     def evaluate(self, runtime, data_paths, **options) -> dict:
         return evaluate_classifier(runtime, data_paths, **options)
 

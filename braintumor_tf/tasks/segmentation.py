@@ -83,6 +83,9 @@ class SegmentationTask(Task):
         write_segmentation_out_of_fold(rows, out_path.parent / "held_out" / "predictions.csv",
                                        truth, out_path)
 
+    def finish_ensemble(self, config: Config, run_dir: Path) -> None:
+        """Nothing to fit: a segmenter has no guard."""
+
     def describe_split(self, data: TaskData, counts: dict[str, int]) -> str:
         return f"targets: {data.extras['targets']}; {super().describe_split(data, counts)}"
 
