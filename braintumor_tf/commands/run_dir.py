@@ -1,9 +1,14 @@
 """The run-directory contract shared by every training pipeline: same config to resume,
-summary.json marks a finished run."""
+summary.json marks a finished run; with several workers, the chief owns it."""
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +32,18 @@ def has_trained(run_dir: Path) -> bool:
 def check_resumable(config: Config, run_dir: Path) -> None:
     """Same config: resume. Different config: an error if the run trained, otherwise (a start that
     failed, e.g. on an empty data folder) start over, dropping its split."""
+    if not _config_differences(config, run_dir):
+        return
+    log(f"{run_dir} holds a start that never trained; starting over with the new config")
+    for name in SPLIT_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def _config_differences(config: Config, run_dir: Path) -> list[str]:
+    """How ``config`` differs from the run's config.yaml; raises when the run already trained."""
     saved = run_dir / "config.yaml"
     if not saved.exists():
-        return
+        return []
     try:
         saved_tree, wanted_tree = load_config(saved).to_dict(), config.to_dict()
         if _same_stage_checkpoint(saved_tree["train"].get("initial_weights"),
@@ -38,16 +52,12 @@ def check_resumable(config: Config, run_dir: Path) -> None:
         differences = _differences(saved_tree, wanted_tree)
     except ValueError:
         differences = ["(its config.yaml no longer loads)"]
-    if not differences:
-        return
-    if has_trained(run_dir):
+    if differences and has_trained(run_dir):
         shown = "; ".join(differences[:5]) + ("; ..." if len(differences) > 5 else "")
         raise ValueError(
             f"{run_dir} holds a run with a different config ({shown}); resume it with the same "
             "settings (--set KEY=VALUE) or choose a new --out directory")
-    log(f"{run_dir} holds a start that never trained; starting over with the new config")
-    for name in SPLIT_FILES:
-        (run_dir / name).unlink(missing_ok=True)
+    return differences
 
 
 def _same_stage_checkpoint(saved, wanted) -> bool:
@@ -73,7 +83,16 @@ def _differences(saved: dict, wanted: dict, prefix: str = "") -> list[str]:
 
 
 def start_run(config: Config, run_dir: str | Path) -> tuple[Path, dict | None]:
-    """(run_dir, summary of an already finished run or None); writes config.yaml for a new one."""
+    """(run_dir, summary of an already finished run or None); writes config.yaml for a new one.
+
+    A worker other than the chief of a multi-worker run gets a temporary directory instead
+    (``_start_worker_run``): the chief owns ``run_dir``.
+    """
+    from braintumor_tf.training.distribute import worker_role
+
+    role = worker_role(config.train.distribute)
+    if role is not None and not role.is_chief:
+        return _start_worker_run(config, Path(run_dir), role)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     check_resumable(config, run_dir)
@@ -81,27 +100,150 @@ def start_run(config: Config, run_dir: str | Path) -> tuple[Path, dict | None]:
         log(f"{run_dir} already holds a finished run (summary.json); choose a new --out to train "
             "again")
         return run_dir, json.loads((run_dir / "summary.json").read_text())
-    save_config(config, run_dir / "config.yaml")
+    # Atomic: the other workers read it at the same time (_start_worker_run).
+    save_config(config, run_dir / "config.yaml.partial")
+    os.replace(run_dir / "config.yaml.partial", run_dir / "config.yaml")
     return run_dir, None
 
 
 def setup_training(config: Config):
-    """Seed, dtype policy and distribution strategy, in that order, for either task."""
+    """Distribution strategy, seed and dtype policy, in that order, for either task: a
+    MultiWorkerMirroredStrategy must exist before any other TensorFlow op runs."""
     import keras
 
     from braintumor_tf.training.distribute import make_strategy
     from braintumor_tf.training.precision import apply_precision
 
+    strategy = make_strategy(config.train.distribute)
     keras.utils.set_random_seed(config.train.seed)
     if config.train.deterministic:
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
     policy = apply_precision(config.train.precision)
-    strategy = make_strategy(config.train.distribute)
     log(f"precision policy {policy}; strategy {type(strategy).__name__} with "
         f"{strategy.num_replicas_in_sync} replica(s)")
     return policy, strategy
+
+
+# In a worker's temporary directory: which chief run directory it follows.
+WORKER_FILE = ".worker.json"
+# What a worker copies from the chief's run directory before it trains: the split, and what
+# a resumed fit reads (the backup it restores, the history and best checkpoint the callbacks
+# continue), so every worker resumes at the same epoch with the same weights.
+RESUME_FILES = ("history.csv", "best.keras")
+
+
+def _start_worker_run(config: Config, run_dir: Path, role) -> tuple[Path, dict | None]:
+    """A non-chief worker's start: the chief's run directory is only read (finished? same
+    config?); this worker writes to a temporary directory, removed when it finishes (or at the
+    next start, after a kill)."""
+    followed = _worker_tree(run_dir)
+    if followed is not None:  # a stage of a run this worker already follows
+        worker_root, chief_root = followed
+        chief_dir, worker_dir = chief_root / run_dir.relative_to(worker_root), run_dir
+    else:
+        chief_dir = run_dir.absolute()
+        digest = hashlib.sha256(str(chief_dir).encode()).hexdigest()[:12]
+        worker_dir = Path(tempfile.gettempdir()) / f"braintumor_tf-{role.task_type}{role.index}-{digest}"
+    if (chief_dir / "summary.json").exists():
+        log(f"{chief_dir} already holds a finished run (summary.json)")
+        worker_dir.mkdir(parents=True, exist_ok=True)
+        if (chief_dir / "best.keras").is_file():  # the next stage starts from it
+            shutil.copy2(chief_dir / "best.keras", worker_dir / "best.keras")
+        return worker_dir, json.loads((chief_dir / "summary.json").read_text())
+    _config_differences(config, chief_dir)  # refuses as the chief does, before the cluster forms
+    if followed is None:
+        shutil.rmtree(worker_dir, ignore_errors=True)
+        worker_dir.mkdir(parents=True)
+        (worker_dir / WORKER_FILE).write_text(json.dumps(
+            {"chief_run_dir": str(chief_dir), "task": f"{role.task_type} {role.index}"}))
+        atexit.register(shutil.rmtree, worker_dir, True)
+    worker_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, worker_dir / "config.yaml")
+    log(f"{role.task_type} {role.index} of {role.workers} workers: the chief writes {chief_dir}; "
+        f"this worker's files go to {worker_dir} (removed at the end)")
+    return worker_dir, None
+
+
+def _worker_tree(path: Path | None) -> tuple[Path, Path] | None:
+    """(worker root, chief run directory) when ``path`` is inside a worker's temporary directory."""
+    if path is None:
+        return None
+    for folder in (Path(path), *Path(path).parents):
+        if (folder / WORKER_FILE).is_file():
+            return folder, Path(json.loads((folder / WORKER_FILE).read_text())["chief_run_dir"])
+    return None
+
+
+def _chief_path(path: Path, tree: tuple[Path, Path]) -> Path:
+    worker_root, chief_root = tree
+    return chief_root / Path(path).relative_to(worker_root)
+
+
+def prepare_run_data(task, config: Config, run_dir: Path, data_dir: Path | None, strategy):
+    """``task.prepare_data``, run by the chief only when there are several workers: the others
+    wait for its split and take it (and its backup, to resume), so every worker shards the same
+    data set. The images are read where the chief found them (a shared or object store)."""
+    from braintumor_tf.training.distribute import barrier, is_multi_worker
+
+    if not is_multi_worker(strategy):
+        return task.prepare_data(config, run_dir, data_dir)
+    tree = _worker_tree(run_dir)
+    if tree is None:  # the chief
+        data = task.prepare_data(config, run_dir, data_dir)
+        barrier(strategy)  # split written
+        barrier(strategy)  # the others have copied it: the run directory may change again
+        return data
+    barrier(strategy)
+    chief_dir = _chief_path(run_dir, tree)
+    for name in (*SPLIT_FILES, *RESUME_FILES):
+        if (chief_dir / name).is_file():
+            shutil.copy2(chief_dir / name, run_dir / name)
+    if (chief_dir / "backup").is_dir():
+        shutil.rmtree(run_dir / "backup", ignore_errors=True)
+        shutil.copytree(chief_dir / "backup", run_dir / "backup")
+    barrier(strategy)
+    if data_dir is None:
+        data_dir = chief_dir
+    elif _worker_tree(data_dir) is not None:
+        data_dir = _chief_path(data_dir, tree)
+    return task.prepare_data(config, run_dir, data_dir)
+
+
+def end_worker_fit(model, strategy, run_dir: Path, summary: dict) -> dict | None:
+    """After fit under several workers: the trained weights' digest goes into the summary (every
+    worker's must be equal). A non-chief worker stops here (the chief scores and exports) and
+    gets its summary back, its temporary directory removed; None: carry on."""
+    from braintumor_tf.training.distribute import barrier, is_multi_worker, worker_count
+
+    if not is_multi_worker(strategy):
+        return None
+    digest = hashlib.sha256()
+    for weight in model.get_weights():
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    summary.update(workers=worker_count(strategy), replicas=strategy.num_replicas_in_sync,
+                   weights_sha256=digest.hexdigest())
+    tree = _worker_tree(run_dir)
+    if tree is None:
+        return None
+    summary.update(chief_run_dir=str(_chief_path(run_dir, tree)), worker_dir=str(run_dir))
+    if Path(run_dir) == tree[0]:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    log(f"trained; waiting while the chief scores and exports into {summary['chief_run_dir']}")
+    # Ends together with the chief: a chief that fails now fails this worker too (the cluster's
+    # heartbeat aborts the wait), so a restart policy restarts both and the run resumes.
+    barrier(strategy)
+    return summary
+
+
+def release_workers(strategy, run_dir: Path) -> None:
+    """The chief's end of a multi-worker run, once summary.json is written: the other workers,
+    waiting in ``end_worker_fit``, may exit."""
+    from braintumor_tf.training.distribute import barrier, is_multi_worker
+
+    if is_multi_worker(strategy) and _worker_tree(run_dir) is None:
+        barrier(strategy)
 
 
 def write_learning_rate_plot(schedule, total_steps: int, steps_per_epoch: int, run_dir: Path) -> None:
