@@ -317,8 +317,13 @@ class TrainConfig:
     # of dotted overrides (e.g. {name: fine, data.image_size: 256, train.epochs: 10}) applied to
     # this config. A resolution schedule is one command instead of chained runs.
     stages: tuple[dict, ...] = ()
+    # Cross-validation: also score each held-out fold with these test-time averagings (mirror,
+    # flips, dihedral), so the averaging is chosen out of fold (out_of_fold_tta-<mode>.csv).
+    held_out_tta: tuple[str, ...] = ()
 
     def __post_init__(self):
+        unknown = sorted(set(self.held_out_tta) - {"mirror", "flips", "dihedral"})
+        _check(not unknown, f"train.held_out_tta takes mirror, flips and dihedral, got {unknown}")
         _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size!r}")
         _check(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs!r}")
         _check(self.precision in PRECISIONS,

@@ -202,7 +202,7 @@ def cv_run(patient_data):
                "--labels", str(patient_data / "export_classes.csv"),
                "--subjects", str(patient_data / "subjects.csv"), "--folds", "2",
                "--set", "data.train_sources=[scans]", "--publish", str(patient_data / "published"),
-               "--out", str(run_dir), *TINY_CV)
+               "--set", "train.held_out_tta=[mirror]", "--out", str(run_dir), *TINY_CV)
     return run_dir
 
 
@@ -240,7 +240,11 @@ def test_cv_report_learns_the_task_and_reports_each_source(cv_run, patient_data)
     assert {"accuracy/scans", "accuracy/export"} <= set(report["metrics"])
     assert "95 % interval" in (cv_run / "cv_report.md").read_text()
     published = sorted(p.name for p in (patient_data / "published").glob("*.csv"))
-    assert published == ["fold0.csv", "fold1.csv"]
+    assert published == ["fold0.csv", "fold0_tta-mirror.csv", "fold1.csv", "fold1_tta-mirror.csv"]
+    # Mirroring moves the bright block to another quadrant, i.e. another class here: the
+    # averaging chosen out of fold would be refused, as it should.
+    mirrored = json.loads((cv_run / "cv_report_tta-mirror.json").read_text())
+    assert mirrored["metrics"]["accuracy"]["value"] < report["metrics"]["accuracy"]["value"]
 
 
 def test_rerunning_a_finished_cv_trains_nothing(cv_run, patient_data):
@@ -248,7 +252,8 @@ def test_rerunning_a_finished_cv_trains_nothing(cv_run, patient_data):
     result = run_python("-m", "braintumor_tf.train", "--data", str(patient_data / "data"),
                         "--labels", str(patient_data / "export_classes.csv"),
                         "--subjects", str(patient_data / "subjects.csv"), "--folds", "2",
-                        "--set", "data.train_sources=[scans]", "--out", str(cv_run), *TINY_CV)
+                        "--set", "data.train_sources=[scans]", "--set", "train.held_out_tta=[mirror]",
+                        "--out", str(cv_run), *TINY_CV)
     assert "already holds a finished run" in result.stderr + result.stdout
     assert (cv_run / "out_of_fold.csv").stat().st_mtime_ns == before
 

@@ -46,6 +46,10 @@ FOLDS_FILE = "folds.csv"
 FOLD_COLUMNS = ("path", "label", "group", "unit", "subject", "source", "fold")
 
 
+def _tta_name(mode: str) -> str:
+    return OUT_OF_FOLD_NAME.replace(".csv", f"_tta-{mode}.csv")
+
+
 def fold_dir(run_dir: Path, fold: int) -> Path:
     return Path(run_dir) / "folds" / f"fold{fold}"
 
@@ -73,6 +77,7 @@ def train_folds(config: Config, run_dir: str | Path, data_dir: Path | None = Non
     for fold in range(folds):
         directory = fold_dir(run_dir, fold)
         out_of_fold = directory / OUT_OF_FOLD_NAME
+        held_out = [row for row in rows if row["fold"] == fold]
         if out_of_fold.exists():
             log(f"fold {fold + 1}/{folds}: finished ({out_of_fold})")
         else:
@@ -81,12 +86,20 @@ def train_folds(config: Config, run_dir: str | Path, data_dir: Path | None = Non
             _write_fold_manifest(rows, fold, directory)
             train(fold_config, directory, score_test=False, data_dir=run_dir, keep="last",
                   finish=False)
-            held_out = [row for row in rows if row["fold"] == fold]
             task.predict_held_out(fold_config, directory / "model.keras", held_out, out_of_fold,
                                   data_dir=run_dir)
+        for mode in config.train.held_out_tta:
+            averaged = directory / _tta_name(mode)
+            if not averaged.exists():
+                log(f"fold {fold + 1}/{folds}: scoring the held-out fold with {mode} averaging")
+                task.predict_held_out(fold_config, directory / "model.keras", held_out, averaged,
+                                      data_dir=run_dir, tta=mode)
         if publish_dir is not None:
             Path(publish_dir).mkdir(parents=True, exist_ok=True)
             shutil.copy2(out_of_fold, Path(publish_dir) / f"fold{fold}.csv")
+            for mode in config.train.held_out_tta:
+                shutil.copy2(directory / _tta_name(mode),
+                             Path(publish_dir) / f"fold{fold}_tta-{mode}.csv")
         summary_path = directory / "summary.json"
         fold_summaries.append(json.loads(summary_path.read_text()) if summary_path.exists() else {})
     if config.data.folds_ensemble:
@@ -97,6 +110,14 @@ def train_folds(config: Config, run_dir: str | Path, data_dir: Path | None = Non
     report = cv_report(predictions, task=config.task, seed=config.data.split_seed)
     report.update(run=str(run_dir), folds=folds, train_sources=list(config.data.train_sources))
     write_cv_report(report, run_dir)
+    for mode in config.train.held_out_tta:
+        averaged = read_out_of_fold([fold_dir(run_dir, fold) / _tta_name(mode)
+                                     for fold in range(folds)])
+        _write_rows(run_dir / _tta_name(mode), averaged)
+        tta_report = cv_report(averaged, task=config.task, seed=config.data.split_seed)
+        tta_report.update(run=str(run_dir), folds=folds, test_time_augmentation=mode)
+        write_cv_report(tta_report, run_dir, suffix=f"_tta-{mode}")
+        report["headline"][f"with {mode} averaging"] = tta_report["headline"]
     summary = {"task": config.task, "folds": folds, "images": len(rows),
                "fit_seconds": sum(s.get("fit_seconds", 0.0) for s in fold_summaries),
                "seconds_this_invocation": time.perf_counter() - started,

@@ -285,6 +285,8 @@ def _signed(name: str, value) -> str:
     return f"{value:+.1f}" if name.startswith("hd95") else f"{value:+.3f}"
 
 
-def write_cv_report(report: dict, run_dir: Path) -> None:
-    (run_dir / "cv_report.json").write_text(json.dumps(report, indent=2))
-    (run_dir / "cv_report.md").write_text(format_cv_markdown(report))
+def write_cv_report(report: dict, run_dir: Path, suffix: str = "") -> None:
+    title = "Cross-validation" + (f" ({report['test_time_augmentation']} averaging)"
+                                  if report.get("test_time_augmentation") else "")
+    (run_dir / f"cv_report{suffix}.json").write_text(json.dumps(report, indent=2))
+    (run_dir / f"cv_report{suffix}.md").write_text(format_cv_markdown(report, title))

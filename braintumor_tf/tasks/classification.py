@@ -121,17 +121,22 @@ class ClassificationTask(Task):
         return summary
 
     def predict_held_out(self, config: Config, model_path: Path, rows: list[dict], out_path: Path,
-                         data_dir: Path | None = None):
-        """A cross-validation fold's held-out images scored by its model: one row per image with
-        its fold, subject and source, the truth, the prediction and the probabilities."""
+                         data_dir: Path | None = None, tta: str = "none"):
+        """A cross-validation fold's held-out images scored by its model (``tta``: averaged over
+        those views): one row per image with its fold, subject and source, the truth, the
+        prediction and the probabilities."""
         from braintumor_tf.evaluation.cross_validation import write_classification_out_of_fold
+        from braintumor_tf.export.runtimes import load_runtime
 
         paths, labels = _paths_and_labels(rows)
-        report = evaluate_records(model_path, paths, labels, out_dir=out_path.parent / "held_out",
-                                  batch_size=config.train.batch_size, verbose=False)
-        log(f"held-out fold: accuracy {report['accuracy']:.4f} on {report['n']} images")
-        write_classification_out_of_fold(rows, out_path.parent / "held_out" / "predictions.csv",
-                                         out_path)
+        scratch = out_path.parent / ("held_out" if tta == "none" else f"held_out_tta-{tta}")
+        runtime = load_runtime(model_path, class_names=CLASS_NAMES,
+                               batch_size=config.train.batch_size, tta=tta)
+        report = evaluate_records(model_path, paths, labels, out_dir=scratch,
+                                  batch_size=config.train.batch_size, verbose=False, runtime=runtime)
+        log(f"held-out fold{'' if tta == 'none' else f' ({tta} averaging)'}: accuracy "
+            f"{report['accuracy']:.4f} on {report['n']} images")
+        write_classification_out_of_fold(rows, scratch / "predictions.csv", out_path)
 
     def finish_ensemble(self, config: Config, run_dir: Path) -> None:
         """The OOD guard and temperature of a CV run's fold ensemble (see cross_validate)."""

@@ -64,24 +64,24 @@ class SegmentationTask(Task):
         return records, [config.data.root] if config.data.root is not None else []
 
     def predict_held_out(self, config: Config, model_path: Path, rows: list[dict], out_path: Path,
-                         data_dir: Path | None = None):
-        """A cross-validation fold's held-out slices scored by its model at each slice's own size
-        (vs the expert masks when given, else the annotations): Dice, HD95 and tumour size per
-        slice, with its fold, subject and source."""
+                         data_dir: Path | None = None, tta: str = "none"):
+        """A cross-validation fold's held-out slices scored by its model (``tta``: averaged over
+        those views) at each slice's own size (vs the expert masks when given, else the
+        annotations): Dice, HD95 and tumour size per slice, with its fold, subject and source."""
         from braintumor_tf.evaluation.segmentation_cv import write_segmentation_out_of_fold
         from braintumor_tf.export.runtimes import load_runtime
 
         source, _ = training_source(config, data_dir or out_path.parent)
-        runtime = load_runtime(model_path, batch_size=config.train.batch_size)
+        runtime = load_runtime(model_path, batch_size=config.train.batch_size, tta=tta)
+        scratch = out_path.parent / ("held_out" if tta == "none" else f"held_out_tta-{tta}")
         report = evaluate_segmentation_images(
-            runtime, [row["path"] for row in rows], source, out_dir=out_path.parent / "held_out",
+            runtime, [row["path"] for row in rows], source, out_dir=scratch,
             threshold=config.segmentation.threshold, batch_size=config.train.batch_size,
             verbose=False)
         truth = "vs_masks" if "vs_masks" in report else "vs_annotations"
         log(f"held-out fold: mean Dice {report[truth]['mean_dice']:.4f} ({truth}) on "
             f"{report[truth]['n']} slices")
-        write_segmentation_out_of_fold(rows, out_path.parent / "held_out" / "predictions.csv",
-                                       truth, out_path)
+        write_segmentation_out_of_fold(rows, scratch / "predictions.csv", truth, out_path)
 
     def finish_ensemble(self, config: Config, run_dir: Path) -> None:
         """Nothing to fit: a segmenter has no guard."""
