@@ -303,3 +303,21 @@ def test_the_release_of_a_cv_run_is_the_fold_ensemble(cv_run, patient_data):
     np.testing.assert_allclose(ensemble.predict(pixels, verbose=0), want, atol=1e-5)
     assert (cv_run / "ood_guard.npz").is_file()  # fitted on the last fold's model's features
     assert {r["split"] for r in _csv_rows(cv_run / "split_manifest.csv")} == {"train", "val"}
+
+
+@pytest.mark.slow
+def test_a_staged_recipe_cross_validates_stage_by_stage(patient_data, tmp_path):
+    run_dir = tmp_path / "staged"
+    stages = "train.stages=[{name: low, data.image_size: 32}, {name: more, train.epochs: 2}]"
+    run_python("-m", "braintumor_tf.train", "--data", str(patient_data / "data"),
+               "--subjects", str(patient_data / "subjects.csv"), "--folds", "2",
+               "--out", str(run_dir), *TINY_CV, "--set", stages)
+    for fold in ("0", "1"):
+        first, second = (run_dir / f"folds/fold{fold}/stages/{name}" for name in ("1_low", "2_more"))
+        # the second stage starts from the first one's last weights, on the same fold split
+        config = (second / "config.yaml").read_text()
+        assert str(first / "model.keras") in config
+        assert (first / "split_manifest.csv").read_bytes() == (second / "split_manifest.csv").read_bytes()
+        assert len((second / "history.csv").read_text().splitlines()) == 3
+    out_of_fold = _csv_rows(run_dir / "out_of_fold.csv")
+    assert len(out_of_fold) == 80 and (run_dir / "model.keras").is_file()

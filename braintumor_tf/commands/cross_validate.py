@@ -61,9 +61,6 @@ def train_folds(config: Config, run_dir: str | Path, data_dir: Path | None = Non
     soon as it exists (e.g. under docs/, so a lost run directory loses only weights)."""
     from braintumor_tf.commands.train import train
 
-    if config.train.stages:
-        raise ValueError("cross-validation of a staged run (train.stages) is not supported; "
-                         "cross-validate each stage's recipe as one run")
     folds = config.data.folds
     run_dir, finished = start_run(config, run_dir)
     if finished is not None:
@@ -83,7 +80,10 @@ def train_folds(config: Config, run_dir: str | Path, data_dir: Path | None = Non
         else:
             log(f"fold {fold + 1}/{folds}: training on {sum(r['fold'] != fold for r in rows)} "
                 f"images, holding out {sum(r['fold'] == fold for r in rows)} -> {directory}")
-            _write_fold_manifest(rows, fold, directory)
+            # A staged recipe splits in its first stage's directory; the others share it.
+            first_stage = (directory / "stages" / fold_config.stage_configs()[0][0]
+                           if fold_config.train.stages else directory)
+            _write_fold_manifest(rows, fold, first_stage)
             train(fold_config, directory, score_test=False, data_dir=run_dir, keep="last",
                   finish=False)
             task.predict_held_out(fold_config, directory / "model.keras", held_out, out_of_fold,

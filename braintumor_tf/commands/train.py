@@ -58,7 +58,7 @@ def train(config: Config, run_dir: str | Path, score_test: bool = True,
 
         return train_folds(config, run_dir)
     if config.train.stages:
-        return train_stages(config, run_dir)
+        return train_stages(config, run_dir, keep=keep, finish=finish, data_dir=data_dir)
     task = get_task(config.task)
     run_dir, finished = start_run(config, run_dir)
     if finished is not None:
@@ -157,11 +157,13 @@ STAGE_OUTPUTS = ("model.keras", "best.keras", "split_manifest.csv", "split.json"
                  "encoder.weights.h5", "test", "savedmodel")
 
 
-def train_stages(config: Config, run_dir: str | Path) -> dict:
+def train_stages(config: Config, run_dir: str | Path, keep: str = "best",
+                 finish: bool = True, data_dir: Path | None = None) -> dict:
     """One run, several trainings: stage k starts from stage k-1's best checkpoint, all share the
     first stage's split (so validation never sees a training subject), and only the last scores
     the test split. Each stage is an ordinary run directory under ``stages/``, so an interrupted
-    run resumes inside the stage it stopped in and finished stages are not trained again."""
+    run resumes inside the stage it stopped in and finished stages are not trained again.
+    ``keep="last"`` (a cross-validation fold): every stage hands on its last epoch's weights."""
     run_dir, finished = start_run(config, run_dir)
     if finished is not None:
         return finished
@@ -170,12 +172,14 @@ def train_stages(config: Config, run_dir: str | Path) -> dict:
     for index, (name, stage_config) in enumerate(stages):
         stage_dir = run_dir / "stages" / name
         if previous is not None:
-            stage_config = stage_config.replace(**{"train.initial_weights": str(previous / "best.keras")})
+            handed_on = previous / ("best.keras" if keep == "best" else "model.keras")
+            stage_config = stage_config.replace(**{"train.initial_weights": str(handed_on)})
             _share_split(previous, stage_dir)
         last = index == len(stages) - 1
         log(f"stage {index + 1}/{len(stages)} ({name}): {stage_config.data.image_size} px, "
             f"{stage_config.train.epochs} epochs -> {stage_dir}")
-        summary = train(stage_config, stage_dir, score_test=last, data_dir=run_dir)
+        summary = train(stage_config, stage_dir, score_test=last, data_dir=data_dir or run_dir,
+                        keep=keep, finish=finish)
         stage_summaries.append({"name": name, "run_dir": str(stage_dir), **summary})
         previous = stage_dir
     for name in STAGE_OUTPUTS:
