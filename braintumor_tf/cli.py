@@ -150,8 +150,11 @@ def compare_command(run_a, run_b, json_path, markdown_path, seed):
 
 
 @main.command("evaluate")
-@click.option("--model", "model_path", required=True,
+@click.option("--model", "model_path", default=None,
               help=".keras file, SavedModel dir, TF Serving base dir or .tflite file.")
+@click.option("--cv", "cv_run", default=None, type=click.Path(file_okay=False),
+              help="Instead of --model and --data: a cross-validation run, each fold's model on "
+                   "its held-out images (out of fold), with --shifts (and --tta).")
 @click.option("--data", "data_paths", multiple=True,
               help="Classifier: labelled data root (folder-per-class) or a run's split_manifest.csv. "
                    "Segmenter: a COCO split folder or a folder of them (or images with --masks), or a "
@@ -184,10 +187,26 @@ def compare_command(run_a, run_b, json_path, markdown_path, seed):
                    "blur, noise): accuracy, agreement with the unshifted answer and OOD flags per "
                    "shift. --shifts alone means all; or comma-separated names.")
 @_friendly_errors
-def evaluate_command(model_path, data_paths, masks_dir, split_name, json_path, out_dir, batch_size,
-                     tta, threshold, label_tables, shifts):
+def evaluate_command(model_path, cv_run, data_paths, masks_dir, split_name, json_path, out_dir,
+                     batch_size, tta, threshold, label_tables, shifts):
     """Evaluate a saved classifier or segmenter on every image under --data (and --labels)."""
     from braintumor_tf.data import filesystem
+
+    if cv_run is not None:
+        if model_path or data_paths or label_tables:
+            raise ValueError("--cv scores a CV run's own fold models on their held-out images; "
+                             "give it without --model, --data and --labels")
+        from braintumor_tf.commands.cross_validate import shifts_out_of_fold
+        from braintumor_tf.evaluation.shift_report import format_shift_report
+        from braintumor_tf.export.runtimes import resolve_batch_size
+
+        report = shifts_out_of_fold(cv_run, shifts or "all", tta, resolve_batch_size(batch_size))
+        click.echo(format_shift_report(report))
+        if json_path:
+            Path(json_path).write_text(json.dumps(report, indent=2))
+        return
+    if model_path is None:
+        raise ValueError("give --model (or --cv RUN_DIR for a cross-validation run)")
 
     for table in label_tables:
         if not filesystem.is_file(table):

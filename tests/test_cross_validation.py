@@ -321,3 +321,16 @@ def test_a_staged_recipe_cross_validates_stage_by_stage(patient_data, tmp_path):
         assert len((second / "history.csv").read_text().splitlines()) == 3
     out_of_fold = _csv_rows(run_dir / "out_of_fold.csv")
     assert len(out_of_fold) == 80 and (run_dir / "model.keras").is_file()
+
+
+def test_shifts_out_of_fold_score_each_fold_model_on_its_own_held_out_images(cv_run, tmp_path):
+    result = run_python("-m", "braintumor_tf", "evaluate", "--cv", str(cv_run),
+                        "--shifts", "flip_left_right,sixteen_bit", "--json", str(tmp_path / "s.json"))
+    report = json.loads((tmp_path / "s.json").read_text())
+    assert report["models"] == 2 and report["n"] == 88
+    out_of_fold = json.loads((cv_run / "cv_report.json").read_text())["metrics"]["accuracy"]["value"]
+    assert report["unshifted"]["accuracy"] == pytest.approx(out_of_fold)
+    # A mirrored slice puts the block in another quadrant: another class for this task.
+    assert report["shifts"]["flip_left_right"]["agreement"] < 0.9
+    assert report["shifts"]["sixteen_bit"]["agreement"] > 0.9
+    assert (cv_run / "shifts_out_of_fold.md").is_file() and "| sixteen_bit |" in result.stdout

@@ -222,3 +222,36 @@ def _describe_folds(rows: list[dict], folds: int) -> str:
         parts.append(f"fold {fold}: {len(members)} images, {units} subjects/groups "
                      f"({', '.join(f'{k} {v}' for k, v in sorted(by_source.items()))})")
     return f"{folds}-fold cross-validation by subject:\n  " + "\n  ".join(parts)
+
+
+def shifts_out_of_fold(run_dir: str | Path, names: str | None = "all", tta: str = "none",
+                       batch_size: int = 32) -> dict:
+    """Every fold's model on its held-out images, unshifted and re-rendered by each shift: the
+    robustness report of a CV run, out of fold (``shifts_out_of_fold[_tta-MODE].{json,md}``)."""
+    from braintumor_tf.data.discover import CLASS_NAMES
+    from braintumor_tf.evaluation.shift_report import format_shift_report, shift_report_of_parts
+    from braintumor_tf.export.runtimes import load_runtime
+
+    run_dir = Path(run_dir)
+    if not (run_dir / FOLDS_FILE).is_file():
+        raise FileNotFoundError(f"{run_dir} is not a cross-validation run (no {FOLDS_FILE})")
+    rows = read_folds(run_dir / FOLDS_FILE)
+    folds = max(row["fold"] for row in rows) + 1
+    parts = []
+    for fold in range(folds):
+        model_path = fold_dir(run_dir, fold) / "model.keras"
+        if not model_path.is_file():
+            raise FileNotFoundError(f"fold {fold} has no model yet ({model_path}): finish the "
+                                    "cross-validation first")
+        runtime = load_runtime(model_path, class_names=CLASS_NAMES, batch_size=batch_size, tta=tta)
+        if runtime.task != "classification":
+            raise ValueError("out-of-fold shifts are reported for classifiers")
+        held_out = [row for row in rows if row["fold"] == fold]
+        parts.append((runtime, [row["path"] for row in held_out], [row["label"] for row in held_out],
+                      [row["source"] for row in held_out]))
+    report = shift_report_of_parts(parts, names, batch_size)
+    report.update(run=str(run_dir), test_time_augmentation=tta)
+    suffix = "" if tta == "none" else f"_tta-{tta}"
+    (run_dir / f"shifts_out_of_fold{suffix}.json").write_text(json.dumps(report, indent=2))
+    (run_dir / f"shifts_out_of_fold{suffix}.md").write_text(format_shift_report(report))
+    return report
