@@ -269,9 +269,14 @@ class SegmentationConfig:
     # probability crop_tumour_fraction); validation, test and exports see whole images. null: whole.
     train_crop: int | None = None
     crop_tumour_fraction: float = 0.7
+    # none, or percentile: each image's 0.5-99.5th percentiles to 0..255 inside the model (as
+    # model.intensity for the classifier), so exports that map intensities differently agree.
+    intensity: str = "none"
     augment: JointAugmentConfig = dataclasses.field(default_factory=JointAugmentConfig)
 
     def __post_init__(self):
+        _check(self.intensity in INTENSITY_MODES,
+               f"segmentation.intensity must be one of {INTENSITY_MODES}, got {self.intensity!r}")
         _check(self.targets in SEGMENTATION_TARGETS,
                f"segmentation.targets must be one of {SEGMENTATION_TARGETS}, got {self.targets!r}")
         _check(self.encoder in SEGMENTATION_ENCODERS,

@@ -195,3 +195,29 @@ def test_evaluate_refuses_unknown_shifts_and_missing_tables(labelled_table):
     result = run_python("-m", "braintumor_tf", "evaluate", "--model", str(root / "model.keras"),
                         "--labels", str(root / "nope.csv"), check=False)
     assert result.returncode != 0 and "labels file not found" in result.stderr
+
+
+def test_stretch_with_open_image_size_matches_the_fixed_one():
+    images = (np.random.default_rng(4).random((2, 32, 32, 1)) * 200).astype(np.float32)
+    fixed = np.asarray(PercentileStretch()(images))
+    inputs = keras.Input((None, None, 1))
+    model = keras.Model(inputs, PercentileStretch()(inputs))
+    np.testing.assert_allclose(model.predict(images, verbose=0), fixed, atol=1e-4)
+
+
+@pytest.mark.usefixtures("float32_policy")
+def test_segmenter_takes_the_stretch_on_crops_and_whole_images():
+    from braintumor_tf.models.unet import build_unet
+
+    crops = build_unet(64, 1, "mobilenetv2", "none", (16, 16, 8, 8, 8), any_size=True,
+                       intensity="percentile")
+    whole = build_unet(64, 1, "mobilenetv2", "none", (16, 16, 8, 8, 8), intensity="percentile")
+    whole.set_weights(crops.get_weights())
+    pixels = (np.random.default_rng(5).random((1, 64, 64, 1)) * 90).astype(np.float32)
+    np.testing.assert_allclose(crops.predict(pixels, verbose=0), whole.predict(pixels, verbose=0),
+                               atol=1e-5)
+    # the stretch undoes a linear intensity change: the same mask
+    np.testing.assert_allclose(whole.predict(pixels * 2 + 10, verbose=0),
+                               whole.predict(pixels, verbose=0), atol=1e-4)
+    with pytest.raises(ValueError, match="intensity must be"):
+        build_unet(64, 1, "mobilenetv2", "none", intensity="zscore")

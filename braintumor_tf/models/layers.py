@@ -84,11 +84,16 @@ class PercentileStretch(layers.Layer):
 
     def call(self, inputs):
         shape = inputs.shape
-        if any(size is None for size in shape[1:]):
-            raise ValueError(f"PercentileStretch needs a fixed image size, got shape {shape}")
-        count = int(np.prod(shape[1:]))
-        k_low, k_high = self._ranks(count)
-        values = ops.reshape(ops.cast(inputs, "float32"), (-1, count))
+        if all(size is not None for size in shape[1:]):
+            count = int(np.prod(shape[1:]))
+            k_low, k_high = self._ranks(count)
+        else:  # open height and width (a segmenter trained on crops): ranks as tensors
+            dims = ops.shape(inputs)
+            count = dims[1] * dims[2] * dims[3]
+            last = ops.cast(count - 1, "float32")
+            k_low = ops.cast(ops.round(self.low / 100.0 * last), "int32") + 1
+            k_high = count - ops.cast(ops.round(self.high / 100.0 * last), "int32")
+        values = ops.reshape(ops.cast(inputs, "float32"), (ops.shape(inputs)[0], count))
         top = ops.top_k(values, k_high, sorted=True)[0][:, -1]
         bottom = -ops.top_k(-values, k_low, sorted=True)[0][:, -1]
         span = top - bottom

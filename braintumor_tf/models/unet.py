@@ -34,7 +34,12 @@ from collections.abc import Sequence
 import keras
 from keras import layers
 
-from braintumor_tf.models.layers import CaffePreprocessing, GreyToRGB, set_batch_norm_momentum
+from braintumor_tf.models.layers import (
+    CaffePreprocessing,
+    GreyToRGB,
+    PercentileStretch,
+    set_batch_norm_momentum,
+)
 
 SKIP_LAYERS = ("conv1_relu", "conv2_block3_out", "conv3_block4_out", "conv4_block6_out")
 BOTTLENECK_LAYER = "conv5_block3_out"
@@ -179,6 +184,7 @@ def build_unet(
     encoder_bn_momentum: float | None = None,
     any_size: bool = False,
     name: str | None = None,
+    intensity: str = "none",
 ) -> keras.Model:
     """UNet: encoder features at 1/2 .. 1/32 scale, five x2 decoder stages, sigmoid mask [N, S, S, 1].
 
@@ -195,7 +201,9 @@ def build_unet(
     side = None if any_size else image_size
     inputs = keras.Input((side, side, channels), name="pixels", dtype="float32")
     # Preprocessing in float32: bfloat16 cannot hold 255 - 123.68 to better than ~0.5.
-    x = inputs
+    if intensity not in ("none", "percentile"):
+        raise ValueError(f"intensity must be 'none' or 'percentile', got {intensity!r}")
+    x = PercentileStretch(name="percentile_stretch")(inputs) if intensity == "percentile" else inputs
     if not caffe and scaling == "unit":
         x = layers.Rescaling(1.0 / 255.0, name="rescale", dtype="float32")(x)
     elif scaling == "symmetric":

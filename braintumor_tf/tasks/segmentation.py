@@ -113,7 +113,8 @@ class SegmentationTask(Task):
             any_size = seg.train_crop is not None
         return build_unet(config.data.image_size, config.data.channels, seg.encoder,
                           seg.encoder_weights, seg.decoder_filters, seg.freeze_encoder,
-                          encoder_bn_momentum=seg.encoder_bn_momentum, any_size=any_size)
+                          encoder_bn_momentum=seg.encoder_bn_momentum, any_size=any_size,
+                          intensity=seg.intensity)
 
     def deployable(self, config: Config, model):
         """Exports and runtimes read the input size off the model: a crop-trained model is
