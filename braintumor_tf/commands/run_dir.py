@@ -148,8 +148,10 @@ def _start_worker_run(config: Config, run_dir: Path, role) -> tuple[Path, dict |
         worker_dir = Path(tempfile.gettempdir()) / f"braintumor_tf-{role.task_type}{role.index}-{digest}"
     if (chief_dir / "summary.json").exists():
         log(f"{chief_dir} already holds a finished run (summary.json)")
+        if followed is None:
+            return chief_dir, json.loads((chief_dir / "summary.json").read_text())
         worker_dir.mkdir(parents=True, exist_ok=True)
-        if (chief_dir / "best.keras").is_file():  # the next stage starts from it
+        if (chief_dir / "best.keras").is_file():  # a finished stage: the next one starts from it
             shutil.copy2(chief_dir / "best.keras", worker_dir / "best.keras")
         return worker_dir, json.loads((chief_dir / "summary.json").read_text())
     _config_differences(config, chief_dir)  # refuses as the chief does, before the cluster forms

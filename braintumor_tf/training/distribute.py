@@ -113,9 +113,14 @@ def synchronize_batch_norm(model) -> int:
     """
     import keras
 
-    layers = [layer for layer in model._flatten_layers(include_self=False)
-              if isinstance(layer, keras.layers.BatchNormalization)]
-    for layer in layers:
+    def walk(layer):
+        yield layer
+        for inner in getattr(layer, "layers", ()):  # nested models (a UNet's encoder)
+            yield from walk(inner)
+
+    layers = {id(layer): layer for layer in walk(model)
+              if isinstance(layer, keras.layers.BatchNormalization)}
+    for layer in layers.values():
         layer.synchronized = True
     return len(layers)
 
