@@ -129,10 +129,16 @@ def prepare_model(model, strategy: tf.distribute.Strategy):
     """What ``model`` needs to train with ``fit`` under ``strategy``: under several workers,
     synchronized BatchNormalization and the Keras overrides of training.keras_multiworker."""
     if is_multi_worker(strategy):
+        import keras
+
+        from braintumor_tf.log import log
         from braintumor_tf.training import keras_multiworker
 
-        synchronize_batch_norm(model)
+        synchronized = synchronize_batch_norm(model)
         keras_multiworker.enable(model)
+        log(f"{worker_count(strategy)} workers: {synchronized} BatchNormalization layers "
+            f"synchronized; Keras {keras.__version__} trainer steps replaced (checked with "
+            f"{', '.join(keras_multiworker.CHECKED_KERAS_VERSIONS)})")
     return model
 
 
