@@ -334,3 +334,14 @@ def test_shifts_out_of_fold_score_each_fold_model_on_its_own_held_out_images(cv_
     assert report["shifts"]["flip_left_right"]["agreement"] < 0.9
     assert report["shifts"]["sixteen_bit"]["agreement"] > 0.9
     assert (cv_run / "shifts_out_of_fold.md").is_file() and "| sixteen_bit |" in result.stdout
+
+
+def test_cross_validation_refuses_a_multi_worker_cluster(tmp_path, monkeypatch):
+    from braintumor_tf.commands.cross_validate import train_folds
+    from braintumor_tf.config import load_config
+
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:2"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    with pytest.raises(ValueError, match="trains on one machine"):
+        train_folds(load_config(None, ["data.folds=2"]), tmp_path / "run")
+    assert not (tmp_path / "run").exists()

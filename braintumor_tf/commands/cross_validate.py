@@ -60,7 +60,13 @@ def train_folds(config: Config, run_dir: str | Path, data_dir: Path | None = Non
     prediction and the CV report. ``publish_dir``: also copy each fold's out-of-fold CSV there as
     soon as it exists (e.g. under docs/, so a lost run directory loses only weights)."""
     from braintumor_tf.commands.train import train
+    from braintumor_tf.training.distribute import worker_role
 
+    if worker_role(config.train.distribute) is not None:
+        # Each fold's scoring reads the fold model, which only the chief writes.
+        raise ValueError("cross-validation (data.folds) trains on one machine; TF_CONFIG names "
+                         "several workers: unset it, or train each fold's recipe without --folds "
+                         "on the cluster (docs/DISTRIBUTED.md)")
     folds = config.data.folds
     run_dir, finished = start_run(config, run_dir)
     if finished is not None:
