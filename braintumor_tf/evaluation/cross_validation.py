@@ -265,8 +265,9 @@ def format_compare_markdown(result: dict, name_a: str, name_b: str) -> str:
         if entry["value"] is None:
             continue
         verdict = entry.get("verdict", "")
-        if verdict != "no difference shown" and any(name.startswith(k) for k in LOWER_IS_BETTER):
-            verdict += " (lower is better)"
+        if verdict != "no difference shown":
+            better = (verdict == "B lower") == any(name.startswith(k) for k in LOWER_IS_BETTER)
+            verdict += " (better)" if better else " (worse)"
         lines.append(f"| {name} | {_number(name, entry['a'])} | {_number(name, entry['b'])} | "
                      f"{_signed(name, entry['value'])} | {_signed(name, entry['low'])} – "
                      f"{_signed(name, entry['high'])} | {verdict} |")
