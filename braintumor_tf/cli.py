@@ -126,8 +126,12 @@ def train_command(config_path, data_root, run_dir, subjects_path, label_tables, 
 @click.option("--json", "json_path", default=None, help="Write the comparison as JSON.")
 @click.option("--markdown", "markdown_path", default=None, help="Write the table as Markdown.")
 @click.option("--seed", default=0, show_default=True, help="Bootstrap seed.")
+@click.option("--tta-a", default="none", type=click.Choice(TTA_CHOICES), show_default=True,
+              help="Use run A's out-of-fold predictions with this averaging (train.held_out_tta).")
+@click.option("--tta-b", default="none", type=click.Choice(TTA_CHOICES), show_default=True,
+              help="The same for run B.")
 @_friendly_errors
-def compare_command(run_a, run_b, json_path, markdown_path, seed):
+def compare_command(run_a, run_b, json_path, markdown_path, seed, tta_a, tta_b):
     """Paired difference B - A of two cross-validation runs on the images both scored.
 
     RUN_A and RUN_B are CV run directories, folders of published fold*.csv files, or
@@ -139,9 +143,12 @@ def compare_command(run_a, run_b, json_path, markdown_path, seed):
         read_run_predictions,
     )
 
-    result = compare(read_run_predictions(run_a), read_run_predictions(run_b), seed=seed)
-    result.update(a=str(run_a), b=str(run_b))
-    table = format_compare_markdown(result, run_a, run_b)
+    result = compare(read_run_predictions(run_a, tta_a), read_run_predictions(run_b, tta_b),
+                     seed=seed)
+    result.update(a=str(run_a), b=str(run_b), tta_a=tta_a, tta_b=tta_b)
+    name_a = run_a + ("" if tta_a == "none" else f" ({tta_a} averaging)")
+    name_b = run_b + ("" if tta_b == "none" else f" ({tta_b} averaging)")
+    table = format_compare_markdown(result, name_a, name_b)
     click.echo(table)
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=2))

@@ -345,3 +345,19 @@ def test_cross_validation_refuses_a_multi_worker_cluster(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="trains on one machine"):
         train_folds(load_config(None, ["data.folds=2"]), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_published_folder_gives_plain_or_averaged_predictions_never_both(tmp_path):
+    from braintumor_tf.evaluation.cross_validation import read_run_predictions
+
+    plain = _oof_rows({0: [True, True]})
+    averaged = _oof_rows({0: [False, False]})
+    for name, rows in (("fold0.csv", plain), ("fold0_tta-mirror.csv", averaged)):
+        with open(tmp_path / name, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    assert [r["predicted"] for r in read_run_predictions(tmp_path)] == ["glioma", "glioma"]
+    assert [r["predicted"] for r in read_run_predictions(tmp_path, "mirror")] == ["notumor"] * 2
+    with pytest.raises(FileNotFoundError, match="with dihedral averaging"):
+        read_run_predictions(tmp_path, "dihedral")

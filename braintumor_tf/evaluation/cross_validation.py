@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -55,20 +56,26 @@ def read_out_of_fold(paths: Sequence[Path | str]) -> list[dict]:
     return rows
 
 
-def read_run_predictions(run: Path | str) -> list[dict]:
+def read_run_predictions(run: Path | str, tta: str = "none") -> list[dict]:
     """A CV run directory's out-of-fold predictions, or a published folder of fold CSVs, or one
-    CSV: what ``compare`` accepts."""
+    CSV: what ``compare`` accepts. ``tta``: the predictions with that averaging
+    (``train.held_out_tta``) instead of the plain ones."""
     run = Path(run)
     if run.is_file():
         return read_out_of_fold([run])
-    if (run / OUT_OF_FOLD_NAME).is_file():
-        return read_out_of_fold([run / OUT_OF_FOLD_NAME])
-    folds = sorted(run.glob("fold*.csv")) or sorted(run.glob(f"folds/fold*/{OUT_OF_FOLD_NAME}"))
-    if not folds:
-        raise FileNotFoundError(f"no out-of-fold predictions in {run}: expected {OUT_OF_FOLD_NAME} "
-                                "(a finished CV run), fold*.csv files, or folds/fold*/"
-                                f"{OUT_OF_FOLD_NAME}")
-    return read_out_of_fold(folds)
+    suffix = "" if tta == "none" else f"_tta-{tta}"
+    whole = run / OUT_OF_FOLD_NAME.replace(".csv", f"{suffix}.csv")
+    if whole.is_file():
+        return read_out_of_fold([whole])
+    published = [p for p in sorted(run.glob(f"fold*{suffix}.csv"))
+                 if re.fullmatch(rf"fold\d+{re.escape(suffix)}\.csv", p.name)]
+    in_run = sorted(run.glob(f"folds/fold*/{whole.name}"))
+    if not published and not in_run:
+        kind = "" if tta == "none" else f" with {tta} averaging"
+        raise FileNotFoundError(f"no out-of-fold predictions{kind} in {run}: expected "
+                                f"{whole.name} (a finished CV run), "
+                                f"fold<k>{suffix}.csv files, or folds/fold<k>/{whole.name}")
+    return read_out_of_fold(published or in_run)
 
 
 # ---- statistics per unit, metrics from summed statistics ------------------------------------
