@@ -189,10 +189,11 @@ def compare_command(run_a, run_b, json_path, markdown_path, seed, tta_a, tta_b):
                    "relative to the table or a parent folder of it). Repeatable; reported as its "
                    "own source.")
 @click.option("--shifts", default=None, is_flag=False, flag_value="all", metavar="[all|NAMES]",
-              help="Classifier: also score every image re-rendered as other tools export it "
-                   "(quarter turns, flips, window, gamma, 16-bit, 640-px resample, JPEG 30-95, "
-                   "blur, noise): accuracy, agreement with the unshifted answer and OOD flags per "
-                   "shift. --shifts alone means all; or comma-separated names.")
+              help="Also score every image re-rendered as other tools export it (quarter turns, "
+                   "flips, window, gamma, 16-bit, 640-px resample, JPEG 30-95, blur, noise). "
+                   "Classifier: accuracy, agreement with the unshifted answer and OOD flags per "
+                   "shift; segmenter: Dice per shift (the truth moves with geometric shifts). "
+                   "--shifts alone means all; or comma-separated names.")
 @_friendly_errors
 def evaluate_command(model_path, cv_run, data_paths, masks_dir, split_name, json_path, out_dir,
                      batch_size, tta, threshold, label_tables, shifts):
@@ -204,11 +205,13 @@ def evaluate_command(model_path, cv_run, data_paths, masks_dir, split_name, json
             raise ValueError("--cv scores a CV run's own fold models on their held-out images; "
                              "give it without --model, --data and --labels")
         from braintumor_tf.commands.cross_validate import shifts_out_of_fold
+        from braintumor_tf.evaluation.segmentation import format_segmentation_shifts
         from braintumor_tf.evaluation.shift_report import format_shift_report
         from braintumor_tf.export.runtimes import resolve_batch_size
 
         report = shifts_out_of_fold(cv_run, shifts or "all", tta, resolve_batch_size(batch_size))
-        click.echo(format_shift_report(report))
+        click.echo(format_segmentation_shifts(report) if "truth" in report
+                   else format_shift_report(report))
         if json_path:
             Path(json_path).write_text(json.dumps(report, indent=2))
         return

@@ -221,3 +221,27 @@ def test_segmenter_takes_the_stretch_on_crops_and_whole_images():
                                whole.predict(pixels, verbose=0), atol=1e-4)
     with pytest.raises(ValueError, match="intensity must be"):
         build_unet(64, 1, "mobilenetv2", "none", intensity="zscore")
+
+
+@pytest.mark.usefixtures("float32_policy")
+def test_segmenter_shifts_move_the_truth_and_score_intensity_changes(tmp_path):
+    from support import bright_segmenter, disc_images
+
+    images, masks = disc_images(6, 48, seed=2)
+    for index, (image, mask) in enumerate(zip(images, masks, strict=True)):
+        write_png(tmp_path / f"images/{index}.png", image[..., 0].astype(np.uint8))
+        write_png(tmp_path / f"masks/{index}.png", (mask[..., 0] * 255).astype(np.uint8))
+    model = bright_segmenter(tmp_path / "bright.keras", 48)
+    run_python("-m", "braintumor_tf", "evaluate", "--model", model, "--data",
+               str(tmp_path / "images"), "--masks", str(tmp_path / "masks"),
+               "--shifts", "rotate90,flip_up_down,window_wide,gamma_1.6",
+               "--json", str(tmp_path / "seg.json"))
+    report = json.loads((tmp_path / "seg.json").read_text())["shifts"]
+    assert report["unshifted"]["mean_dice"] > 0.9
+    # Turned and flipped slices are scored against turned and flipped truth: still right.
+    for name in ("rotate90", "flip_up_down"):
+        assert abs(report["shifts"][name]["dice_change"]) < 0.02, name
+    # A wide window leaves discs at 30 + 200 * 190/255 ~ 179: still bright enough; gamma 1.6 turns
+    # 200 into ~172. Both change the answer a little at most; neither is an error.
+    assert set(report["shifts"]) == {"rotate90", "flip_up_down", "window_wide", "gamma_1.6"}
+    assert all(entry["n"] == 6 for entry in report["shifts"].values())

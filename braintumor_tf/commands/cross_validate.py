@@ -243,6 +243,12 @@ def shifts_out_of_fold(run_dir: str | Path, names: str | None = "all", tta: str 
         raise FileNotFoundError(f"{run_dir} is not a cross-validation run (no {FOLDS_FILE})")
     rows = read_folds(run_dir / FOLDS_FILE)
     folds = max(row["fold"] for row in rows) + 1
+    from braintumor_tf.config import load_config
+
+    config = load_config(run_dir / "config.yaml")
+    if config.task == "segmentation":
+        return _segmentation_shifts_out_of_fold(config, run_dir, rows, folds, names, tta,
+                                                batch_size)
     parts = []
     for fold in range(folds):
         model_path = fold_dir(run_dir, fold) / "model.keras"
@@ -260,4 +266,46 @@ def shifts_out_of_fold(run_dir: str | Path, names: str | None = "all", tta: str 
     suffix = "" if tta == "none" else f"_tta-{tta}"
     (run_dir / f"shifts_out_of_fold{suffix}.json").write_text(json.dumps(report, indent=2))
     (run_dir / f"shifts_out_of_fold{suffix}.md").write_text(format_shift_report(report))
+    return report
+
+
+def _segmentation_shifts_out_of_fold(config, run_dir: Path, rows, folds: int, names, tta: str,
+                                     batch_size: int) -> dict:
+    """Each fold model's shift report on its held-out slices, pooled over folds (means weighted
+    by slices; medians do not pool and are left out)."""
+    from braintumor_tf.data.segmentation import training_source
+    from braintumor_tf.evaluation.segmentation import (
+        format_segmentation_shifts,
+        segmentation_shift_report,
+    )
+    from braintumor_tf.export.runtimes import load_runtime
+
+    source, _ = training_source(config, run_dir)
+    reports = []
+    for fold in range(folds):
+        runtime = load_runtime(fold_dir(run_dir, fold) / "model.keras", batch_size=batch_size, tta=tta)
+        paths = [row["path"] for row in rows if row["fold"] == fold]
+        reports.append(segmentation_shift_report(runtime, paths, source, names,
+                                                 config.segmentation.threshold, batch_size))
+
+    def pooled(entries):
+        total = sum(entry["n"] for entry in entries)
+        merged = {"n": total, "median_dice": float("nan")}
+        for key in ("mean_dice", "fraction_dice_below_0_1", "mean_hd95"):
+            values = [(entry[key], entry["n"]) for entry in entries if entry[key] is not None]
+            merged[key] = (sum(v * n for v, n in values) / sum(n for _, n in values)
+                           if values else None)
+        return merged
+
+    report = {"truth": reports[0]["truth"], "models": folds, "run": str(run_dir),
+              "test_time_augmentation": tta, "unshifted": pooled([r["unshifted"] for r in reports]),
+              "shifts": {}}
+    for name in reports[0]["shifts"]:
+        entry = pooled([r["shifts"][name] for r in reports])
+        entry["kind"] = reports[0]["shifts"][name]["kind"]
+        entry["dice_change"] = entry["mean_dice"] - report["unshifted"]["mean_dice"]
+        report["shifts"][name] = entry
+    suffix = "" if tta == "none" else f"_tta-{tta}"
+    (run_dir / f"shifts_out_of_fold{suffix}.json").write_text(json.dumps(report, indent=2))
+    (run_dir / f"shifts_out_of_fold{suffix}.md").write_text(format_segmentation_shifts(report))
     return report

@@ -26,11 +26,12 @@ def evaluate(model_path, data_paths, json_path=None, out_dir=None, batch_size: i
     # A threshold being chosen on validation, before it is exported: the segmenter's evaluator
     # takes it as it takes the run's own at the end of training.
     options = {} if threshold is None else {"threshold": checked_threshold(threshold, runtime.task)}
-    if labels or shifts is not None:
+    if labels:
         if runtime.task != "classification":
-            raise ValueError("--labels and --shifts are for classifiers; for a segmenter give "
-                             "--data and --masks")
-        options.update(labels=tuple(labels), shifts=shifts)
+            raise ValueError("--labels is for classifiers; for a segmenter give --data and --masks")
+        options.update(labels=tuple(labels))
+    if shifts is not None:
+        options.update(shifts=shifts)
     if not data_paths and not labels:
         raise ValueError("give --data (a folder or a split manifest) or --labels (a table)")
     return get_task(runtime.task).evaluate(runtime, data_paths, json_path=json_path, out_dir=out_dir,

@@ -88,9 +88,10 @@ def _truths(source: SegmentationSource) -> dict[str, tuple]:
 
 def evaluate_segmentation_images(runtime, image_paths: Sequence[str], source: SegmentationSource,
                                  out_dir=None, json_path=None, threshold: float | None = None,
-                                 batch_size: int = 32, verbose: bool = True) -> dict:
+                                 batch_size: int = 32, verbose: bool = True, shift=None) -> dict:
     """One pass over the images; every truth is accumulated alongside, overlays re-predict only the
-    few cases shown, so nothing of split size is held in memory."""
+    few cases shown, so nothing of split size is held in memory. ``shift`` (evaluation/shifts.py):
+    every image re-rendered first, and its truth moved with it when the shift is geometric."""
     if runtime.task != "segmentation":
         raise ValueError(f"{runtime.path} is a {runtime.task} model, not a segmenter")
     truths = _truths(source)
@@ -106,14 +107,15 @@ def evaluate_segmentation_images(runtime, image_paths: Sequence[str], source: Se
     scored: dict[str, list[int]] = {key: [] for key in truths}  # image indices per truth
     fractions: dict[str, list[float]] = {key: [] for key in truths}  # tumour share of the slice
     index = 0
-    for batch in image_dataset(image_paths, size, runtime.channels, batch_size):
-        probabilities = np.asarray(runtime.predict(batch.numpy()))[..., 0]
+    move = (lambda mask: mask) if shift is None or shift.geometry is None else shift.geometry
+    for batch in _pixel_batches(image_paths, size, runtime.channels, batch_size, shift):
+        probabilities = np.asarray(runtime.predict(batch))[..., 0]
         paths = image_paths[index:index + len(probabilities)]
         for key, (reader, has_truth) in truths.items():
             for k, path in enumerate(paths):
                 if has_truth is not None and path not in has_truth:
                     continue
-                truth = np.asarray(reader(path), np.uint8)
+                truth = move(np.asarray(reader(path), np.uint8))
                 model_size[key].update(resize_mask(truth, size)[np.newaxis], probabilities[k:k + 1])
                 native[key].update(truth[np.newaxis], at_size(probabilities[k], truth.shape)[np.newaxis])
                 scored[key].append(index + k)
@@ -151,6 +153,62 @@ def evaluate_segmentation_images(runtime, image_paths: Sequence[str], source: Se
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(report, indent=2))
     return report
+
+
+def _pixel_batches(image_paths, size: int, channels: int, batch_size: int, shift=None):
+    """Model-size pixel batches, decoded as in training; with ``shift``, each file re-rendered
+    first (at its own size) and decoded again, as that export would reach a user."""
+    if shift is None:
+        for batch in image_dataset(image_paths, size, channels, batch_size):
+            yield batch.numpy()
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    from braintumor_tf.evaluation.shifts import shifted_pixels
+
+    def load(path):
+        return shifted_pixels(read_image(path, channels), shift, channels, size, name=path)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for start in range(0, len(image_paths), batch_size):
+            yield np.stack(list(pool.map(load, image_paths[start:start + batch_size])))
+
+
+def segmentation_shift_report(runtime, image_paths, source: SegmentationSource, names="all",
+                              threshold: float | None = None, batch_size: int = 32) -> dict:
+    """Mean Dice, slices below 0.1 and HD95 at each slice's own size, unshifted and under each
+    shift (geometric shifts move the truth too), and each shift's change from unshifted."""
+    from braintumor_tf.evaluation.shifts import select_shifts
+
+    def scores(shift):
+        report = evaluate_segmentation_images(runtime, image_paths, source, threshold=threshold,
+                                              batch_size=batch_size, verbose=False, shift=shift)
+        truth = "vs_masks" if "vs_masks" in report else "vs_annotations"
+        return {key: report[truth][key] for key in ("n", "mean_dice", "median_dice",
+                                                     "fraction_dice_below_0_1", "mean_hd95")}
+
+    result = {"truth": "expert masks" if source.has_masks else "annotations",
+              "unshifted": scores(None), "shifts": {}}
+    for shift in select_shifts(names):
+        entry = {"kind": shift.kind, **scores(shift)}
+        entry["dice_change"] = entry["mean_dice"] - result["unshifted"]["mean_dice"]
+        result["shifts"][shift.name] = entry
+        logger.info(f"shift {shift.name}: mean Dice {entry['mean_dice']:.4f} "
+                    f"({entry['dice_change']:+.4f})")
+    return result
+
+
+def format_segmentation_shifts(report: dict) -> str:
+    lines = [f"Rendering shifts (segmenter, vs {report['truth']}, each slice at its own size)", "",
+             "| shift | mean Dice | change | median | below 0.1 | HD95 mean |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, entry in [("none", report["unshifted"]), *report["shifts"].items()]:
+        hd95 = "n/a" if entry["mean_hd95"] is None else f"{entry['mean_hd95']:.1f}"
+        median = entry.get("median_dice")
+        median = "n/a" if median is None or median != median else f"{median:.3f}"  # NaN: pooled
+        lines.append(f"| {name} | {entry['mean_dice']:.3f} | {entry.get('dice_change', 0.0):+.3f} | "
+                     f"{median} | {entry['fraction_dice_below_0_1'] * 100:.1f} % | {hd95} |")
+    return "\n".join(lines) + "\n"
 
 
 def at_size(probability: np.ndarray, shape) -> np.ndarray:
@@ -216,7 +274,7 @@ def _merge(sources: Sequence[SegmentationSource]) -> SegmentationSource:
 
 def evaluate_segmenter(runtime, data_paths: Sequence[str | os.PathLike], masks=None, json_path=None,
                        out_dir=None, batch_size: int = 32, threshold: float | None = None,
-                       split: str | None = None) -> dict:
+                       split: str | None = None, shifts: str | None = None) -> dict:
     """Every decodable image under ``data_paths`` (COCO split folders, or plain image folders when
     ``masks`` is given), or the ``split`` rows of a run's ``split_manifest.csv`` (their folders
     supply the annotations); unreadable files are reported and skipped."""
@@ -225,6 +283,12 @@ def evaluate_segmenter(runtime, data_paths: Sequence[str | os.PathLike], masks=N
                                           threshold=threshold, batch_size=batch_size)
     report["skipped_files"] = bad
     report["images_without_mask"] = len(source.without_mask) if masks is not None else None
+    if shifts is not None:
+        report["shifts"] = segmentation_shift_report(runtime, good, source, shifts, threshold,
+                                                     batch_size)
+        print(format_segmentation_shifts(report["shifts"]), flush=True)
+        if out_dir is not None:
+            (Path(out_dir) / "shifts.md").write_text(format_segmentation_shifts(report["shifts"]))
     if json_path is not None:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(report, indent=2))
