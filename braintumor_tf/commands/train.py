@@ -54,9 +54,8 @@ def train(config: Config, run_dir: str | Path, score_test: bool = True,
     if keep not in ("best", "last"):
         raise ValueError(f"keep must be 'best' or 'last', got {keep!r}")
     if config.data.folds:
-        from braintumor_tf.commands.cross_validate import train_folds
-
-        return train_folds(config, run_dir)
+        raise ValueError("data.folds asks for cross-validation: run it with commands."
+                         "cross_validate.train_folds (train --folds), not train()")
     if config.train.stages:
         return train_stages(config, run_dir, keep=keep, finish=finish, data_dir=data_dir)
     task = get_task(config.task)
