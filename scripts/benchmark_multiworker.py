@@ -16,12 +16,13 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from multiworker_check import _free_ports  # scripts/ is on sys.path when run as a script
 
 WORKER = r"""
 import json, sys, time
@@ -53,16 +54,6 @@ print("RESULT " + json.dumps({"seconds": seconds, "steps": steps, "global_batch"
                               "replicas": strategy.num_replicas_in_sync,
                               "image_size": data.image_size, "policy": policy}))
 """
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for probe in sockets:
-        probe.bind(("127.0.0.1", 0))
-    ports = [probe.getsockname()[1] for probe in sockets]
-    for probe in sockets:
-        probe.close()
-    return ports
 
 
 def measure(workers: int, steps: int, warmup: int) -> dict:

@@ -107,3 +107,14 @@ def bright_segmenter(path, size: int) -> str:
                             bias_initializer=keras.initializers.Constant(-10.0))(x)
     keras.Model(inputs, x).save(path)
     return str(path)
+
+
+# A tiny classifier run with deterministic input: kill/resume and multi-worker tests compare weights.
+TINY_DETERMINISTIC = [
+    "--set", "data.phantom_images_per_class=24", "--set", "data.phantom_image_size=48",
+    "--set", "data.image_size=48", "--set", "model.stem_filters=8",
+    "--set", "model.block_filters=[8, 16]", "--set", "model.block_kernel_sizes=[3, 3]",
+    "--set", "model.block_downsample=[true, false]", "--set", "model.dense_units=16",
+    "--set", "train.batch_size=16", "--set", "train.verbose=0", "--set", "train.epochs=3",
+    "--set", "train.precision=float32", "--set", "train.deterministic=true",
+]

@@ -10,20 +10,12 @@ import sys
 
 import numpy as np
 import pytest
-from support import ENV, run_python
+from support import ENV, TINY_DETERMINISTIC, run_python
 
 from braintumor_tf.faults import ENVIRONMENT_VARIABLE
 
 pytestmark = pytest.mark.slow
 
-TINY_DETERMINISTIC = [
-    "--set", "data.phantom_images_per_class=24", "--set", "data.phantom_image_size=48",
-    "--set", "data.image_size=48", "--set", "model.stem_filters=8",
-    "--set", "model.block_filters=[8, 16]", "--set", "model.block_kernel_sizes=[3, 3]",
-    "--set", "model.block_downsample=[true, false]", "--set", "model.dense_units=16",
-    "--set", "train.batch_size=16", "--set", "train.verbose=0", "--set", "train.epochs=3",
-    "--set", "train.precision=float32", "--set", "train.deterministic=true",
-]
 # (point, the n-th time it is reached): mid-epoch, inside each checkpoint write of epoch 2,
 # and after the last epoch while the test split is scored.
 KILL_POINTS = [("train_batch", 7), ("backup_weights_written", 2), ("backup_metadata_written", 2),

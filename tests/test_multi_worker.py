@@ -15,7 +15,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from support import ENV
+from support import ENV, TINY_DETERMINISTIC
 
 from braintumor_tf.commands import run_dir as run_dir_module
 from braintumor_tf.config import CONFIG_DIR, load_config, save_config
@@ -273,14 +273,7 @@ def test_two_worker_processes_train_as_one_on_the_global_batch(tmp_path, float32
 
 # ----------------------------------------------------------------------------- the train command
 
-TINY_CLASSIFIER = [
-    "--set", "data.phantom_images_per_class=24", "--set", "data.phantom_image_size=48",
-    "--set", "data.image_size=48", "--set", "model.stem_filters=8",
-    "--set", "model.block_filters=[8, 16]", "--set", "model.block_kernel_sizes=[3, 3]",
-    "--set", "model.block_downsample=[true, false]", "--set", "model.dense_units=16",
-    "--set", "train.batch_size=16", "--set", "train.verbose=0", "--set", "train.epochs=3",
-    "--set", "train.precision=float32", "--set", "train.deterministic=true",
-]
+TINY_CLASSIFIER = TINY_DETERMINISTIC
 
 
 def _train_on_two_workers(run_dir: Path, *overrides: str, kill: dict[int, str] | None = None):
