@@ -31,8 +31,8 @@ from braintumor_tf.data.csv_files import open_csv
 from braintumor_tf.data.discover import ImageRecord
 from braintumor_tf.data.labels_csv import source_names
 from braintumor_tf.data.manifest import write_manifest
-from braintumor_tf.data.splits import group_folds, make_split
-from braintumor_tf.data.subjects import describe, subjects_for
+from braintumor_tf.data.run_split import split_by_subject
+from braintumor_tf.data.splits import group_folds
 from braintumor_tf.evaluation.cross_validation import (
     OUT_OF_FOLD_NAME,
     cv_report,
@@ -162,11 +162,7 @@ def _fold_rows(config: Config, task, run_dir: Path, data_dir: Path | None) -> li
         return rows
     records, subject_roots = task.discover(config, run_dir, data_dir)
     data = config.data
-    subjects, subject_report = subjects_for([r.path for r in records], data.subjects, subject_roots)
-    log(describe(subject_report))
-    result = make_split(records, data.val_fraction, data.test_fraction, data.split_seed,
-                        group_aware=data.group_aware, threshold=data.group_threshold,
-                        cache_dir=run_dir / "cache", subjects=subjects)
+    result, subject_report = split_by_subject(config, run_dir, records, subject_roots)
     labels = np.array([r.label for r in result.records], np.int64)
     folds = group_folds(labels, result.units, data.folds, data.split_seed)
     sources = source_names(result.records)

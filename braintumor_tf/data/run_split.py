@@ -33,12 +33,7 @@ def split_and_write_manifest(config: Config, run_dir: Path, records: Sequence[Im
     """Split ``records`` (whole subjects and near-duplicate groups per side) and write
     ``split_manifest.csv``, ``bad_files.csv`` and ``subjects.json``; ``folder_splits`` (image ->
     split) keeps a data set's own folders instead."""
-    data = config.data
-    subjects, report = subjects_for([r.path for r in records], data.subjects, roots)
-    log(describe(report))
-    result = make_split(records, data.val_fraction, data.test_fraction, data.split_seed,
-                                   group_aware=data.group_aware, threshold=data.group_threshold,
-                                   cache_dir=run_dir / "cache", subjects=subjects)
+    result, report = split_by_subject(config, run_dir, records, roots)
     splits = result.splits
     if folder_splits is not None:
         splits = np.asarray([folder_splits[record.path] for record in result.records])
@@ -59,6 +54,19 @@ def split_and_write_manifest(config: Config, run_dir: Path, records: Sequence[Im
     (run_dir / SPLIT_RECORD).write_text(json.dumps(
         {"manifest": MANIFEST_NAME, "rows": len(rows), "sha256": _digest(manifest_path)}, indent=2))
     return rows
+
+
+def split_by_subject(config: Config, run_dir: Path, records: Sequence[ImageRecord],
+                     roots: Sequence[str | Path]):
+    """(SplitResult, SubjectReport): subjects looked up as data.subjects says, then the units
+    (subject joined with its near-duplicate groups) split; also what cross-validation folds."""
+    data = config.data
+    subjects, report = subjects_for([r.path for r in records], data.subjects, roots)
+    log(describe(report))
+    result = make_split(records, data.val_fraction, data.test_fraction, data.split_seed,
+                        group_aware=data.group_aware, threshold=data.group_threshold,
+                        cache_dir=Path(run_dir) / "cache", subjects=subjects)
+    return result, report
 
 
 def reuse_split(run_dir: Path) -> list[dict] | None:
