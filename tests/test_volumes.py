@@ -51,7 +51,65 @@ def test_volume_rule():
                                                                             "pituitary": 1}
     assert answer["slices"] == 15 and answer["slices_counted"] == 14
     flagged = [slice_record("meningioma", inside=False)] * 5
-    assert volume_class(flagged)["class_name"] == "notumor"
+    nothing = volume_class(flagged)  # no slice counted: no answer, not notumor
+    assert nothing["class_name"] is None and "5 out of distribution" in nothing["reason"]
+    blank = [{**slice_record("notumor"), "slice_problem": "blank"}] * 4
+    assert volume_class(blank)["class_name"] is None
+    assert volume_class(blank + [slice_record("notumor")])["class_name"] == "notumor"
+
+
+def test_blank_and_noise_slices_are_told_from_scan_like_ones():
+    from support import base_image
+
+    from braintumor_tf.inference.volumes import slice_problem
+
+    rng = np.random.default_rng(0)
+    assert slice_problem(np.zeros((40, 36))) == "blank"
+    assert slice_problem(np.full((40, 36), 255.0)) == "blank"
+    assert slice_problem(rng.uniform(0, 255, (64, 64))) == "noise-like"
+    assert slice_problem(np.clip(rng.normal(128, 50, (64, 64)), 0, 255)) == "noise-like"
+    for seed in range(5):
+        assert slice_problem(base_image(seed, 64).astype(np.float32)) is None
+        assert slice_problem(base_image(seed, 160).astype(np.float32)) is None
+
+
+def _tiny_classifier(path):
+    """A classifier without a guard: it answers something for any pixels."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((SIZE, SIZE, 1), name="pixels")
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))
+    outputs = keras.layers.Dense(4, activation="softmax", dtype="float32")(x)
+    keras.Model(inputs, outputs).save(path)
+    return path
+
+
+def test_a_volume_of_zeros_nan_or_noise_gets_no_class_and_a_failing_exit(tmp_path):
+    from click.testing import CliRunner
+
+    from braintumor_tf.cli import PREDICT_SOME_FAILED, main
+
+    model = _tiny_classifier(tmp_path / "clf.keras")
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    rng = np.random.default_rng(0)
+    hostile = {"zeros.nii.gz": np.zeros((40, 36, 10), np.float32),
+               "nan.nii.gz": np.full((40, 36, 10), np.nan, np.float32),
+               "noise.nii.gz": rng.uniform(0, 1000, (40, 36, 10)).astype(np.float32)}
+    for name, data in hostile.items():
+        nibabel.save(nibabel.Nifti1Image(data, affine), str(tmp_path / name))
+    records = predict([tmp_path / name for name in hostile], model_path=model)
+    for record in records:
+        assert record["volume"]["class_name"] is None, record["path"]
+        assert "no slice of this volume looks like a brain MRI slice" in record["error"]
+        assert record["volume"]["slices_counted"] == 0
+    runner = CliRunner()
+    result = runner.invoke(main, ["predict", "--model", str(model),
+                                  *[str(tmp_path / name) for name in hostile]])
+    assert result.exit_code == 1, result.output
+    assert "nothing predicted" in result.output and "notumor" not in result.output
+    good, _, _ = _volume(tmp_path)
+    result = runner.invoke(main, ["predict", "--model", str(model), str(good),
+                                  str(tmp_path / "zeros.nii.gz")])
+    assert result.exit_code == PREDICT_SOME_FAILED, result.output
 
 
 def test_segmenter_writes_a_mask_volume_and_classifier_answers_per_volume(tmp_path):

@@ -238,7 +238,8 @@ def _predict_volumes(volumes, model_path, masks_dir, batch_size, axis) -> list[d
             if runtime.task == "classification":
                 record = volume_inference.predict_volume_classes(runtime, path, axis, batch_size)
                 answer = record["volume"]
-                log(f"{path}: {answer['class_name']} (volume; tumour slices "
+                log(f"{path}: ERROR {record['error']}" if record["error"] else
+                    f"{path}: {answer['class_name']} (volume; tumour slices "
                     f"{answer['tumour_slices'] or 'none'} of {answer['slices_counted']} counted)")
             else:
                 name = filesystem.basename(path) if filesystem.is_remote(path) else Path(path).name

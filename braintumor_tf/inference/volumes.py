@@ -10,6 +10,12 @@ model without a guard); the volume gets the tumour class with the most slices if
 ``min_tumour_slices`` of them agree, otherwise ``notumor``. One confident slice can be noise;
 a tumour spans several slices.
 
+Slices that cannot be a brain MRI slice are never counted, guard or not: blank ones (one value
+throughout after the volume's stretch: all zeros, all NaN) and noise-like ones (neighbouring
+pixels uncorrelated, as no scan is). A volume none of whose slices is counted gets no class: its
+record carries ``class_name: None`` and an ``error`` saying why, rather than a ``notumor`` that
+nothing was looked at to earn.
+
 Segmenter: a mask per slice at the slice's own size, stacked into a uint8 NIfTI volume with the
 input's affine and header, so it overlays the scan in any viewer.
 """
@@ -29,6 +35,10 @@ from braintumor_tf.data.intensity import percentile_scaled
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 MIN_TUMOUR_SLICES = 3
+# Below this correlation between neighbouring pixels a slice is noise, not a scan (MRI slices,
+# smooth tissue on a dark background, are well above 0.8; white or speckle noise is near 0).
+MIN_NEIGHBOUR_CORRELATION = 0.5
+NO_MRI_SLICE = "no slice of this volume looks like a brain MRI slice"
 _INSTALL = "reading NIfTI needs nibabel: pip install 'braintumor_tf[medical]'"
 
 
@@ -85,9 +95,38 @@ def _pixels(slices: np.ndarray, size: int, channels: int) -> np.ndarray:
     return np.repeat(resized, channels, axis=-1) if channels == 3 else resized
 
 
+def slice_problem(pixels: np.ndarray) -> str | None:
+    """Why a scaled slice cannot be a brain MRI slice (``"blank"``, ``"noise-like"``), or None."""
+    values = np.asarray(pixels, np.float64)
+    if values.size == 0 or not values.max() > values.min():
+        return "blank"
+    centred = values - values.mean()
+    variance = float(np.mean(centred * centred))
+    pairs = []
+    if values.shape[1] > 1:
+        pairs.append(float(np.mean(centred[:, 1:] * centred[:, :-1])))
+    if values.shape[0] > 1:
+        pairs.append(float(np.mean(centred[1:] * centred[:-1])))
+    if pairs and np.mean(pairs) / variance < MIN_NEIGHBOUR_CORRELATION:
+        return "noise-like"
+    return None
+
+
 def volume_class(records: list[dict], min_tumour_slices: int = MIN_TUMOUR_SLICES) -> dict:
-    """The per-volume answer from per-slice records (rule in the module docstring)."""
-    counted = [r for r in records if r.get("in_distribution") is not False]
+    """The per-volume answer from per-slice records (rule in the module docstring). With no
+    slice counted: ``class_name`` None and a ``reason``."""
+    counted = [r for r in records
+               if r.get("in_distribution") is not False and not r.get("slice_problem")]
+    if not counted:
+        problems: dict[str, int] = {}
+        for record in records:
+            kind = record.get("slice_problem") or (
+                "out of distribution" if record.get("in_distribution") is False else "other")
+            problems[kind] = problems.get(kind, 0) + 1
+        why = ", ".join(f"{count} {kind}" for kind, count in sorted(problems.items()))
+        return {"class_name": None, "slices": len(records), "slices_counted": 0,
+                "tumour_slices": {}, "excluded": problems,
+                "reason": f"{NO_MRI_SLICE} ({len(records)} slices: {why or 'none'})"}
     counts: dict[str, int] = {}
     for record in counted:
         if record["class_name"] != "notumor":
@@ -115,9 +154,11 @@ def predict_volume_classes(runtime, path, axis: int | None = None, batch_size: i
                                   ood_score=None if scores is None else scores[offset],
                                   in_distribution=None if inside is None else inside[offset])
             record["slice"] = index
+            record["slice_problem"] = slice_problem(slices[index])
             records.append(record)
-    return {"path": str(path), "axis": axis, "volume": volume_class(records, min_tumour_slices),
-            "slices": records, "error": None}
+    answer = volume_class(records, min_tumour_slices)
+    return {"path": str(path), "axis": axis, "volume": answer, "slices": records,
+            "error": answer.get("reason")}
 
 
 def predict_volume_mask(runtime, path, out_path, axis: int | None = None,
