@@ -20,6 +20,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from braintumor_tf.data import filesystem
 from braintumor_tf.data.csv_files import open_csv
 from braintumor_tf.data.decode import DecodeError, read_image
 from braintumor_tf.data.discover import CLASS_NAMES, class_counts, discover_images
@@ -204,7 +205,8 @@ def _plot_pairs(pairs: list[tuple[str, str, str]], path: Path, title: str, size:
 
 def _caption(rec_a, rec_b, leaf_a, leaf_b, corr, transform) -> str:
     return (f"{leaf_a} {CLASS_NAMES[rec_a.label]}  vs  {leaf_b} {CLASS_NAMES[rec_b.label]}\n"
-            f"{Path(rec_a.path).name} | {Path(rec_b.path).name}\n"
+            f"{filesystem.shown(Path(rec_a.path).name)} | "
+            f"{filesystem.shown(Path(rec_b.path).name)}\n"
             f"{TRANSFORM_NAMES[transform]}, r={corr:.3f}")
 
 
@@ -312,8 +314,9 @@ def audit(
     with open(out / "summary.json", "w", encoding="utf-8") as handle:
         json.dump(summary, handle, indent=2)
     markdown = summary_markdown(summary)
-    (out / "summary.md").write_text(markdown, encoding="utf-8")
-    print(markdown)
+    # Non-UTF-8 file names keep their bytes in the file (as in the CSVs) and print escaped.
+    (out / "summary.md").write_text(markdown, encoding="utf-8", errors="surrogateescape")
+    print(filesystem.shown(markdown))
     return summary
 
 

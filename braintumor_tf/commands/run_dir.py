@@ -144,7 +144,7 @@ def _start_worker_run(config: Config, run_dir: Path, role) -> tuple[Path, dict |
         chief_dir, worker_dir = chief_root / run_dir.relative_to(worker_root), run_dir
     else:
         chief_dir = run_dir.absolute()
-        digest = hashlib.sha256(str(chief_dir).encode()).hexdigest()[:12]
+        digest = hashlib.sha256(os.fsencode(chief_dir)).hexdigest()[:12]  # any name
         worker_dir = Path(tempfile.gettempdir()) / f"braintumor_tf-{role.task_type}{role.index}-{digest}"
     if (chief_dir / "summary.json").exists():
         log(f"{chief_dir} already holds a finished run (summary.json)")

@@ -165,7 +165,7 @@ def cached_groups(sigs: np.ndarray, paths: list[str], threshold: float, cache_di
         return find_duplicate_groups(sigs, threshold)
     digest = hashlib.sha1(f"{threshold!r}\n".encode())
     for p in paths:
-        digest.update(_file_key(p).encode() + b"\n")
+        digest.update(os.fsencode(_file_key(p)) + b"\n")  # any file name
     cache_file = Path(cache_dir) / f"groups_{digest.hexdigest()[:16]}.npy"
     if cache_file.exists():
         try:

@@ -20,6 +20,13 @@ from collections.abc import Iterator
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
 
 
+def shown(text) -> str:
+    """``text`` (a path, or a report holding paths) fit to print or draw: a file name that is not
+    valid UTF-8 (surrogate escapes in Python) shows its odd bytes as ``\\xff`` instead of
+    failing the terminal's or a font's encoder."""
+    return os.fspath(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def is_remote(path) -> bool:
     """True for ``scheme://...`` strings; a Path can never be one (it has lost the ``//``)."""
     return isinstance(path, str) and _SCHEME.match(path) is not None
