@@ -192,11 +192,7 @@ def _header_size(path: str) -> tuple[int, int] | None:
     would cost seconds per split. None when the header is unreadable (check_images reports it)."""
     remote = filesystem.is_remote(path)
     try:
-        if remote:
-            head = filesystem.read_bytes(path, 1 << 16)
-        else:
-            with open(path, "rb") as handle:
-                head = handle.read(1 << 16)
+        head = filesystem.read_bytes(path, 1 << 16)  # regular files only
         size = header_size(head)
     except OSError:
         return None
@@ -205,7 +201,8 @@ def _header_size(path: str) -> tuple[int, int] | None:
     from PIL import Image  # formats (or header layouts) image_header does not parse
 
     try:
-        with Image.open(io.BytesIO(filesystem.read_bytes(path)) if remote else path) as img:
+        with Image.open(io.BytesIO(filesystem.read_bytes(path)) if remote
+                        else filesystem.open_regular(path)) as img:
             width, height = img.size
     except (OSError, ValueError, SyntaxError):
         return None

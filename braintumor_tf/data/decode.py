@@ -132,13 +132,11 @@ def decode_bytes(
 
 
 def read_image(path: str | os.PathLike, channels: int, image_size: int | None = None) -> np.ndarray:
-    """np.fromfile rather than cv2.imread: imread fails silently on non-ASCII paths on Windows.
-    A ``scheme://`` path (gs://, ...) is read through tf.io.gfile (filesystem.py)."""
+    """Bytes, then decoded, rather than cv2.imread: imread fails silently on non-ASCII paths on
+    Windows. filesystem.read_bytes opens regular files only (a FIFO or device named like an image
+    is refused, not waited on) and reads ``scheme://`` paths (gs://, ...) through tf.io.gfile."""
     path = os.fspath(path)
-    if filesystem.is_remote(path):
-        data = filesystem.read_bytes(path)
-    else:
-        data = np.fromfile(path, dtype=np.uint8).tobytes()
+    data = filesystem.read_bytes(path)
     return decode_bytes(data, channels, image_size, name=path)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 
 import numpy as np
 
@@ -29,12 +30,17 @@ def is_dicom_bytes(data: bytes) -> bool:
 
 
 def is_dicom_file(path: str | os.PathLike) -> bool:
+    """Sniffs the first 132 bytes. Only regular files of at least that size are opened: folder
+    scans call this on every file without an extension, and a FIFO there would block the open
+    forever (filesystem.open_regular), a /proc file is empty by its size."""
     try:
         if filesystem.is_remote(path):
             return is_dicom_bytes(filesystem.read_bytes(path, 132))
-        with open(path, "rb") as handle:
-            return is_dicom_bytes(handle.read(132))
-    except OSError:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode) or info.st_size < 132:
+            return False
+        return is_dicom_bytes(filesystem.read_bytes(path, 132))
+    except (OSError, ValueError):
         return False
 
 

@@ -34,6 +34,10 @@ CLASS_SYNONYMS = {
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
 
+# Symbolic links that lead out of the data root are not followed (a link to / in a class folder
+# would walk the whole file system) unless this variable is 1.
+FOLLOW_LINKS_OUT_ENV = "BRAINTUMOR_TF_FOLLOW_LINKS_OUT"
+
 PathLike = str | os.PathLike
 
 
@@ -78,18 +82,40 @@ def class_for_path(path: PathLike, root: PathLike) -> str | None:
     return canonical_class(root_path.name)
 
 
+def follow_links_out() -> bool:
+    return os.environ.get(FOLLOW_LINKS_OUT_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def _inside(real: str, root_real: str) -> bool:
+    return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
+
+
+def _link_out(path: str, root_real: str) -> str | None:
+    """Where a symbolic link at ``path`` leads when that is outside ``root_real``, else None."""
+    if not os.path.islink(path):
+        return None
+    target = os.path.realpath(path)
+    return None if _inside(target, root_real) else target
+
+
 def _walk_images(root: Path | str, odd: list[dict] | None = None) -> Iterable[Path | str]:
-    """Sorted walk that follows symlinks but enters each real directory once (no loops).
+    """Sorted walk that follows symlinks inside the root but enters each real directory once
+    (no loops), and does not follow links that lead out of the root (FOLLOW_LINKS_OUT_ENV=1
+    does). Only regular files are yielded, and only regular files are ever opened (to sniff
+    extensionless DICOM): a FIFO, socket or device is never opened.
 
     Entries that are named like images but are not readable files (folders named ``x.jpg``,
-    dangling or looping links, FIFOs, sockets, devices), and folders reached a second time
-    through a link, are appended to ``odd`` as ``{"path", "reason"}`` instead of vanishing.
-    A remote ``root`` (``scheme://``, see filesystem.py) yields ``str`` paths.
+    dangling or looping links, FIFOs, sockets, devices), links out of the root, and folders
+    reached a second time through a link, are appended to ``odd`` as ``{"path", "reason"}``
+    instead of vanishing. A remote ``root`` (``scheme://``, see filesystem.py) yields ``str``
+    paths.
     """
     if filesystem.is_remote(root):
         yield from _walk_remote_images(root, odd)
         return
     seen: set[str] = set()
+    root_real = os.path.realpath(root)
+    links_out = follow_links_out()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen:
@@ -100,6 +126,16 @@ def _walk_images(root: Path | str, odd: list[dict] | None = None) -> Iterable[Pa
             continue
         seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if not links_out:
+            kept = []
+            for name in dirnames:
+                target = _link_out(os.path.join(dirpath, name), root_real)
+                if target is None:
+                    kept.append(name)
+                elif odd is not None:
+                    odd.append({"path": os.path.join(dirpath, name),
+                                "reason": _link_out_reason(target)})
+            dirnames[:] = kept
         if odd is not None:
             odd.extend({"path": os.path.join(dirpath, d), "reason": "a folder named like an "
                         "image file; skipped"} for d in dirnames if is_image_file(d))
@@ -107,8 +143,17 @@ def _walk_images(root: Path | str, odd: list[dict] | None = None) -> Iterable[Pa
             if name.startswith("."):
                 continue
             full = Path(dirpath) / name
-            # Scanners export DICOM series as files without an extension (IM0001, ...).
-            if not is_image_file(name) and not ("." not in name and is_dicom_file(full)):
+            candidate = is_image_file(name) or "." not in name
+            if not candidate:
+                continue
+            target = None if links_out else _link_out(str(full), root_real)
+            if target is not None:
+                if odd is not None and (is_image_file(name) or filesystem.is_regular_file(full)):
+                    odd.append({"path": str(full), "reason": _link_out_reason(target)})
+                continue
+            # Scanners export DICOM series as files without an extension (IM0001, ...);
+            # is_dicom_file opens regular files only.
+            if not is_image_file(name) and not is_dicom_file(full):
                 continue
             if full.is_file():
                 yield full
@@ -130,6 +175,11 @@ def _walk_remote_images(root: str, odd: list[dict] | None) -> Iterable[str]:
             full = filesystem.join(dirpath, name)
             if is_image_file(name) or ("." not in name and is_dicom_file(full)):
                 yield full
+
+
+def _link_out_reason(target: str) -> str:
+    return (f"a symbolic link out of the data root (to {target}); not followed "
+            f"({FOLLOW_LINKS_OUT_ENV}=1 follows such links)")
 
 
 def _why_not_a_file(path: Path) -> str:
@@ -209,7 +259,8 @@ def discover_images_with_report(
         if odd:
             shown = "; ".join(f"{entry['path']}: {entry['reason']}" for entry in odd[:3])
             logger.warning(f"{len(odd)} entries under {root} look like images but are not "
-                           f"readable files ({shown}{'; ...' if len(odd) > 3 else ''})")
+                           "readable files, or are links out of the data root, and were skipped "
+                           f"({filesystem.shown(shown)}{'; ...' if len(odd) > 3 else ''})")
         if found == 0:
             kind = "labelled image" if require_label else "image"
             raise ValueError(f"no {kind} found in {root}: {_layout_hint()}")

@@ -14,6 +14,7 @@ import io
 import os
 import posixpath
 import re
+import stat
 from collections.abc import Iterator
 
 # Two letters at least, so that a Windows drive ("C://data") is not taken for a scheme.
@@ -154,10 +155,61 @@ def walk(root) -> Iterator[tuple[str, list[str], list[str]]]:
         yield from walk(join(root, name))
 
 
+def file_kind(mode: int) -> str:
+    """What a ``st_mode`` that is not a regular file is, in words."""
+    return ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISBLK(mode) or stat.S_ISCHR(mode) else "not a regular file")
+
+
+def _not_regular(path, mode: int) -> OSError:
+    return OSError(errno.EINVAL, f"{file_kind(mode)}, not a regular file; not opened",
+                   os.fspath(path))
+
+
+def is_regular_file(path) -> bool:
+    """A local regular file (links followed); never opens anything. Remote: is_file."""
+    if is_remote(path):
+        return is_file(path)
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def check_regular_file(path) -> None:
+    """OSError unless ``path`` is a regular file (or remote): for readers that open by name
+    (nibabel, pydicom), so a FIFO or a device is refused instead of blocking them."""
+    if is_remote(path):
+        return
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise _not_regular(path, mode)
+
+
+def open_regular(path):
+    """A local file opened for binary reading only if it is a regular file. The open itself
+    does not block (O_NONBLOCK: a FIFO with no writer would hang a plain ``open`` forever), the
+    opened file is checked with fstat (no window for a swap after a check), and only then is it
+    made blocking again for ordinary reads."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_regular(path, mode)
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def read_bytes(path, limit: int | None = None) -> bytes:
-    """The whole file, or its first ``limit`` bytes (headers, magic numbers)."""
+    """The whole file, or its first ``limit`` bytes (headers, magic numbers). Local files must
+    be regular files (open_regular): FIFOs, sockets and devices are refused, never read."""
     if not is_remote(path):
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:
             return handle.read() if limit is None else handle.read(limit)
     gfile = _gfile()
     try:
@@ -171,7 +223,8 @@ def open_text(path, encoding: str = "utf-8", errors: str = "strict", newline: st
     """A text file to read; a remote one is fetched whole (subjects CSVs, COCO JSON, manifests
     are small) so that decoding errors surface as they do for a local file."""
     if not is_remote(path):
-        return open(path, encoding=encoding, errors=errors, newline=newline)
+        return io.TextIOWrapper(open_regular(path), encoding=encoding, errors=errors,
+                                newline=newline)
     return io.StringIO(read_bytes(path).decode(encoding, errors), newline=newline)
 
 

@@ -17,11 +17,9 @@ from braintumor_tf.data.discover import CLASS_NAMES, ImageRecord, canonical_clas
 
 
 def _rows(csv_path) -> list[dict]:
-    if filesystem.is_remote(csv_path):
-        handle = filesystem.open_text(csv_path, encoding="utf-8", newline="")
-    else:
-        handle = open(csv_path, encoding="utf-8-sig", newline="")
-    with handle:
+    remote = filesystem.is_remote(csv_path)
+    with filesystem.open_text(csv_path, encoding="utf-8" if remote else "utf-8-sig",
+                              newline="") as handle:
         reader = csv.DictReader(handle)
         missing = {"path", "class"} - set(reader.fieldnames or ())
         if missing:

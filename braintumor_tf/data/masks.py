@@ -106,10 +106,7 @@ def read_mask(path: str | os.PathLike, size: int | tuple[int, int] | None = None
     tf.io.gfile (filesystem.py).
     """
     path = os.fspath(path)
-    if filesystem.is_remote(path):
-        data = filesystem.read_bytes(path)
-    else:
-        data = np.fromfile(path, dtype=np.uint8).tobytes()
+    data = filesystem.read_bytes(path)  # regular files only, local or remote
     pixels = decode_bytes(data, channels=1, name=path)
     mask = (pixels[:, :, 0] > 0).astype(np.uint8)
     return mask if size is None else resize_mask(mask, size)

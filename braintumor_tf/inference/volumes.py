@@ -64,6 +64,7 @@ def read_volume(path: str | os.PathLike, axis: int | None = None):
     """(nibabel image, float32 slices [N, H, W] in 0..255, the slicing axis). A ``scheme://``
     volume (gs://, ...) is fetched whole through tf.io.gfile and read from memory."""
     nibabel = _nibabel()
+    filesystem.check_regular_file(path)  # nibabel opens by name: a FIFO would block it
     try:
         image = _load_remote(nibabel, path) if filesystem.is_remote(path) \
             else nibabel.load(os.fspath(path))
