@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 import typing
 from pathlib import Path
 
@@ -40,6 +41,57 @@ def _check(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
+# Values echoed in error messages are cut to this many characters: a config value can be as big
+# as the file, and a message holding all of it is no help.
+MAX_SHOWN_VALUE = 200
+# A config is a page of settings; a file much larger than this is a mistake or an attack.
+MAX_CONFIG_BYTES = 1 << 20
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = MAX_SHOWN_VALUE
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 20
+_REPR.maxlevel = 4
+
+
+def _r(value) -> str:
+    """repr for an error message, bounded in length (and in the work to make it)."""
+    text = _REPR.repr(value)
+    return text if len(text) <= MAX_SHOWN_VALUE else text[:MAX_SHOWN_VALUE - 3] + "..."
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """safe_load's loader, stricter: no aliases (``*name``: a few hundred bytes of nested
+    aliases expand into billions of values, the "billion laughs"; a config has no need to
+    repeat a value by reference) and no duplicate keys (YAML keeps the last one silently)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases (*{_REPR.repr(event.anchor)[1:-1]}) are not allowed in a "
+                "config: write the value out", event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    earlier = first_line.get(key)
+                except TypeError:  # an unhashable key: the base class says so
+                    continue
+                if earlier is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {_r(key)} (first on line {earlier}): keep one",
+                        key_node.start_mark)
+                first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def _yaml_config(text: str):
+    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
     """Light, label-preserving augmentation; all zero turns it off."""
@@ -70,15 +122,15 @@ class AugmentConfig:
         for name in ("rotation", "zoom", "translation", "contrast", "brightness", "gamma",
                      "noise", "blur", "erasing", "resample"):
             value = getattr(self, name)
-            _check(0.0 <= value < 1.0, f"augment.{name} must be in [0, 1), got {value!r}")
-        _check(0.0 <= self.window < 0.5, f"augment.window must be in [0, 0.5), got {self.window!r}")
-        _check(0.0 <= self.jpeg <= 1.0, f"augment.jpeg must be in [0, 1], got {self.jpeg!r}")
+            _check(0.0 <= value < 1.0, f"augment.{name} must be in [0, 1), got {_r(value)}")
+        _check(0.0 <= self.window < 0.5, f"augment.window must be in [0, 0.5), got {_r(self.window)}")
+        _check(0.0 <= self.jpeg <= 1.0, f"augment.jpeg must be in [0, 1], got {_r(self.jpeg)}")
         _check(0.0 < self.mix_probability <= 1.0,
-               f"augment.mix_probability must be in (0, 1], got {self.mix_probability!r}")
+               f"augment.mix_probability must be in (0, 1], got {_r(self.mix_probability)}")
         for name in ("mixup", "cutmix"):
             value = getattr(self, name)
             _check(0.0 <= value <= 10.0,
-                   f"augment.{name} must be a Beta parameter in [0, 10] (0 = off), got {value!r}")
+                   f"augment.{name} must be a Beta parameter in [0, 10] (0 = off), got {_r(value)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,24 +176,24 @@ class DataConfig:
 
     def __post_init__(self):
         _check(16 <= self.image_size <= 1024,
-               f"data.image_size must be in [16, 1024], got {self.image_size!r}")
-        _check(self.channels in (1, 3), f"data.channels must be 1 or 3, got {self.channels!r}")
+               f"data.image_size must be in [16, 1024], got {_r(self.image_size)}")
+        _check(self.channels in (1, 3), f"data.channels must be 1 or 3, got {_r(self.channels)}")
         _check(self.phantom_images_per_class >= 4,
-               f"data.phantom_images_per_class must be >= 4, got {self.phantom_images_per_class!r}")
+               f"data.phantom_images_per_class must be >= 4, got {_r(self.phantom_images_per_class)}")
         _check(0.0 <= self.val_fraction < 1.0,
-               f"data.val_fraction must be in [0, 1), got {self.val_fraction!r}")
+               f"data.val_fraction must be in [0, 1), got {_r(self.val_fraction)}")
         _check(0.0 <= self.test_fraction < 1.0,
-               f"data.test_fraction must be in [0, 1), got {self.test_fraction!r}")
+               f"data.test_fraction must be in [0, 1), got {_r(self.test_fraction)}")
         _check(self.val_fraction + self.test_fraction < 1.0,
                "data.val_fraction + data.test_fraction must leave some training data")
         _check(self.train_max_per_group is None or self.train_max_per_group >= 1,
-               f"data.train_max_per_group must be null or >= 1, got {self.train_max_per_group!r}")
+               f"data.train_max_per_group must be null or >= 1, got {_r(self.train_max_per_group)}")
         _check(self.subjects is None or (isinstance(self.subjects, str) and self.subjects.strip()),
-               f"data.subjects must be 'auto', 'none' or the path of a CSV file, got {self.subjects!r}")
+               f"data.subjects must be 'auto', 'none' or the path of a CSV file, got {_r(self.subjects)}")
         _check(self.folds == 0 or 2 <= self.folds <= 20,
-               f"data.folds must be 0 (no cross-validation) or in [2, 20], got {self.folds!r}")
+               f"data.folds must be 0 (no cross-validation) or in [2, 20], got {_r(self.folds)}")
         _check(0.0 < self.group_threshold <= 1.0,
-               f"data.group_threshold must be in (0, 1], got {self.group_threshold!r}")
+               f"data.group_threshold must be in (0, 1], got {_r(self.group_threshold)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,9 +222,9 @@ class ModelConfig:
 
     def __post_init__(self):
         _check(self.intensity in INTENSITY_MODES,
-               f"model.intensity must be one of {INTENSITY_MODES}, got {self.intensity!r}")
-        _check(self.name in MODEL_NAMES, f"model.name must be one of {MODEL_NAMES}, got {self.name!r}")
-        _check(self.num_classes >= 2, f"model.num_classes must be >= 2, got {self.num_classes!r}")
+               f"model.intensity must be one of {INTENSITY_MODES}, got {_r(self.intensity)}")
+        _check(self.name in MODEL_NAMES, f"model.name must be one of {MODEL_NAMES}, got {_r(self.name)}")
+        _check(self.num_classes >= 2, f"model.num_classes must be >= 2, got {_r(self.num_classes)}")
         count = len(self.block_filters)
         _check(count >= 1, "model.block_filters needs at least one block")
         _check(len(self.block_kernel_sizes) == count and len(self.block_downsample) == count,
@@ -181,9 +233,9 @@ class ModelConfig:
         _check(all(k % 2 == 1 and k > 0 for k in self.block_kernel_sizes),
                f"model.block_kernel_sizes must be odd and positive, got {list(self.block_kernel_sizes)}")
         _check(self.convs_per_block in (1, 2),
-               f"model.convs_per_block must be 1 or 2, got {self.convs_per_block!r}")
-        _check(self.head in HEADS, f"model.head must be one of {HEADS}, got {self.head!r}")
-        _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout!r}")
+               f"model.convs_per_block must be 1 or 2, got {_r(self.convs_per_block)}")
+        _check(self.head in HEADS, f"model.head must be one of {HEADS}, got {_r(self.head)}")
+        _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {_r(self.dropout)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,9 +250,9 @@ class OptimizerConfig:
     clipnorm: float | None = None
 
     def __post_init__(self):
-        _check(self.name in OPTIMIZERS, f"optimizer.name must be one of {OPTIMIZERS}, got {self.name!r}")
-        _check(self.learning_rate > 0, f"optimizer.learning_rate must be > 0, got {self.learning_rate!r}")
-        _check(self.weight_decay >= 0, f"optimizer.weight_decay must be >= 0, got {self.weight_decay!r}")
+        _check(self.name in OPTIMIZERS, f"optimizer.name must be one of {OPTIMIZERS}, got {_r(self.name)}")
+        _check(self.learning_rate > 0, f"optimizer.learning_rate must be > 0, got {_r(self.learning_rate)}")
+        _check(self.weight_decay >= 0, f"optimizer.weight_decay must be >= 0, got {_r(self.weight_decay)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,11 +266,11 @@ class ScheduleConfig:
     floor_factor: float = 0.01
 
     def __post_init__(self):
-        _check(self.name in SCHEDULES, f"schedule.name must be one of {SCHEDULES}, got {self.name!r}")
+        _check(self.name in SCHEDULES, f"schedule.name must be one of {SCHEDULES}, got {_r(self.name)}")
         _check(0.0 <= self.warmup_fraction <= 1.0 and 0.0 <= self.decay_fraction <= 1.0
                and self.warmup_fraction + self.decay_fraction <= 1.0 + 1e-9,
                "schedule.warmup_fraction and decay_fraction must be in [0, 1] and sum to <= 1, got "
-               f"{self.warmup_fraction!r} and {self.decay_fraction!r}")
+               f"{_r(self.warmup_fraction)} and {_r(self.decay_fraction)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,7 +293,7 @@ class JointAugmentConfig:
         for name in ("rotation", "zoom", "translation", "contrast", "brightness", "gamma", "noise"):
             value = getattr(self, name)
             _check(isinstance(value, int | float) and not isinstance(value, bool) and 0.0 <= value < 1.0,
-                   f"segmentation.augment.{name} must be in [0, 1), got {value!r}")
+                   f"segmentation.augment.{name} must be in [0, 1), got {_r(value)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,26 +328,26 @@ class SegmentationConfig:
 
     def __post_init__(self):
         _check(self.intensity in INTENSITY_MODES,
-               f"segmentation.intensity must be one of {INTENSITY_MODES}, got {self.intensity!r}")
+               f"segmentation.intensity must be one of {INTENSITY_MODES}, got {_r(self.intensity)}")
         _check(self.targets in SEGMENTATION_TARGETS,
-               f"segmentation.targets must be one of {SEGMENTATION_TARGETS}, got {self.targets!r}")
+               f"segmentation.targets must be one of {SEGMENTATION_TARGETS}, got {_r(self.targets)}")
         _check(self.encoder in SEGMENTATION_ENCODERS,
-               f"segmentation.encoder must be one of {SEGMENTATION_ENCODERS}, got {self.encoder!r}")
+               f"segmentation.encoder must be one of {SEGMENTATION_ENCODERS}, got {_r(self.encoder)}")
         _check(self.loss in SEGMENTATION_LOSSES,
-               f"segmentation.loss must be one of {SEGMENTATION_LOSSES}, got {self.loss!r}")
+               f"segmentation.loss must be one of {SEGMENTATION_LOSSES}, got {_r(self.loss)}")
         _check(isinstance(self.encoder_weights, str) and bool(self.encoder_weights),
                "segmentation.encoder_weights must be 'imagenet', 'none' or the path of a weights "
-               f"file, got {self.encoder_weights!r}")
+               f"file, got {_r(self.encoder_weights)}")
         _check(len(self.decoder_filters) == 5 and all(
             isinstance(f, int) and not isinstance(f, bool) and f >= 1 for f in self.decoder_filters),
             f"segmentation.decoder_filters must be 5 positive integers, got {list(self.decoder_filters)}")
         _check(0.0 <= self.crop_tumour_fraction <= 1.0,
-               f"segmentation.crop_tumour_fraction must be in [0, 1], got {self.crop_tumour_fraction!r}")
+               f"segmentation.crop_tumour_fraction must be in [0, 1], got {_r(self.crop_tumour_fraction)}")
         _check(0.0 < self.threshold < 1.0,
-               f"segmentation.threshold must be in (0, 1), got {self.threshold!r}")
+               f"segmentation.threshold must be in (0, 1), got {_r(self.threshold)}")
         _check(self.encoder_bn_momentum is None or 0.0 < self.encoder_bn_momentum < 1.0,
                "segmentation.encoder_bn_momentum must be in (0, 1) or null, "
-               f"got {self.encoder_bn_momentum!r}")
+               f"got {_r(self.encoder_bn_momentum)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,18 +381,18 @@ class TrainConfig:
     def __post_init__(self):
         unknown = sorted(set(self.held_out_tta) - {"mirror", "flips", "dihedral"})
         _check(not unknown, f"train.held_out_tta takes mirror, flips and dihedral, got {unknown}")
-        _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size!r}")
-        _check(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs!r}")
+        _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {_r(self.batch_size)}")
+        _check(self.epochs >= 1, f"train.epochs must be >= 1, got {_r(self.epochs)}")
         _check(self.precision in PRECISIONS,
-               f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
+               f"train.precision must be one of {PRECISIONS}, got {_r(self.precision)}")
         _check(self.distribute in STRATEGIES,
-               f"train.distribute must be one of {STRATEGIES}, got {self.distribute!r}")
+               f"train.distribute must be one of {STRATEGIES}, got {_r(self.distribute)}")
         _check(0.0 <= self.label_smoothing < 1.0,
-               f"train.label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+               f"train.label_smoothing must be in [0, 1), got {_r(self.label_smoothing)}")
         for index, stage in enumerate(self.stages):
             _check(isinstance(stage, dict) and bool(stage),
                    f"train.stages[{index}] must be a mapping of dotted config keys to values "
-                   f"(e.g. {{data.image_size: 256, train.epochs: 10}}), got {stage!r}")
+                   f"(e.g. {{data.image_size: 256, train.epochs: 10}}), got {_r(stage)}")
             reserved = sorted(set(stage) & STAGE_RESERVED_KEYS)
             _check(not reserved, f"train.stages[{index}] may not set {', '.join(reserved)} "
                    "(the stages share the run's task, split and weights chain)")
@@ -357,7 +409,7 @@ class Config:
     segmentation: SegmentationConfig = dataclasses.field(default_factory=SegmentationConfig)
 
     def __post_init__(self):
-        _check(self.task in TASKS, f"task must be one of {TASKS}, got {self.task!r}")
+        _check(self.task in TASKS, f"task must be one of {TASKS}, got {_r(self.task)}")
         if self.train.stages:
             self.stage_configs()
         if self.task == "segmentation":
@@ -365,22 +417,22 @@ class Config:
         else:
             monitors = ("val_accuracy", "val_loss", "accuracy", "loss")
             _check(self.train.monitor in monitors, f"train.monitor must be a logged metric, one of "
-                   f"{monitors} for classification, got {self.train.monitor!r}")
+                   f"{monitors} for classification, got {_r(self.train.monitor)}")
 
     def _check_segmentation(self) -> None:
         """Cross-section rules: the encoder downsamples 32x and the run is judged by Dice."""
         size = self.data.image_size
         _check(size >= 32 and size % 32 == 0,
                f"data.image_size must be a multiple of 32 for segmentation (the ResNet50 encoder "
-               f"downsamples 32x), got {size!r}")
+               f"downsamples 32x), got {_r(size)}")
         monitors = ("val_dice", "val_iou", "val_loss", "dice", "iou", "loss")
         _check(self.train.monitor in monitors,
-               f"train.monitor must be one of {monitors} for segmentation, got {self.train.monitor!r}")
+               f"train.monitor must be one of {monitors} for segmentation, got {_r(self.train.monitor)}")
         seg = self.segmentation
         _check(seg.train_crop is None or (seg.train_crop >= 32 and seg.train_crop % 32 == 0
                                           and seg.train_crop < size),
                f"segmentation.train_crop must be null or a multiple of 32 below data.image_size "
-               f"({size}), got {seg.train_crop!r}")
+               f"({size}), got {_r(seg.train_crop)}")
         _check(not (seg.targets == "masks" and seg.mask_root is None and self.data.root is not None),
                "segmentation.targets is 'masks' but segmentation.mask_root is null; set "
                "segmentation.mask_root to the mask folder (or use targets: annotations)")
@@ -393,7 +445,7 @@ class Config:
             overrides = {key: value for key, value in stage.items() if key != "name"}
             name = str(stage.get("name", f"stage{index + 1}"))
             _check(name.replace("_", "").replace("-", "").isalnum(),
-                   f"train.stages[{index}].name must be letters, digits, '_' or '-', got {name!r}")
+                   f"train.stages[{index}].name must be letters, digits, '_' or '-', got {_r(name)}")
             try:
                 stage_config = self.replace(**{"train.stages": [], **overrides})
             except ValueError as error:
@@ -434,11 +486,13 @@ def _to_plain(value):
 
 def _coerce(cls, data: dict, prefix: str):
     if not isinstance(data, dict):
-        raise ValueError(f"{prefix or 'config'} must be a mapping, got {data!r}")
+        raise ValueError(f"{prefix or 'config'} must be a mapping, got {_r(data)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
-        raise ValueError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
+        shown = ", ".join(_r(prefix + str(k))[1:-1] for k in unknown[:10])
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        raise ValueError(f"unknown config key(s) {shown}{more}; "
                          f"valid keys under {prefix or 'the top level'}: {', '.join(sorted(fields))}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
@@ -462,35 +516,35 @@ def _coerce_value(hint, value, key: str):
         args = typing.get_args(hint)
     if typing.get_origin(hint) is tuple:
         if not isinstance(value, list | tuple):
-            raise ValueError(f"{key} must be a list, got {value!r}")
+            raise ValueError(f"{key} must be a list, got {_r(value)}")
         return tuple(_coerce_value(args[0], item, f"{key}[{index}]") for index, item in enumerate(value))
     if hint is bool:
         if not isinstance(value, bool):
-            raise ValueError(f"{key} must be true or false, got {value!r}")
+            raise ValueError(f"{key} must be true or false, got {_r(value)}")
         return value
     if hint is int:
         number = _number(value, key, "an integer")
         if number != int(number):
-            raise ValueError(f"{key} must be an integer, got {value!r}")
+            raise ValueError(f"{key} must be an integer, got {_r(value)}")
         return int(number)
     if hint is float:
         return _number(value, key, "a finite number")
     if hint is str:
         if isinstance(value, dict | list | tuple) or value is None:
-            raise ValueError(f"{key} must be text, got {value!r}")
+            raise ValueError(f"{key} must be text, got {_r(value)}")
         return str(value)
     return value
 
 
 def _number(value, key: str, expected: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError(f"{key} must be {expected}, got {value!r}")
+        raise ValueError(f"{key} must be {expected}, got {_r(value)}")
     try:
         number = float(value)
     except ValueError:
-        raise ValueError(f"{key} must be {expected}, got {value!r}") from None
+        raise ValueError(f"{key} must be {expected}, got {_r(value)}") from None
     if not math.isfinite(number):
-        raise ValueError(f"{key} must be {expected}, got {value!r}")
+        raise ValueError(f"{key} must be {expected}, got {_r(value)}")
     return number
 
 
@@ -504,19 +558,19 @@ def _set_dotted(tree: dict, key: str, value) -> None:
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ValueError(f"config key {part!r} in override {key!r} is a value, not a section")
+            raise ValueError(f"config key {_r(part)} in override {_r(key)} is a value, not a section")
     node[parts[-1]] = value
 
 
 def parse_override(text: str) -> tuple[str, object]:
     """``"a.b=c"`` -> ``("a.b", c)`` with ``c`` parsed as YAML (numbers, lists, null)."""
     if "=" not in text:
-        raise ValueError(f"--set expects key=value, got {text!r}")
+        raise ValueError(f"--set expects key=value, got {_r(text)}")
     key, raw = text.split("=", 1)
     try:
-        return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+        return key.strip(), _yaml_config(raw) if raw.strip() else None
     except yaml.YAMLError:
-        raise ValueError(f"--set {key.strip()}: cannot read the value {raw!r}") from None
+        raise ValueError(f"--set {key.strip()}: cannot read the value {_r(raw)}") from None
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> Config:
@@ -529,13 +583,22 @@ def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] 
         where = " (the packaged default is missing: reinstall braintumor_tf)" \
             if path == DEFAULT_CLASSIFICATION_CONFIG else ""
         raise ValueError(f"config file not found: {path}{where}")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ValueError(f"{path}: {size:,} bytes, more than a config's {MAX_CONFIG_BYTES:,}; "
+                         "is it the right file?")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = _yaml_config(path.read_text()) or {}
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f", line {mark.line + 1}" if mark is not None else ""
         problem = getattr(error, "problem", None) or "not valid YAML"
         raise ValueError(f"{path}{where}: {problem}") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    if not isinstance(tree, dict):
+        raise ValueError(f"{path}: the top level must be a mapping of sections (data:, model:, "
+                         f"train:, ...), not a {type(tree).__name__}")
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(tree, key, value)
@@ -550,5 +613,12 @@ def _packaged(path: Path) -> Path:
     return packaged if packaged.is_file() else path
 
 
+class _NoAliasDumper(yaml.SafeDumper):
+    """Writes a value seen twice out twice: load_config refuses aliases."""
+
+    def ignore_aliases(self, data):
+        return True
+
+
 def save_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    Path(path).write_text(yaml.dump(config.to_dict(), Dumper=_NoAliasDumper, sort_keys=False))

@@ -137,3 +137,79 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
     with pytest.raises(ValueError, match=r"bad\.yaml, line \d+") as error:
         load_config(path)
     assert "\n" not in str(error.value)
+
+
+# A 9-level "billion laughs": ~400 bytes that expand to 10**9 strings where aliases are honoured.
+ALIAS_BOMB = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
+    f"{chr(98 + k)}: &{chr(98 + k)} [{','.join(['*' + chr(97 + k)] * 10)}]\n" for k in range(8))
+
+
+def _in_seconds(function, limit: float = 5.0):
+    """The error ``function`` raises, failing the test if it took longer than ``limit``."""
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(ValueError) as error:
+        function()
+    assert time.perf_counter() - start < limit
+    return str(error.value)
+
+
+@pytest.mark.parametrize("where", ["top", "inside"])
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path, where):
+    path = tmp_path / "bomb.yaml"
+    text = ALIAS_BOMB if where == "top" else "task: classification\ntrain:\n  stages:\n" + "".join(
+        "    " + line + "\n" for line in ALIAS_BOMB.splitlines())
+    path.write_text(text)
+    assert len(text) < 700
+    message = _in_seconds(lambda: load_config(path))
+    assert "aliases (*a) are not allowed in a config" in message and "bomb.yaml, line" in message
+    assert "\n" not in message and len(message) < 400
+    message = _in_seconds(lambda: load_config(None, ["train.stages=" + ALIAS_BOMB.replace(
+        "\n", ", ").join("{}")]))
+    assert "cannot read the value" in message and len(message) < 400
+
+
+def test_duplicate_keys_and_a_top_level_list_are_one_line_errors(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("task: classification\ntrain:\n  epochs: 3\n  batch_size: 4\n  epochs: 30\n")
+    message = _in_seconds(lambda: load_config(path))
+    assert message == (f"{path}, line 5: duplicate key 'epochs' (first on line 3): keep one")
+    path.write_text("task: classification\ntask: segmentation\n")
+    assert "duplicate key 'task'" in _in_seconds(lambda: load_config(path))
+    path.write_text("- task: classification\n- train: {epochs: 3}\n")
+    for overrides in ([], ["train.epochs=2"]):  # the override used to fail with AttributeError
+        message = _in_seconds(lambda overrides=overrides: load_config(path, overrides))
+        assert message == (f"{path}: the top level must be a mapping of sections (data:, model:, "
+                           "train:, ...), not a list")
+
+
+def test_values_echoed_in_errors_are_bounded(tmp_path):
+    path = tmp_path / "long.yaml"
+    path.write_text("model:\n  name: " + "x" * 1_000_000 + "\n")
+    message = _in_seconds(lambda: load_config(path))
+    assert message.startswith("model.name must be one of") and len(message) < 400
+    path.write_text("train:\n  epochs: [" + ", ".join(["1"] * 100_000) + "]\n")
+    message = _in_seconds(lambda: load_config(path))
+    assert message.startswith("train.epochs must be an integer") and len(message) < 400
+    path.write_text("".join(f"key{k}: {k}\n" for k in range(1000)) + "1: 2\n")
+    message = _in_seconds(lambda: load_config(path))
+    assert message.startswith("unknown config key(s) 1, key0,") and len(message) < 600
+    message = _in_seconds(lambda: load_config(None, ["data.subjects=" + "[" * 10 + "y" * 10**5]))
+    assert len(message) < 400
+    path.write_text("# " + "x" * (2 << 20) + "\n")
+    assert "more than a config's" in _in_seconds(lambda: load_config(path))
+
+
+def test_saved_configs_never_hold_aliases(tmp_path):
+    """What save_config writes, load_config reads: a value shared by two fields is written out."""
+    config = load_config(None)
+    tree = config.to_dict()
+    tree["model"]["block_kernel_sizes"] = tree["model"]["block_filters"]  # one object, twice
+    import yaml
+
+    from braintumor_tf.config import _NoAliasDumper
+
+    assert "*" not in yaml.dump(tree, Dumper=_NoAliasDumper)
+    save_config(config, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == config
