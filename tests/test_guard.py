@@ -149,10 +149,17 @@ def test_guard_travels_into_every_runtime_and_export(tmp_path):
                                atol=1e-5)
     summary = export_model(tmp_path / "classifier", model_path=model_path,
                            tflite_variants="float32")
+    from braintumor_tf.spec import read_spec
+
     for exported in (summary["savedmodel"], summary["tflite"]["float32"]):
         runtime = load_runtime(exported)
         got_probabilities, got_scores = runtime.predict_with_scores(pixels)
         assert runtime.ood_threshold == 40.0
+        # Every exported form describes itself, guard included (a legacy .keras: read off it).
+        spec = read_spec(exported)
+        assert (spec.task, spec.ood_threshold, spec.temperature, spec.image_size) == (
+            "classification", 40.0, pytest.approx(1.7), SIZE)
+        assert runtime.spec == spec
         np.testing.assert_allclose(got_scores, scores, rtol=1e-4)
         np.testing.assert_allclose(got_probabilities, probabilities, atol=1e-5)
     import tensorflow as tf

@@ -40,6 +40,7 @@ from braintumor_tf.evaluation.cross_validation import (
     write_cv_report,
 )
 from braintumor_tf.log import log
+from braintumor_tf.spec import write_keras_spec
 from braintumor_tf.tasks import get_task
 
 FOLDS_FILE = "folds.csv"
@@ -147,6 +148,7 @@ def _write_ensemble(config: Config, task, run_dir: Path, folds: int) -> None:
     target = run_dir / "model.keras"
     temporary = run_dir / "model.tmp.keras"
     ensemble.save(temporary)
+    write_keras_spec(temporary, task.model_spec(config, ensemble))
     temporary.replace(target)
     shutil.copy2(fold_dir(run_dir, folds - 1) / "split_manifest.csv", run_dir / "split_manifest.csv")
     log(f"fold ensemble of {folds} models: {target} ({ensemble.count_params():,} parameters)")

@@ -34,8 +34,10 @@ from braintumor_tf.export.tflite import (
 )
 from braintumor_tf.export.validation_data import folder_rows, load_pixels, manifest_rows
 from braintumor_tf.log import log
-from braintumor_tf.models.guard import guard_path_for, load_guard_beside, with_guard
+from braintumor_tf.models.guard import load_guard_of, with_guard
+from braintumor_tf.models.layers import graph_intensity
 from braintumor_tf.models.tta import with_test_time_augmentation
+from braintumor_tf.spec import ModelSpec, read_spec, spec_for
 from braintumor_tf.tasks import get_task
 
 
@@ -79,6 +81,20 @@ def _float32_reference(model, keras_path: Path, threshold: float):
         runtime = load_runtime(twin, class_names=CLASS_NAMES)
         runtime.path, runtime.threshold = keras_path, threshold
         yield runtime
+
+
+def _exported_spec(spec, task: str, model, image_size: int, channels: int, tta: str,
+                   threshold: float, guard) -> ModelSpec:
+    """The spec every exported form carries: the .keras file's own (or one read off its graph,
+    for files written before specs), with the averaging, threshold and guard built in."""
+    if spec is None:
+        spec = spec_for(task, CLASS_NAMES if task == "classification" else ("tumour",),
+                        image_size, channels, intensity=graph_intensity(model),
+                        threshold=threshold if task == "segmentation" else None)
+    return spec.replace(
+        averaging=tta, threshold=threshold if task == "segmentation" else None,
+        temperature=None if guard is None else float(guard.temperature),
+        ood_threshold=None if guard is None else float(guard.threshold))
 
 
 def version_dir(out_base: Path, version: int | None) -> Path:
@@ -128,16 +144,23 @@ def export_model(
     # bfloat16 is only fast on CPUs with native support, and parity is against the float model.
     model = float32_model(load_model(keras_path, compile=False))
     image_size, channels = model_geometry(model)
-    task = get_task(task_of_output_rank(len(model.output_shape)))
-    threshold = (configured_threshold(keras_path) if threshold is None
-                 else checked_threshold(threshold, task.name))
-    guard = load_guard_beside(keras_path) if task.name == "classification" else None
+    spec = read_spec(keras_path)
+    task = get_task(spec.task if spec is not None
+                    else task_of_output_rank(len(model.output_shape)))
+    if threshold is None:
+        threshold = (spec.threshold if spec is not None and spec.threshold is not None
+                     else configured_threshold(keras_path))
+    else:
+        threshold = checked_threshold(threshold, task.name)
+    guard = load_guard_of(keras_path) if task.name == "classification" else None
     if guard is not None:  # ood_score and calibrated probabilities inside every export
         model = with_guard(model, guard, tta)
-        log(f"out-of-distribution guard: {guard_path_for(keras_path)} (threshold "
+        log(f"out-of-distribution guard of {keras_path.name} (threshold "
             f"{guard.threshold:.1f}, temperature {guard.temperature:.2f})")
     else:
         model = with_test_time_augmentation(model, tta)
+    exported_spec = _exported_spec(spec, task.name, model, image_size, channels, tta, threshold,
+                                   guard)
 
     calibration = None
     if "int8" in variants:
@@ -152,7 +175,7 @@ def export_model(
     validation = task.parity_data(image_size, channels, run_dir, validation_data, masks,
                                   representative_data, split=parity_split) if variants else None
 
-    saved, names = task.export_savedmodel(model, target, tta, threshold)
+    saved, names = task.export_savedmodel(model, target, tta, threshold, exported_spec)
     log(f"SavedModel version {saved.name} written to {saved}")
     summary: dict = {"model": str(keras_path), "savedmodel": str(saved), "version": int(saved.name),
                      "tflite": {}, "parity": None, **names}
@@ -166,7 +189,8 @@ def export_model(
                 model, staging / tflite_file_name(out_base.name, variant, int8_io), variant,
                 representative_images=calibration, int8_io=int8_io, overwrite=True,
                 metadata={"source_version": int(saved.name), **names, **guard_metadata(model),
-                          "image_size": image_size, "channels": channels})
+                          "image_size": image_size, "channels": channels,
+                          "spec": exported_spec.to_dict()})
             staged[variant] = path
             log(f"TFLite {variant}: {path.name} ({path.stat().st_size / 1024:.1f} KB)")
         if variants and validation is None:

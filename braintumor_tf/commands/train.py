@@ -33,6 +33,7 @@ from braintumor_tf.data.run_split import rows_of_split, subjects_summary
 from braintumor_tf.log import log
 from braintumor_tf.models.macs import count_macs_nested
 from braintumor_tf.plots import plot_history
+from braintumor_tf.spec import write_keras_spec
 from braintumor_tf.tasks import get_task
 from braintumor_tf.training.callbacks import read_history, run_callbacks
 from braintumor_tf.training.distribute import prepare_model
@@ -123,6 +124,7 @@ def train(config: Config, run_dir: str | Path, score_test: bool = True,
         best = task.deployable(config, load_model(best_path, compile=True)
                                if best_path.exists() else model)
     best.save(run_dir / "model.keras")
+    write_keras_spec(run_dir / "model.keras", task.model_spec(config, best))
     faults.reached("finish")
     if finish:
         summary.update(task.finish(config, run_dir, best, data, test_rows if score_test else []))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from braintumor_tf.data.discover import CLASS_NAMES
 from braintumor_tf.export.validation_data import load_pixels
 from braintumor_tf.log import log
 from braintumor_tf.models.guard import (
@@ -16,12 +17,26 @@ from braintumor_tf.models.guard import (
     guard_path_for,
     scale_probabilities,
 )
+from braintumor_tf.models.layers import graph_intensity
+from braintumor_tf.spec import read_spec, spec_for, write_keras_spec
 from braintumor_tf.training.metrics import expected_calibration_error
 
 # Training images for the class means and covariance: enough for a 256x256 covariance, a
 # sample keeps memory (224 px float32: 0.2 MB each) and time bounded.
 TRAIN_IMAGES = 3000
 VAL_IMAGES = 3000
+
+
+def embed_guard(keras_path: Path, model, guard_bytes: bytes, threshold: float,
+                temperature: float) -> None:
+    """Store the guard inside the .keras file with its spec, so the file answers the same wherever
+    it is copied (the .npz beside it stays for people who read it)."""
+    spec = read_spec(keras_path)
+    if spec is None:  # written before specs: describe it from the graph itself
+        spec = spec_for("classification", CLASS_NAMES, model.input_shape[1], model.input_shape[3],
+                        intensity=graph_intensity(model))
+    write_keras_spec(keras_path, spec.replace(temperature=float(temperature),
+                                              ood_threshold=float(threshold)), guard=guard_bytes)
 
 
 def calibrate_classifier(keras_path: str | Path, train_rows: Sequence[tuple[str, int]],
@@ -53,6 +68,7 @@ def calibrate_classifier(keras_path: str | Path, train_rows: Sequence[tuple[str,
               for key, value in report.items()}
     path = guard.save(guard_path_for(keras_path))
     path.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    embed_guard(keras_path, model, path.read_bytes(), guard.threshold, guard.temperature)
     log(f"guard: {path} — threshold {guard.threshold:.1f} flags "
         f"{report['val_flagged'] * 100:.1f} % of validation slices; temperature "
         f"{guard.temperature:.2f} (validation ECE {report['val_ece_before']:.3f} -> "

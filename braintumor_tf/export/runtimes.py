@@ -12,6 +12,7 @@ import numpy as np
 from braintumor_tf.config import DEFAULT_SEGMENTATION_THRESHOLD, TASKS
 from braintumor_tf.log import log
 from braintumor_tf.machine import default_batch_size, usable_cores
+from braintumor_tf.spec import ModelSpec, keras_guard_file, read_spec
 
 RUNTIME_KINDS = ("keras", "savedmodel", "tflite")
 _ACCEPTED = (
@@ -86,6 +87,10 @@ class Runtime:
         # Classifiers with an out-of-distribution guard (models.guard): scores above this are
         # flagged. None: the model carries no guard.
         self.ood_threshold: float | None = None
+        if not hasattr(self, "spec"):
+            self.spec: ModelSpec | None = None  # what the model file says about itself
+        if not hasattr(self, "averaging"):
+            self.averaging = "none"  # the test-time views its answers average
 
     def __repr__(self) -> str:
         return (
@@ -134,38 +139,55 @@ class Runtime:
 class _KerasRuntime(Runtime):
     kind = "keras"
 
-    def __init__(self, path: Path, class_names, batch_size: int, tta: str = "none"):
+    def __init__(self, path: Path, class_names, batch_size: int, tta: str | None = None):
 
         from braintumor_tf.custom_objects import load_model
-        from braintumor_tf.models.guard import is_guarded, load_guard_beside, with_guard
+        from braintumor_tf.models.guard import Guard, is_guarded, load_guard_beside, with_guard
         from braintumor_tf.models.tta import with_test_time_augmentation
 
         self._plain = load_model(path, compile=False)
+        self.spec = read_spec(path)
+        requested = tta
+        if tta is None:  # the averaging the model's spec asks for
+            tta = self.spec.averaging if self.spec is not None else "none"
         output_shape = self._plain.output_shape
         ood_threshold = None
         if is_guarded(self._plain):  # saved already guarded (models.guard.with_guard)
-            if tta != "none":
+            if requested not in (None, "none"):
                 raise ValueError(f"{path} is a guarded classifier saved with its views; "
                                  "test-time augmentation cannot be added to it")
+            tta = "none"
             self._model = self._plain
             layer = self._plain.get_layer("distribution_guard")
             output_shape = (None, layer.num_classes)
             ood_threshold = layer.threshold
             task = "classification"
         else:
-            task = task_of_output_rank(len(output_shape))
-            guard = load_guard_beside(path) if task == "classification" else None
+            if self.spec is not None:
+                task = self.spec.task
+                embedded = keras_guard_file(path)
+                guard = Guard.load(embedded) if embedded is not None else None
+            else:  # written before model specs: what the files beside it say
+                task = task_of_output_rank(len(output_shape))
+                guard = load_guard_beside(path) if task == "classification" else None
+                _legacy_note(path)
             if guard is not None:  # wraps the views itself (scores from the image as given)
                 self._model = with_guard(self._plain, guard, tta)
                 ood_threshold = guard.threshold
             else:
                 self._model = with_test_time_augmentation(self._plain, tta)
         shape = tuple(self._plain.input_shape)
+        if self.spec is not None:
+            class_names = _checked_names(path, class_names, self.spec)
+            threshold = self.spec.threshold if self.spec.threshold is not None else DEFAULT_THRESHOLD
+        else:
+            threshold = configured_threshold(path)
         super().__init__(
             path, shape[1], shape[3], int(output_shape[-1]), class_names, batch_size,
-            task=task, threshold=configured_threshold(path),
+            task=task, threshold=threshold,
         )
         self.ood_threshold = ood_threshold
+        self.averaging = tta
 
     @property
     def keras_model(self):
@@ -179,6 +201,27 @@ class _KerasRuntime(Runtime):
         return np.asarray(out)
 
 
+_NOTED_LEGACY: set[str] = set()
+
+
+def _legacy_note(path: Path) -> None:
+    """Once per file: a model without a spec behaves by what sits beside it."""
+    if str(path) not in _NOTED_LEGACY:
+        _NOTED_LEGACY.add(str(path))
+        log(f"{path} carries no model spec (written before braintumor_tf stored one): its task is "
+            "read from its output shape and its guard/threshold from files beside it; "
+            "braintumor-tf calibrate or a new training stores them inside")
+
+
+def _checked_names(path: Path, class_names, spec: ModelSpec) -> tuple[str, ...]:
+    """The spec's class names; names a caller passes must agree with them."""
+    if spec.task == "classification" and class_names is not None \
+            and tuple(class_names) != spec.class_names:
+        raise ValueError(f"{path}: class names {tuple(class_names)} differ from the model's own "
+                         f"{spec.class_names}")
+    return spec.class_names
+
+
 class _SavedModelRuntime(Runtime):
     kind = "savedmodel"
 
@@ -190,7 +233,9 @@ class _SavedModelRuntime(Runtime):
         if "predict_pixels" not in self._loaded.signatures:
             raise ValueError(f"{path}: SavedModel has no 'predict_pixels' signature")
         self._signature = self._loaded.signatures["predict_pixels"]
-        meta = _savedmodel_metadata(path, self._loaded)
+        self.spec = read_spec(path)
+        meta = (_savedmodel_metadata(path, self._loaded) if self.spec is None
+                else {**self.spec.to_dict(), "ood_threshold": self.spec.ood_threshold})
         task = meta.get("task", "classification")
         self._output_key = "mask_probability" if task == "segmentation" else "probabilities"
         stored = meta["class_names"]
@@ -201,8 +246,9 @@ class _SavedModelRuntime(Runtime):
             )
         super().__init__(
             path, meta["image_size"], meta["channels"], len(stored), stored, batch_size, task=task,
-            threshold=meta.get("threshold", DEFAULT_THRESHOLD),
+            threshold=meta.get("threshold") or DEFAULT_THRESHOLD,
         )
+        self.averaging = meta.get("averaging", meta.get("test_time_augmentation", "none"))
         if "ood_score" in self._signature.structured_outputs:
             self.ood_threshold = float(meta["ood_threshold"])
 
@@ -252,13 +298,21 @@ class _TFLiteRuntime(Runtime):
         self._batch = int(shape[0])
         sidecar = path.with_suffix(".json")
         stored = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        self.spec = read_spec(path)
+        if self.spec is not None:
+            stored = {**stored, **self.spec.to_dict(), "ood_threshold": self.spec.ood_threshold}
+            class_names = _checked_names(path, class_names, self.spec)
+            task = self.spec.task
+        else:
+            task = task_of_output_rank(len(self._output["shape"]))
+            _legacy_note(path)
         super().__init__(
             path, shape[1], shape[3], int(self._output["shape"][-1]), class_names, batch_size,
-            task=task_of_output_rank(len(self._output["shape"])),
-            threshold=stored.get("threshold", DEFAULT_THRESHOLD),
+            task=task, threshold=stored.get("threshold") or DEFAULT_THRESHOLD,
         )
+        self.averaging = stored.get("averaging", stored.get("test_time_augmentation", "none"))
         if self._score_output is not None:
-            if "ood_threshold" not in stored:
+            if stored.get("ood_threshold") is None:
                 raise ValueError(f"{path} has an out-of-distribution output but its sidecar "
                                  f"{sidecar.name} holds no ood_threshold")
             self.ood_threshold = float(stored["ood_threshold"])
@@ -344,20 +398,20 @@ def load_runtime(
     class_names: Sequence[str] | None = None,
     batch_size: int = 64,
     num_threads: int | None = None,
-    tta: str = "none",
+    tta: str | None = None,
 ) -> Runtime:
     """Pick the runtime from what is on disk, so callers can pass any exported artefact.
 
     ``num_threads`` sets LiteRT's thread count; TensorFlow's own threads are process-wide.
-    ``tta`` wraps a .keras segmenter in test-time augmentation (``models.tta``); exported files
-    already compute whatever they were exported with.
+    ``tta`` wraps a .keras model in test-time augmentation (``models.tta``); None: the averaging
+    its spec asks for. Exported files already compute whatever they were exported with.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model not found: {path}{_how_to_make(path)}")
     if path.is_file() and path.suffix == ".keras":
         return _KerasRuntime(path, class_names, batch_size, tta)
-    if tta != "none":
+    if tta not in (None, "none"):
         raise ValueError(f"test-time augmentation ({tta!r}) is applied to .keras models; {path} is "
                          "an export and computes what it was exported with (export --tta)")
     if path.is_file() and path.suffix == ".tflite":

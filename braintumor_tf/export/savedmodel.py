@@ -317,12 +317,14 @@ def _open_permissions(root: Path) -> None:
 
 
 def export_classifier(model, out_dir: str | os.PathLike, class_names: Sequence[str],
-                      tta: str = "none") -> Path:
+                      tta: str = "none", spec=None) -> Path:
     """Write atomically: a half-written directory would look servable to TF Serving.
-    ``tta`` only records which test-time augmentation ``model`` already contains."""
+    ``tta`` only records which test-time augmentation ``model`` already contains; ``spec``
+    (spec.ModelSpec) is stored in assets.extra for every reader."""
     module = ClassifierModule(model, class_names)
     metadata = {"task": "classification", "class_names": list(class_names),
-                "test_time_augmentation": tta}
+                "test_time_augmentation": tta,
+                **({"spec": spec.to_dict()} if spec is not None else {})}
     if module._guarded:
         metadata.update(guard_metadata(model))
     return _export(module, model, out_dir, metadata, len(class_names))
@@ -341,12 +343,13 @@ def guard_metadata(model) -> dict:
 
 
 def export_segmenter(model, out_dir: str | os.PathLike, threshold: float = DEFAULT_SEGMENTATION_THRESHOLD,
-                     tta: str = "none") -> Path:
+                     tta: str = "none", spec=None) -> Path:
     """The segmenter's SavedModel: ``serving_default`` (encoded images) and ``predict_pixels``.
     ``tta`` only records which test-time augmentation ``model`` already contains."""
     return _export(SegmenterModule(model, threshold), model, out_dir,
                    {"task": "segmentation", "class_names": ["tumour"], "threshold": threshold,
-                    "test_time_augmentation": tta}, 0)
+                    "test_time_augmentation": tta,
+                    **({"spec": spec.to_dict()} if spec is not None else {})}, 0)
 
 
 def remove_stale_partials(folder: Path) -> list[Path]:

@@ -327,3 +327,16 @@ def load_guard_beside(keras_path: str | os.PathLike) -> Guard | None:
     ``with_guard`` refuses one whose layers or sizes do not match the model."""
     path = guard_path_for(keras_path)
     return Guard.load(path) if path.is_file() else None
+
+
+def load_guard_of(keras_path: str | os.PathLike) -> Guard | None:
+    """The model's own guard: embedded in the .keras file (spec.KERAS_GUARD_ENTRY), else the
+    ``ood_guard.npz`` beside a file written before guards were embedded; None without one."""
+    from braintumor_tf.spec import keras_guard_file, read_spec
+
+    embedded = keras_guard_file(keras_path)
+    if embedded is not None:
+        return Guard.load(embedded)
+    if read_spec(keras_path) is not None:  # a spec and no embedded guard: the model has none
+        return None
+    return load_guard_beside(keras_path)

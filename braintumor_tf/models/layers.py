@@ -107,3 +107,15 @@ class PercentileStretch(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "low": self.low, "high": self.high}
+
+
+def graph_intensity(model) -> str:
+    """The intensity standardisation inside a model's graph (config ``*.intensity``), found by
+    walking its layers and nested models: what a spec says of a file written before specs."""
+    pending = [model]
+    while pending:
+        layer = pending.pop()
+        if isinstance(layer, PercentileStretch):
+            return "percentile"
+        pending.extend(getattr(layer, "layers", []))
+    return "none"

@@ -15,6 +15,16 @@ from typing import Any
 from braintumor_tf.config import Config
 
 
+def training_data_summary(config: Config) -> dict:
+    """The data a model was trained on, as its spec records it (no pixels, no patient ids)."""
+    data = config.data
+    return {"root": None if data.root is None else str(data.root),
+            "labels": [str(table) for table in data.labels],
+            "train_sources": list(data.train_sources or []),
+            "subjects": None if data.subjects is None else str(data.subjects),
+            "split_seed": data.split_seed, "folds": data.folds}
+
+
 @dataclass
 class TaskData:
     """A run's split rows plus whatever the task needs to read their targets (e.g. masks)."""
@@ -59,6 +69,10 @@ class Task:
     def build_model(self, config: Config):
         raise NotImplementedError
 
+    def model_spec(self, config: Config, model):
+        """What the saved model says about itself (``spec.ModelSpec``), stored inside it."""
+        raise NotImplementedError
+
     def deployable(self, config: Config, model):
         """The model as written to model.keras (e.g. with a fixed input size)."""
         return model
@@ -82,9 +96,11 @@ class Task:
         """``braintumor-tf evaluate`` for a saved model of this task."""
         raise NotImplementedError
 
-    def export_savedmodel(self, model, target: Path, tta: str, threshold: float) -> tuple[Path, dict]:
+    def export_savedmodel(self, model, target: Path, tta: str, threshold: float,
+                          spec=None) -> tuple[Path, dict]:
         """Write the SavedModel version; returns it and the metadata every export file records
-        (``threshold``: the run's segmentation.threshold, for segmenters)."""
+        (``threshold``: the run's segmentation.threshold, for segmenters; ``spec``: the exported
+        form's spec.ModelSpec)."""
         raise NotImplementedError
 
     def parity_data(self, image_size: int, channels: int, run_dir=None, validation_data=None,

@@ -27,8 +27,9 @@ from braintumor_tf.export.validation_data import folder_rows, load_pixels, manif
 from braintumor_tf.inference import classification as inference
 from braintumor_tf.log import log
 from braintumor_tf.models.classifier import build_classifier
-from braintumor_tf.models.guard import load_guard_beside, with_guard
-from braintumor_tf.tasks.base import Task, TaskData
+from braintumor_tf.models.guard import load_guard_of, with_guard
+from braintumor_tf.spec import read_spec, spec_for
+from braintumor_tf.tasks.base import Task, TaskData, training_data_summary
 
 TEST_SUMMARY_KEYS = ("n", "accuracy", "macro_f1", "roc_auc_ovr", "ece")
 
@@ -84,6 +85,11 @@ class ClassificationTask(Task):
     def build_model(self, config: Config):
         return build_classifier(config.model, config.data.image_size, config.data.channels)
 
+    def model_spec(self, config: Config, model):
+        return spec_for(self.name, CLASS_NAMES, model.input_shape[1], model.input_shape[3],
+                        intensity=config.model.intensity,
+                        training_data=training_data_summary(config))
+
     def loss(self, config: Config):
         return keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing)
 
@@ -114,9 +120,9 @@ class ClassificationTask(Task):
         export_dir = run_dir / "savedmodel"
         if export_dir.exists():
             shutil.rmtree(export_dir)
-        guard = load_guard_beside(run_dir / "model.keras")
+        guard = load_guard_of(run_dir / "model.keras")
         export_classifier(best_model if guard is None else with_guard(best_model, guard),
-                          export_dir, CLASS_NAMES)
+                          export_dir, CLASS_NAMES, spec=read_spec(run_dir / "model.keras"))
         log(f"saved {run_dir / 'model.keras'} and SavedModel {export_dir}")
         return summary
 
@@ -149,8 +155,9 @@ class ClassificationTask(Task):
     def evaluate(self, runtime, data_paths, **options) -> dict:
         return evaluate_classifier(runtime, data_paths, **options)
 
-    def export_savedmodel(self, model, target: Path, tta: str, threshold: float) -> tuple[Path, dict]:
-        return export_classifier(model, target, CLASS_NAMES, tta), {
+    def export_savedmodel(self, model, target: Path, tta: str, threshold: float,
+                          spec=None) -> tuple[Path, dict]:
+        return export_classifier(model, target, CLASS_NAMES, tta, spec), {
             "class_names": list(CLASS_NAMES), "test_time_augmentation": tta}
 
     def parity_data(self, image_size: int, channels: int, run_dir=None, validation_data=None,

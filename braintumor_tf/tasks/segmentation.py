@@ -22,7 +22,8 @@ from braintumor_tf.export.validation_data import segmenter_validation
 from braintumor_tf.inference import segmentation as inference
 from braintumor_tf.log import log
 from braintumor_tf.models.unet import build_unet
-from braintumor_tf.tasks.base import Task, TaskData
+from braintumor_tf.spec import spec_for
+from braintumor_tf.tasks.base import Task, TaskData, training_data_summary
 from braintumor_tf.training.losses import DiceCoefficient, make_segmentation_loss
 
 TEST_SUMMARY_KEYS = ("n", "vs_annotations", "vs_masks")
@@ -128,6 +129,12 @@ class SegmentationTask(Task):
     def loss(self, config: Config):
         return make_segmentation_loss(config.segmentation.loss)
 
+    def model_spec(self, config: Config, model):
+        return spec_for(self.name, ("tumour",), model.input_shape[1], model.input_shape[3],
+                        intensity=config.segmentation.intensity,
+                        threshold=config.segmentation.threshold,
+                        training_data=training_data_summary(config))
+
     def metrics(self, config: Config) -> list:
         threshold = config.segmentation.threshold
         return [DiceCoefficient(threshold, name="dice"),
@@ -155,8 +162,9 @@ class SegmentationTask(Task):
     def evaluate(self, runtime, data_paths, **options) -> dict:
         return evaluate_segmenter(runtime, data_paths, **options)
 
-    def export_savedmodel(self, model, target: Path, tta: str, threshold: float) -> tuple[Path, dict]:
-        return (export_segmenter(model, target, threshold=threshold, tta=tta),
+    def export_savedmodel(self, model, target: Path, tta: str, threshold: float,
+                          spec=None) -> tuple[Path, dict]:
+        return (export_segmenter(model, target, threshold=threshold, tta=tta, spec=spec),
                 {"task": "segmentation", "test_time_augmentation": tta, "threshold": threshold})
 
     def parity_data(self, image_size: int, channels: int, run_dir=None, validation_data=None,
