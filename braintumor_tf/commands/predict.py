@@ -107,7 +107,7 @@ def predict(
                                 read_file=filesystem.read_bytes)  # gs:// inputs too
         served = "segmentation" if any(out.get("task") == "segmentation" for out in outputs) \
             else "classification"
-        task = get_task(served)
+        task = _ServedTask(served)
         records = task.records_from_server(paths, outputs, masks_dir)
     else:
         runtime = load_runtime(model_path, class_names=CLASS_NAMES, batch_size=batch_size)
@@ -137,6 +137,35 @@ def predict(
         records = records + volume_records
     _write_json(records, json_path)
     return records
+
+
+class _ServedTask:
+    """The part of a task that turns a served model's answers into records, lines and tables,
+    taken from ``inference`` directly: the task classes import Keras, and ``predict --server``
+    must not pay for TensorFlow (600 MB, seconds) to print what a server computed."""
+
+    def __init__(self, name: str):
+        if name == "segmentation":
+            from braintumor_tf.inference import segmentation as inference
+
+            self._write_csv = inference.write_segment_csv
+        else:
+            from braintumor_tf.inference import classification as inference
+
+            self._write_csv = inference.write_class_csv
+        self.name, self._inference = name, inference
+        self.writes_masks = name == "segmentation"
+
+    def records_from_server(self, paths, outputs, masks_dir) -> list[dict]:
+        if self.writes_masks:
+            return self._inference.records_from_server(paths, outputs, masks_dir)
+        return self._inference.records_from_server(paths, outputs)
+
+    def describe(self, record: dict) -> str:
+        return self._inference.describe(record)
+
+    def write_csv(self, records: list[dict], csv_path) -> None:
+        self._write_csv(records, csv_path)
 
 
 def _done_paths(path: Path, fmt: str, header: list[str]) -> set[str]:

@@ -131,6 +131,25 @@ def decode_bytes(
     return np.ascontiguousarray(np.clip(img, 0.0, 255.0), dtype=np.float32)
 
 
+def encode_png8(data: bytes, name: str = "<bytes>") -> bytes:
+    """Any image this module reads (DICOM, TIFF, 16-bit PNG, ...) as an 8-bit PNG at its own size,
+    through the same decode as training and local predict (the 16-bit percentile stretch, DICOM
+    windowing): what the REST client sends a SavedModel that cannot decode the original. Grey
+    stays one channel; colour is kept. Pixels are rounded to whole 0..255 values (at most 0.5
+    from the float pixels a local model sees). DecodeError when the file cannot be read."""
+    img = decode_bytes(data, channels=3, name=name)
+    pixels = np.rint(img).astype(np.uint8)
+    if np.array_equal(pixels[:, :, 0], pixels[:, :, 1]) and \
+            np.array_equal(pixels[:, :, 0], pixels[:, :, 2]):
+        pixels = pixels[:, :, 0]
+    else:
+        pixels = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
+    ok, encoded = cv2.imencode(".png", pixels)
+    if not ok:
+        raise DecodeError(f"{name}: could not be re-encoded as PNG")
+    return encoded.tobytes()
+
+
 def read_image(path: str | os.PathLike, channels: int, image_size: int | None = None) -> np.ndarray:
     """Bytes, then decoded, rather than cv2.imread: imread fails silently on non-ASCII paths on
     Windows. filesystem.read_bytes opens regular files only (a FIFO or device named like an image
