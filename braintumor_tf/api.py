@@ -18,9 +18,10 @@ from braintumor_tf.data.decode import DecodeError, read_image, resize_image
 from braintumor_tf.data.discover import CLASS_NAMES
 from braintumor_tf.data.intensity import percentile_scaled
 from braintumor_tf.export.runtimes import load_runtime
-from braintumor_tf.inference.classification import EXPLAIN_NEEDS_KERAS, class_record
+from braintumor_tf.inference.classification import class_record
 from braintumor_tf.inference.common import error_text
-from braintumor_tf.overlays import heatmap_overlay, mask_overlay
+from braintumor_tf.inference.explain import explaining_runtime, grad_cam_pictures
+from braintumor_tf.overlays import mask_overlay
 
 _LUMINANCE = np.array([0.299, 0.587, 0.114], np.float32)
 
@@ -81,25 +82,24 @@ class Model:
 
     def explain(self, inputs) -> list[np.ndarray | None]:
         """Pictures to look at, RGB uint8 at each input's size: the classifier's Grad-CAM heatmap
-        over the slice (``.keras`` models only), the segmenter's mask tinted over the slice.
+        over the slice with a caption and colour scale (exports through the .keras file released
+        beside them), the segmenter's mask tinted over the slice.
         ``None`` for an input that could not be read."""
         items = _as_items(inputs)
         if self.task == "segmentation":
             images, records = self._predict_items(items)
             return [None if record["error"] else mask_overlay(image, record["mask"])
                     for record, image in zip(records, images, strict=True)]
-        if self.runtime.kind != "keras":
-            raise ValueError(EXPLAIN_NEEDS_KERAS)
-        from braintumor_tf.models.gradcam import GradCAM
-
-        images, _ = self._read(items)
-        readable = [index for index, image in enumerate(images) if image is not None]
+        explainer = explaining_runtime(self.runtime)
+        images, records = self._predict_items(items)
+        readable = [index for index, record in enumerate(records) if not record["error"]]
         pictures: list[np.ndarray | None] = [None] * len(items)
         if readable:
             pixels = np.stack([resize_image(images[i], self.image_size) for i in readable])
-            heatmaps, _ = GradCAM(self.runtime.keras_model).heatmaps(pixels)
-            for index, heatmap in zip(readable, heatmaps, strict=True):
-                pictures[index] = heatmap_overlay(images[index], heatmap)
+            drawn = grad_cam_pictures(explainer, pixels, [records[i] for i in readable],
+                                      [images[i] for i in readable])
+            for index, picture in zip(readable, drawn, strict=True):
+                pictures[index] = picture
         return pictures
 
     def _read(self, items):

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from braintumor_tf import __version__
+
 # TensorFlow's C++ info and warning lines (CPU features, oneDNN) are noise to a user; errors stay.
 # --verbose shows them all, unless the user set the variable.
 _TF_LOG_LEVEL_OURS = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
@@ -38,14 +40,18 @@ def _friendly_errors(function):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="braintumor_tf",
+                      message="%(prog)s %(version)s")
 @click.option("-v", "--verbose", is_flag=True, help="Also show debugging details.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors (and results).")
 def main(verbose, quiet):
     """braintumor_tf: brain-tumour MRI models from a folder on disk to a served model."""
-    from braintumor_tf.log import configure
+    from braintumor_tf.log import configure, quiet_tensorflow_import
 
     if verbose and _TF_LOG_LEVEL_OURS:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"  # before any command imports TensorFlow
+    if not verbose:
+        quiet_tensorflow_import()
     configure(-1 if quiet else 1 if verbose else 0)
 
 
@@ -387,8 +393,13 @@ def demo_command(model_path, segmenter_path, host, port):
     """A local page: drop images, see class probabilities, Grad-CAM, tumour masks and warnings."""
     from braintumor_tf.demo.app import default_classifier, serve
 
-    if model_path is None and segmenter_path is None:
-        model_path = default_classifier()
+    if model_path is None:
+        try:
+            model_path = default_classifier()
+        except FileNotFoundError:
+            if segmenter_path is None:
+                raise
+            # A segmenter alone still works; its inputs then go unguarded (/models: guarded false).
     for path in (model_path, segmenter_path):
         if path is not None and not Path(path).exists():
             raise FileNotFoundError(f"model not found: {path}")

@@ -61,3 +61,51 @@ def native_stderr_without(*noise: str):
             if kept:
                 sys.stderr.write("".join(kept))
                 sys.stderr.flush()
+
+
+# What TensorFlow prints on import before its logging is configured (TF_CPP_MIN_LOG_LEVEL does
+# not reach these): true for every run, so noise to a user; --verbose shows them.
+TENSORFLOW_IMPORT_NOISE = ("absl::InitializeLog", "oneDNN custom operations are on")
+
+
+class _QuietTensorFlowImport:
+    """A meta-path finder: the first ``import tensorflow`` runs with its start-up lines dropped
+    from file descriptor 2 (anything else it prints still shows)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        from importlib.util import find_spec
+
+        spec = find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        execute = spec.loader.exec_module
+
+        def exec_module(module):
+            with native_stderr_without(*TENSORFLOW_IMPORT_NOISE):
+                execute(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def quiet_tensorflow_import() -> None:
+    """Drop TensorFlow's import-time lines in this process (the CLI calls it unless --verbose)."""
+    if "tensorflow" not in sys.modules and not any(
+            isinstance(finder, _QuietTensorFlowImport) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlowImport())
+
+
+def _printable(text: str) -> str:
+    """Control characters (a newline in a file name) escaped, so one result stays one line."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
+
+
+def result(message: str) -> None:
+    """A result (a prediction, a verdict): always on stdout, whatever --quiet says, one line per
+    call even when a file name holds a newline."""
+    sys.stdout.write(_printable(message) + "\n")
+    sys.stdout.flush()

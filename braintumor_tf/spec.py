@@ -266,3 +266,18 @@ def spec_for(task: str, class_names: Sequence[str], image_size: int, channels: i
         preprocessing=Preprocessing(in_graph_intensity=intensity, max_pixels=current_max_pixels()),
         threshold=None if threshold is None else float(threshold), averaging=averaging,
         training_data=dict(training_data or {}), package_version=package_version())
+
+
+def spec_from_export_metadata(meta: Mapping, intensity: str = "none") -> ModelSpec:
+    """The spec of an export written before specs, from the metadata it did record (SavedModel
+    ``assets.extra`` or a LiteRT sidecar): what ``scripts/store_model_specs.py`` stores back."""
+    task = meta.get("task", "classification")
+    return ModelSpec(
+        task=task, class_names=tuple(meta.get("class_names") or ("tumour",)),
+        image_size=int(meta["image_size"]), channels=int(meta["channels"]),
+        preprocessing=Preprocessing(in_graph_intensity=intensity,
+                                    max_pixels=int(meta.get("max_image_pixels", 50_000_000))),
+        threshold=(float(meta.get("threshold", 0.5)) if task == "segmentation" else None),
+        averaging=meta.get("test_time_augmentation", "none"),
+        temperature=meta.get("temperature"), ood_threshold=meta.get("ood_threshold"),
+        package_version=str(meta.get("package_version", "before specs")))

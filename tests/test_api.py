@@ -70,8 +70,10 @@ def test_classifier_predicts_paths_and_arrays_in_order(classifier_file, tmp_path
 
 def test_explain_gives_a_heatmap_picture_per_input(classifier_file, tmp_path):
     pictures = bt.load(classifier_file).explain([base_image(2, 40), tmp_path / "missing.png"])
-    assert pictures[0].shape == (40, 40, 3) and pictures[0].dtype == np.uint8
-    assert pictures[0].std() > 0 and pictures[1] is None
+    # The slice at its own size, above a band with the caption and the colour scale.
+    assert pictures[0].shape[1:] == (40, 3) and pictures[0].shape[0] > 40
+    assert pictures[0].dtype == np.uint8 and pictures[1] is None
+    assert pictures[0][:40].std() > 0 and pictures[0][40:].max() > 0
 
 
 def test_every_model_form_names_its_classes(classifier_file, tmp_path):
@@ -79,8 +81,19 @@ def test_every_model_form_names_its_classes(classifier_file, tmp_path):
                               CLASS_NAMES)
     model = bt.load(saved)
     assert model.class_names == CLASS_NAMES and model.runtime.kind == "savedmodel"
-    with pytest.raises(ValueError, match="needs a .keras model"):
+    with pytest.raises(ValueError, match="none found in"):
         model.explain([base_image(3, 40)])
+    # The .keras released beside the serving base, with the same spec, explains the served model.
+    import shutil
+
+    from braintumor_tf.spec import spec_for, write_keras_spec
+
+    keras_copy = tmp_path / "served" / "classifier.keras"
+    shutil.copy2(classifier_file, keras_copy)
+    size = keras.models.load_model(classifier_file).input_shape[1]
+    write_keras_spec(keras_copy, spec_for("classification", CLASS_NAMES, size, 1))
+    [picture] = model.explain([base_image(3, 40)])
+    assert picture.shape[1:] == (40, 3)
 
 
 def test_segmenter_masks_come_back_at_each_input_size(tmp_path):

@@ -114,3 +114,27 @@ def test_page_in_headless_chromium(app):
     finally:
         browser.quit()
         server.shutdown()
+
+
+def test_demo_with_only_a_segmenter_keeps_the_default_classifier(tmp_path, monkeypatch):
+    """`demo --segmenter X` used to drop the released classifier (and with it the guard)."""
+    from click.testing import CliRunner
+
+    import braintumor_tf.demo.app as demo_app
+    from braintumor_tf.cli import main
+
+    released = tmp_path / "savedmodels" / "classifier"
+    released.mkdir(parents=True)
+    (released / "classifier.keras").write_bytes(b"stand-in")
+    (tmp_path / "seg.keras").write_bytes(b"stand-in")
+    served = {}
+    monkeypatch.setattr(demo_app, "serve", lambda classifier, segmenter, host, port:
+                        served.update(classifier=classifier, segmenter=segmenter))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["demo", "--segmenter", "seg.keras"])
+    assert result.exit_code == 0, result.output
+    assert served == {"classifier": str(Path("savedmodels/classifier/classifier.keras")),
+                      "segmenter": "seg.keras"}
+    shutil.rmtree(tmp_path / "savedmodels")  # no release here: the segmenter alone still runs
+    result = CliRunner().invoke(main, ["demo", "--segmenter", "seg.keras"])
+    assert result.exit_code == 0 and served["classifier"] is None

@@ -183,19 +183,27 @@ def test_cross_check_warns_where_the_classifier_disagrees():
     mask = np.zeros((8, 8), np.uint8)
     mask[2:4, 2:4] = 1
     masks = [segment_record(f"{name}.png", mask=mask, mask_file=f"{name}_mask.png")
-             for name in ("sure", "unsure", "not_mri", "glioma")]
+             for name in ("sure", "unguarded", "unsure", "not_mri", "glioma")]
+    masks.append(segment_record("glioma_empty.png", mask=np.zeros((8, 8), np.uint8),
+                                mask_file="glioma_empty_mask.png"))
     masks.append(segment_record("broken.png", error="cannot read file"))
     sure_none = [0.02, 0.02, 0.94, 0.02]
     classes = [class_record("sure.png", CLASS_NAMES, sure_none, ood_score=1,
                             in_distribution=True),
+               class_record("unguarded.png", CLASS_NAMES, sure_none),
                class_record("unsure.png", CLASS_NAMES, [0.2, 0.2, 0.5, 0.1]),
                class_record("not_mri.png", CLASS_NAMES, sure_none, ood_score=9,
                             in_distribution=False),
                class_record("glioma.png", CLASS_NAMES, [0.9, 0.05, 0.03, 0.02]),
+               class_record("glioma_empty.png", CLASS_NAMES, [0.9, 0.05, 0.03, 0.02]),
                class_record("broken.png", CLASS_NAMES, error="cannot read file")]
-    sure, unsure, not_mri, glioma, broken = cross_check(masks, classes)
-    assert "notumor (0.94)" in sure["warning"] and "4 mask pixels" in sure["warning"]
-    assert unsure["warning"] is None and glioma["warning"] is None
+    sure, unguarded, unsure, not_mri, glioma, empty, broken = cross_check(masks, classes)
+    # "may be false positives" only from a confident classifier its guard lets through.
+    assert "notumor (0.94, in distribution)" in sure["warning"]
+    assert "4 mask pixels may be false positives" in sure["warning"]
+    for other in (unguarded, unsure):  # no guard, or not confident: a disagreement, stated
+        assert "disagree" in other["warning"] and "false positives" not in other["warning"]
+    assert "no tumour pixels" in empty["warning"] and glioma["warning"] is None
     assert "not an MRI slice" in not_mri["warning"]
     assert broken["warning"] is None and "classifier" not in broken
     assert glioma["classifier"]["class_name"] == "glioma"

@@ -12,10 +12,10 @@ from pathlib import Path
 from braintumor_tf.data import filesystem
 from braintumor_tf.data.discover import CLASS_NAMES, discover_images
 from braintumor_tf.export.runtimes import load_runtime, resolve_batch_size
-from braintumor_tf.inference.classification import EXPLAIN_NEEDS_KERAS
 from braintumor_tf.inference.common import default_masks_dir
+from braintumor_tf.inference.explain import EXPLAIN_NEEDS_KERAS
 from braintumor_tf.inference.volumes import is_nifti
-from braintumor_tf.log import log
+from braintumor_tf.log import log, result
 from braintumor_tf.tasks import get_task
 
 
@@ -124,7 +124,8 @@ def predict(
             raise ValueError(f"--classifier {classifier_path} is not a classifier")
         cross_check(records, predict_classes(classifier, paths, None, batch_size))
     for record in records:
-        log(f"{record['path']}: ERROR {record['error']}" if record["error"] else task.describe(record))
+        result(f"{record['path']}: ERROR {record['error']}" if record["error"]
+               else task.describe(record))
     failed = sum(1 for r in records if r["error"])
     log(f"{len(records) - failed} predicted, {failed} unreadable")
     if task.writes_masks and len(records) > failed:
@@ -267,18 +268,18 @@ def _predict_volumes(volumes, model_path, masks_dir, batch_size, axis) -> list[d
             if runtime.task == "classification":
                 record = volume_inference.predict_volume_classes(runtime, path, axis, batch_size)
                 answer = record["volume"]
-                log(f"{path}: ERROR {record['error']}" if record["error"] else
-                    f"{path}: {answer['class_name']} (volume; tumour slices "
-                    f"{answer['tumour_slices'] or 'none'} of {answer['slices_counted']} counted)")
+                result(f"{path}: ERROR {record['error']}" if record["error"] else
+                       f"{path}: {answer['class_name']} (volume; tumour slices "
+                       f"{answer['tumour_slices'] or 'none'} of {answer['slices_counted']} counted)")
             else:
                 name = filesystem.basename(path) if filesystem.is_remote(path) else Path(path).name
                 stem = name[:-len(".nii.gz")] if name.lower().endswith(".nii.gz") else Path(name).stem
                 record = volume_inference.predict_volume_mask(
                     runtime, path, Path(masks_dir) / f"{stem}_mask.nii.gz", axis)
-                log(f"{path}: tumour in {record['slices_with_tumour']} of {record['slices']} "
-                    f"slices, {record['tumour_voxels']} voxels, mask {record['mask']}")
+                result(f"{path}: tumour in {record['slices_with_tumour']} of {record['slices']} "
+                       f"slices, {record['tumour_voxels']} voxels, mask {record['mask']}")
         except (ValueError, ImportError, OSError) as error:
             record = {"path": str(path), "error": str(error)}
-            log(f"{path}: ERROR {error}")
+            result(f"{path}: ERROR {error}")
         records.append({"kind": "volume", **record})
     return records

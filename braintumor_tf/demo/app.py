@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from braintumor_tf.data.decode import DecodeError, decode_bytes
+from braintumor_tf.inference.segmentation import cross_check_warning
 from braintumor_tf.overlays import mask_overlay
 
 PAGE = Path(__file__).with_name("page.html")
@@ -29,6 +30,17 @@ def _png_data_url(rgb: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(encoded.tobytes()).decode()
 
 
+def _explainable(classifier) -> bool:
+    """Grad-CAM for a .keras model, or an export with its .keras released beside it."""
+    from braintumor_tf.inference.explain import explaining_runtime
+
+    try:
+        explaining_runtime(classifier.runtime)
+    except ValueError:
+        return False
+    return True
+
+
 def create_app(classifier=None, segmenter=None):
     """``classifier``/``segmenter``: models from ``braintumor_tf.api.load`` (either may be None)."""
     try:
@@ -39,6 +51,7 @@ def create_app(classifier=None, segmenter=None):
         raise ValueError("the demo needs a classifier, a segmenter or both")
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_UPLOAD_BYTES
+    explainable = classifier is not None and _explainable(classifier)
 
     @app.get("/")
     def page():
@@ -74,7 +87,7 @@ def create_app(classifier=None, segmenter=None):
             result["classifier"] = {key: record[key] for key in
                                     ("class_name", "probabilities", "ood_score",
                                      "in_distribution")}
-            if classifier.runtime.kind == "keras":
+            if explainable:
                 [picture] = classifier.explain(image)
                 result["gradcam"] = _png_data_url(picture)
         if segmenter is not None:
@@ -83,13 +96,9 @@ def create_app(classifier=None, segmenter=None):
             result["segmenter"] = {"tumour_area_pixels": record["tumour_area_pixels"],
                                    "tumour_fraction": record["tumour_fraction"]}
             result["mask_overlay"] = _png_data_url(picture)
-            says = result.get("classifier", {})
-            if (says.get("class_name") == "notumor" and record["tumour_area_pixels"]
-                    and says["probabilities"]["notumor"] >= 0.9):
-                result["segmenter"]["warning"] = (
-                    f"the classifier calls this slice notumor "
-                    f"({says['probabilities']['notumor']:.2f}): the mask is likely false "
-                    "positives")
+            if "classifier" in result:
+                result["segmenter"]["warning"] = cross_check_warning(
+                    result["classifier"], record["tumour_area_pixels"])
         result["original"] = _png_data_url(grey)
         result["seconds"] = round(time.perf_counter() - started, 3)
         return result

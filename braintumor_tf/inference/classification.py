@@ -12,10 +12,7 @@ from braintumor_tf.data.csv_files import open_csv
 from braintumor_tf.data.decode import DecodeError, read_image
 from braintumor_tf.data.discover import CLASS_NAMES
 from braintumor_tf.inference.common import error_text, file_stem, unique_name
-from braintumor_tf.overlays import heatmap_overlay
-
-EXPLAIN_NEEDS_KERAS = ("--explain (Grad-CAM) needs a .keras model: it reads the layers and their "
-                       "gradients, which SavedModel, .tflite and served models do not expose")
+from braintumor_tf.inference.explain import explaining_runtime, grad_cam_pictures
 
 
 def class_record(path, class_names, probabilities=None, class_id=None, error=None,
@@ -41,8 +38,7 @@ def predict_classes(runtime, paths, explain_dir=None, batch_size: int = 32) -> l
 def iter_class_records(runtime, paths, explain_dir=None, batch_size: int = 32):
     """Records one batch at a time, in input order: only one batch of pixels is ever held, so
     a folder of any size predicts in bounded memory."""
-    if explain_dir is not None and runtime.kind != "keras":
-        raise ValueError(EXPLAIN_NEEDS_KERAS)
+    explainer = explaining_runtime(runtime) if explain_dir is not None else None
     used: set[str] = set()
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
@@ -64,24 +60,23 @@ def iter_class_records(runtime, paths, explain_dir=None, batch_size: int = 32):
                     ood_score=None if scores is None else scores[index],
                     in_distribution=None if inside is None else inside[index])
             if explain_dir is not None:
-                write_explanations(runtime, good, pixels, explain_dir, batch_size, records, used)
+                write_explanations(explainer, good, pixels, explain_dir, batch_size, records, used)
         yield [records[p] for p in chunk]
 
 
-def write_explanations(runtime, paths, pixels, explain_dir, batch_size, records,
+def write_explanations(explainer, paths, pixels, explain_dir, batch_size, records,
                        used: set[str] | None = None) -> None:
-    from braintumor_tf.models.gradcam import GradCAM
-
+    """Captioned Grad-CAM pictures at each file's own size, explaining the answered class."""
     explain_dir = Path(explain_dir)
     explain_dir.mkdir(parents=True, exist_ok=True)
-    cam = GradCAM(runtime.keras_model)
     used = set() if used is None else used
     for start in range(0, len(paths), batch_size):
-        heatmaps, _ = cam.heatmaps(pixels[start:start + batch_size])
-        for offset, heatmap in enumerate(heatmaps):
-            path = paths[start + offset]
+        chunk = paths[start:start + batch_size]
+        originals = [read_image(path, explainer.channels) for path in chunk]
+        pictures = grad_cam_pictures(explainer, pixels[start:start + batch_size],
+                                     [records[path] for path in chunk], originals)
+        for path, picture in zip(chunk, pictures, strict=True):
             out = explain_dir / f"{unique_name(file_stem(path), used)}_gradcam.png"
-            picture = heatmap_overlay(pixels[start + offset], heatmap)
             cv2.imwrite(str(out), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
             records[path]["explanation"] = str(out)
 

@@ -87,26 +87,44 @@ def records_from_server(paths, outputs, masks_dir) -> list[dict]:
 NO_TUMOUR_CONFIDENCE = 0.9  # a classifier this sure of notumor makes a mask suspect
 
 
+def cross_check_warning(class_record: dict, tumour_pixels: int,
+                        confidence: float = NO_TUMOUR_CONFIDENCE) -> str | None:
+    """What to tell a user when the classifier's view and a mask differ. Masks are called
+    possible false positives only when the classifier is both confident and in distribution;
+    any other disagreement is stated as one, since correct masks on slices the classifier gets
+    wrong are common."""
+    name = class_record["class_name"]
+    probability = class_record["probabilities"][name]
+    inside = class_record.get("in_distribution")
+    if inside is False:
+        return ("the classifier's guard says this is not an MRI slice like its training data; "
+                "do not trust the mask")
+    if name == "notumor" and tumour_pixels:
+        if probability >= confidence and inside is True:
+            return (f"the classifier calls this slice notumor ({probability:.2f}, in "
+                    f"distribution): the {tumour_pixels} mask pixels may be false positives; "
+                    "check them")
+        return (f"the classifier (notumor, {probability:.2f}) and the mask ({tumour_pixels} "
+                "tumour pixels) disagree")
+    if name != "notumor" and not tumour_pixels:
+        return (f"the classifier ({name}, {probability:.2f}) and the mask (no tumour pixels) "
+                "disagree")
+    return None
+
+
 def cross_check(records: list[dict], class_records: list[dict],
                 confidence: float = NO_TUMOUR_CONFIDENCE) -> list[dict]:
-    """Put the classifier's view beside each mask, and a ``warning`` where they disagree: a mask
-    on a slice the classifier confidently calls notumor (likely false-positive specks), or an
-    image the classifier's guard says is not an MRI slice like its training data."""
+    """Put the classifier's view beside each mask, and a ``warning`` where they disagree or the
+    classifier's guard says the image is not an MRI slice like its training data (the
+    segmenter's own guard: it has none)."""
     for record, other in zip(records, class_records, strict=True):
         record["warning"] = None
         if record["error"] or other["error"]:
             continue
-        probability = other["probabilities"][other["class_name"]]
-        record["classifier"] = {"class_name": other["class_name"], "confidence": probability,
+        record["classifier"] = {"class_name": other["class_name"],
+                                "confidence": other["probabilities"][other["class_name"]],
                                 "in_distribution": other.get("in_distribution")}
-        if other.get("in_distribution") is False:
-            record["warning"] = ("the classifier's guard says this is not an MRI slice like its "
-                                 "training data; do not trust the mask")
-        elif (other["class_name"] == "notumor" and probability >= confidence
-              and record["tumour_area_pixels"]):
-            record["warning"] = (f"the classifier calls this slice notumor ({probability:.2f}): "
-                                 f"the {record['tumour_area_pixels']} mask pixels are likely "
-                                 "false positives")
+        record["warning"] = cross_check_warning(other, record["tumour_area_pixels"], confidence)
     return records
 
 
