@@ -187,16 +187,47 @@ def check_regular_file(path) -> None:
         raise _not_regular(path, mode)
 
 
-def open_regular(path):
+MAX_FILE_BYTES_VARIABLE = "BRAINTUMOR_TF_MAX_FILE_BYTES"
+DEFAULT_MAX_FILE_BYTES = 512 * 1024 * 1024
+
+
+def max_file_bytes() -> int:
+    """The largest file read whole: $BRAINTUMOR_TF_MAX_FILE_BYTES, else 512 MB (an MRI slice is
+    well under 10 MB; a 3 GB sparse file named .jpg must not cost 3 GB before any check)."""
+    value = os.environ.get(MAX_FILE_BYTES_VARIABLE)
+    if not value:
+        return DEFAULT_MAX_FILE_BYTES
+    try:
+        limit = int(value)
+    except ValueError:
+        raise ValueError(f"{MAX_FILE_BYTES_VARIABLE} must be a whole number of bytes, "
+                         f"got {value[:40]!r}") from None
+    if limit < 1:
+        raise ValueError(f"{MAX_FILE_BYTES_VARIABLE} must be >= 1, got {value[:40]!r}")
+    return limit
+
+
+def _too_large(path, size: int | None, limit: int) -> OSError:
+    what = f"{size} bytes" if size is not None else "larger than it said"
+    return OSError(errno.EFBIG, f"{what}, over the {limit}-byte limit for one file; not read "
+                                f"({MAX_FILE_BYTES_VARIABLE} raises it)", os.fspath(path))
+
+
+def open_regular(path, capped: bool = True):
     """A local file opened for binary reading only if it is a regular file. The open itself
     does not block (O_NONBLOCK: a FIFO with no writer would hang a plain ``open`` forever), the
     opened file is checked with fstat (no window for a swap after a check), and only then is it
-    made blocking again for ordinary reads."""
+    made blocking again for ordinary reads. ``capped``: a file larger than ``max_file_bytes()``
+    is refused before a byte is read (callers that read a bounded header pass False)."""
+    limit = max_file_bytes() if capped else None
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     try:
-        mode = os.fstat(fd).st_mode
+        info = os.fstat(fd)
+        mode = info.st_mode
         if not stat.S_ISREG(mode):
             raise _not_regular(path, mode)
+        if limit is not None and info.st_size > limit:
+            raise _too_large(path, info.st_size, limit)
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
@@ -207,16 +238,33 @@ def open_regular(path):
 
 def read_bytes(path, limit: int | None = None) -> bytes:
     """The whole file, or its first ``limit`` bytes (headers, magic numbers). Local files must
-    be regular files (open_regular): FIFOs, sockets and devices are refused, never read."""
+    be regular files (open_regular): FIFOs, sockets and devices are refused, never read. A whole
+    read of a file over ``max_file_bytes()`` is refused (OSError naming the file) before reading,
+    local or remote."""
     if not is_remote(path):
-        with open_regular(path) as handle:
-            return handle.read() if limit is None else handle.read(limit)
+        with open_regular(path, capped=limit is None) as handle:
+            if limit is not None:
+                return handle.read(limit)
+            cap = max_file_bytes()
+            data = handle.read(cap + 1)  # a file that grew after its size was checked
+        if len(data) > cap:
+            raise _too_large(path, None, cap)
+        return data
     gfile = _gfile()
+    cap = max_file_bytes()
     try:
+        size = int(gfile.stat(path).length) if limit is None else 0
+        if size > cap:
+            raise _too_large(path, size, cap)
         with gfile.GFile(path, "rb") as handle:
-            return handle.read() if limit is None else handle.read(limit)
+            data = handle.read(cap + 1) if limit is None else handle.read(limit)
+    except OSError:
+        raise
     except Exception as error:
         raise _as_os_error(error, path) from error
+    if limit is None and len(data) > cap:
+        raise _too_large(path, None, cap)
+    return data
 
 
 def open_text(path, encoding: str = "utf-8", errors: str = "strict", newline: str | None = None):
