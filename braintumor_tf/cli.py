@@ -406,6 +406,45 @@ def demo_command(model_path, segmenter_path, host, port):
     serve(model_path, segmenter_path, host=host, port=port)
 
 
+@main.group("models")
+def models_group():
+    """Released models by name: where they are looked up, and fetching them."""
+
+
+@models_group.command("list")
+@_friendly_errors
+def models_list_command():
+    """Release folders found ($BRAINTUMOR_TF_MODELS, else the user cache, else ./savedmodels)."""
+    from braintumor_tf.export.released import list_models, models_folders
+
+    found = list_models()
+    click.echo("looked in: " + ", ".join(str(folder) for folder in models_folders()))
+    if not found:
+        click.echo("no released models; braintumor-tf models pull --from URL_OR_FOLDER")
+    for entry in found:
+        versions = ",".join(map(str, entry["versions"])) or "-"
+        click.echo(f"{entry['name']}: {entry['task'] or '?'} in {entry['folder']}; SavedModel "
+                   f"versions {versions}; files {', '.join(entry['files']) or '-'}"
+                   + (" (shadowed by the one above)" if entry["shadowed"] else ""))
+
+
+@models_group.command("pull")
+@click.option("--from", "source", required=True,
+              help="Where the release folders are: an http(s) URL or a folder (a clone's "
+                   "savedmodels/).")
+@click.option("--name", "names", multiple=True, help="Only this release (repeatable).")
+@click.option("--to", "target", default=None, type=click.Path(file_okay=False),
+              help="Models folder to fill (default: $BRAINTUMOR_TF_MODELS, else the user cache).")
+@_friendly_errors
+def models_pull_command(source, names, target):
+    """Copy released models, each file checked against the sha256 manifest in the package."""
+    from braintumor_tf.export.released import pull, pull_target
+
+    target = Path(target) if target else pull_target()
+    files = pull(source, list(names), target, progress=click.echo)
+    click.echo(f"{len(files)} files checked and written to {target}")
+
+
 @main.command("benchmark")
 @click.option("--model", "models", required=True, multiple=True,
               help="Model in any form (repeatable); a TF Serving base dir brings its .tflite files.")

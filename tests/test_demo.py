@@ -131,6 +131,8 @@ def test_demo_with_only_a_segmenter_keeps_the_default_classifier(tmp_path, monke
     monkeypatch.setattr(demo_app, "serve", lambda classifier, segmenter, host, port:
                         served.update(classifier=classifier, segmenter=segmenter))
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BRAINTUMOR_TF_MODELS", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # nothing pulled there
     result = CliRunner().invoke(main, ["demo", "--segmenter", "seg.keras"])
     assert result.exit_code == 0, result.output
     assert served == {"classifier": str(Path("savedmodels/classifier/classifier.keras")),

@@ -107,14 +107,11 @@ def create_app(classifier=None, segmenter=None):
 
 
 def default_classifier() -> str:
-    """The release beside the repository: its .keras file (Grad-CAM) if present, else the
-    newest SavedModel version."""
-    base = Path("savedmodels") / "classifier"
-    if (base / "classifier.keras").is_file():
-        return str(base / "classifier.keras")
-    if base.is_dir():
-        return str(base)
-    raise FileNotFoundError("no --model given and no savedmodels/classifier here; pass --model")
+    """The released classifier, found by name (export.released: $BRAINTUMOR_TF_MODELS, the user
+    cache, ./savedmodels)."""
+    from braintumor_tf.export.released import default_classifier as released
+
+    return str(released())
 
 
 def serve(classifier_path=None, segmenter_path=None, host: str = "127.0.0.1",

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from braintumor_tf.config import DEFAULT_SEGMENTATION_THRESHOLD, TASKS
+from braintumor_tf.export.released import resolve_model
 from braintumor_tf.log import log
 from braintumor_tf.machine import default_batch_size, usable_cores
 from braintumor_tf.spec import ModelSpec, keras_guard_file, read_spec
@@ -406,7 +407,7 @@ def load_runtime(
     ``tta`` wraps a .keras model in test-time augmentation (``models.tta``); None: the averaging
     its spec asks for. Exported files already compute whatever they were exported with.
     """
-    path = Path(path)
+    path = resolve_model(path)  # a released model's name ("classifier") or a path
     if not path.exists():
         raise FileNotFoundError(f"model not found: {path}{_how_to_make(path)}")
     if path.is_file() and path.suffix == ".keras":

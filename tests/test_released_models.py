@@ -1,0 +1,111 @@
+"""Released models by name, and `models pull` checked against the manifest in the package."""
+
+import hashlib
+import http.server
+import json
+import shutil
+import threading
+from functools import partial
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from braintumor_tf.cli import main
+from braintumor_tf.export.released import (
+    MANIFEST,
+    models_folders,
+    pull,
+    read_manifest,
+    resolve_model,
+    write_manifest,
+)
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+def _release(root: Path) -> Path:
+    """A stand-in release folder (names only matter here, not whether the bytes load)."""
+    (root / "classifier" / "1" / "variables").mkdir(parents=True)
+    (root / "classifier" / "1" / "saved_model.pb").write_bytes(b"graph" * 100)
+    (root / "classifier" / "1" / "variables" / "variables.index").write_bytes(b"index")
+    (root / "classifier" / "classifier.keras").write_bytes(b"keras" * 1000)
+    return root
+
+
+@pytest.fixture
+def models_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("BRAINTUMOR_TF_MODELS", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def web(tmp_path):
+    """An HTTP server on 127.0.0.1 over a release folder."""
+    root = _release(tmp_path / "site")
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_the_committed_manifest_matches_the_committed_releases():
+    files = read_manifest(MANIFEST)
+    releases = REPOSITORY / "savedmodels"
+    if not releases.is_dir():
+        pytest.skip("not a clone: no savedmodels/ to compare with")
+    on_disk = {p.relative_to(releases).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+               for name in ("classifier", "segmenter") for p in (releases / name).rglob("*")
+               if p.is_file()}
+    assert files == on_disk, "run python scripts/release_manifest.py"
+
+
+def test_pull_over_http_checks_every_file_and_names_resolve(web, models_home, tmp_path):
+    root, url = web
+    manifest = tmp_path / "manifest.json"
+    write_manifest(root, ["classifier"], manifest)
+    written = pull(url, target=None, manifest=manifest, progress=lambda line: None)
+    assert written == sorted(json.loads(manifest.read_text())["files"])
+    assert (models_home / "classifier" / "classifier.keras").read_bytes() == b"keras" * 1000
+    assert models_folders() == [models_home]
+    assert resolve_model("classifier") == models_home / "classifier"
+    assert resolve_model("some/path.keras") == Path("some/path.keras")  # paths stay paths
+    with pytest.raises(FileNotFoundError, match="models pull"):
+        resolve_model("segmenter")
+    result = CliRunner().invoke(main, ["models", "list"])
+    assert result.exit_code == 0 and "classifier: ? in" in result.output
+    assert "SavedModel versions 1; files classifier.keras" in result.output
+
+
+def test_a_corrupted_download_writes_nothing(web, models_home, tmp_path):
+    root, url = web
+    manifest = tmp_path / "manifest.json"
+    write_manifest(root, ["classifier"], manifest)
+    (root / "classifier" / "classifier.keras").write_bytes(b"keras" * 999 + b"xxxxx")
+    with pytest.raises(ValueError, match="differs from the manifest"):
+        pull(url, manifest=manifest, progress=lambda line: None)
+    assert not (models_home / "classifier").exists()
+    assert [p.name for p in models_home.iterdir()] == []  # no staging folder left behind
+    (root / "classifier" / "classifier.keras").unlink()
+    with pytest.raises(Exception, match="404|Not Found"):
+        pull(url, manifest=manifest, progress=lambda line: None)
+
+
+def test_pull_from_a_folder_by_cli_and_bad_sources(models_home, tmp_path):
+    root = _release(tmp_path / "clone")
+    manifest = tmp_path / "manifest.json"
+    write_manifest(root, ["classifier"], manifest)
+    assert len(pull(str(root), ["classifier"], manifest=manifest, progress=lambda x: None)) == 3
+    with pytest.raises(ValueError, match="no release named"):
+        pull(str(root), ["detector"], manifest=manifest)
+    with pytest.raises(ValueError, match="http"):
+        pull("file:///etc", manifest=manifest)
+    shutil.rmtree(models_home)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"files": {"../outside": "0" * 64}}))
+    with pytest.raises(ValueError, match="leaves the models folder"):
+        read_manifest(bad)
+    result = CliRunner().invoke(main, ["models", "pull", "--from", str(tmp_path / "nowhere")])
+    assert result.exit_code != 0 and "missing" in result.output
