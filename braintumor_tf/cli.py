@@ -55,6 +55,17 @@ def main(verbose, quiet):
     configure(-1 if quiet else 1 if verbose else 0)
 
 
+def _deprecated(old: str, new: str, old_value, new_value):
+    """An old flag still works for one release, with a message naming its replacement."""
+    if old_value is None:
+        return new_value
+    if new_value is not None:
+        raise click.UsageError(f"give {new} only ({old.split()[-1]} is its deprecated spelling)")
+    click.echo(f"note: {old} is deprecated and will be removed in the next release; use {new}",
+               err=True)
+    return old_value
+
+
 def _default_run_dir(config_path) -> Path:
     stem = Path(config_path).stem if config_path else "classification"
     return Path("runs") / stem
@@ -63,10 +74,13 @@ def _default_run_dir(config_path) -> Path:
 @main.command("train")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="YAML config (default: configs/classification.yaml).")
-@click.option("--data", "data_root", default=None,
-              help="Data root(s), comma-separated; overrides data.root. Default: phantoms.")
-@click.option("--out", "run_dir", default=None, type=click.Path(file_okay=False),
+@click.option("--data", "data_roots", multiple=True,
+              help="Data folder (repeatable; comma-separated also works); overrides data.root. "
+                   "Default: the built-in phantoms.")
+@click.option("--run", "run_dir", default=None, type=click.Path(file_okay=False),
               help="Run directory (default: runs/<config name>). Re-running resumes.")
+@click.option("--out", "old_run_dir", default=None, type=click.Path(file_okay=False), hidden=True,
+              help="Deprecated spelling of --run.")
 @click.option("--subjects", "subjects_path", default=None, type=click.Path(dir_okay=False),
               help="CSV with columns path,subject: split by patient (overrides data.subjects; "
                    "default: a subjects.csv in a data root or one of its parents).")
@@ -84,11 +98,14 @@ def _default_run_dir(config_path) -> Path:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value, e.g. --set train.epochs=3 (repeatable).")
 @_friendly_errors
-def train_command(config_path, data_root, run_dir, subjects_path, label_tables, folds, publish_dir,
-                  overrides):
+def train_command(config_path, data_roots, run_dir, old_run_dir, subjects_path, label_tables,
+                  folds, publish_dir, overrides):
     """Train a classifier or a segmenter (config task); everything lands in the run directory."""
     from braintumor_tf.config import load_config
     from braintumor_tf.data import filesystem
+
+    run_dir = _deprecated("train --out", "--run", old_run_dir, run_dir)
+    data_root = ",".join(part for root in data_roots for part in root.split(",") if part) or None
 
     overrides = list(overrides)
     for table in label_tables:
@@ -255,14 +272,18 @@ def data_group():
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--out", "out_dir", default="audit", show_default=True,
               help="Folder for the tables (CSV, JSON, Markdown) and charts (PNG).")
-@click.option("--threshold", default=0.85, show_default=True,
-              help="Correlation at or above which two images are the same slice.")
+@click.option("--match-threshold", "threshold", default=None, type=float,
+              help="Correlation at or above which two images are the same slice. [default: 0.85]")
+@click.option("--threshold", "old_threshold", default=None, type=float, hidden=True,
+              help="Deprecated spelling of --match-threshold.")
 @click.option("--subjects", "subjects_path", default="auto", show_default=True,
               help="CSV with columns path,subject ('auto': a subjects.csv in a folder or one of its "
                    "parents; 'none': near-duplicate groups stand in for subjects).")
 @_friendly_errors
-def audit_command(paths, out_dir, threshold, subjects_path):
+def audit_command(paths, out_dir, threshold, old_threshold, subjects_path):
     """Count classes and find near-duplicate groups within and across folders."""
+    threshold = _deprecated("audit --threshold", "--match-threshold", old_threshold, threshold)
+    threshold = 0.85 if threshold is None else threshold
     for path in paths:
         if not Path(path).exists():
             raise FileNotFoundError(f"data folder not found: {path}")
@@ -466,7 +487,9 @@ def train_main(argv=None):
     """``python -m braintumor_tf.train`` is ``braintumor-tf train`` (``-v``/``-q`` anywhere)."""
     args = list(sys.argv[1:] if argv is None else argv)
     flags = [a for a in args if a in ("-v", "--verbose", "-q", "--quiet")]
-    return main([*flags, "train", *(a for a in args if a not in flags)])
+    # Usage lines and errors name the documented entry, not "python -m braintumor_tf.train train".
+    return main([*flags, "train", *(a for a in args if a not in flags)],
+                prog_name="braintumor-tf")
 
 
 if __name__ == "__main__":

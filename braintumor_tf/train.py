@@ -1,4 +1,5 @@
-"""``python -m braintumor_tf.train [--config FILE] [--data PATH] [--out DIR] [--set k=v ...]``."""
+"""``python -m braintumor_tf.train [--config FILE] [--data PATH] [--run DIR] [--set k=v ...]``:
+the same as ``braintumor-tf train``, kept for the commands in configs and docs."""
 
 from braintumor_tf.cli import train_main
 

@@ -49,7 +49,7 @@ def _train(run_dir: Path, kill_at=None) -> int:
     env = dict(os.environ)
     if kill_at:
         env["BRAINTUMOR_TF_KILL_AT"] = f"{kill_at[0]}:{kill_at[1]}"
-    return subprocess.run([sys.executable, "-m", "braintumor_tf.train", "--out", str(run_dir),
+    return subprocess.run([sys.executable, "-m", "braintumor_tf.train", "--run", str(run_dir),
                            *TINY], capture_output=True, env=env, timeout=900).returncode
 
 

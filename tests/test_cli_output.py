@@ -44,3 +44,20 @@ def test_quiet_predict_prints_results_and_no_tensorflow_noise(tmp_path):
     assert " (glioma=" in lines[0]
     for noise in ("oneDNN custom operations", "absl::InitializeLog", "batch size"):
         assert noise not in result.stdout + result.stderr
+
+
+def test_old_flag_spellings_still_work_with_a_note(tmp_path):
+    from click.testing import CliRunner
+
+    from braintumor_tf.cli import main
+
+    runner = CliRunner()
+    both = runner.invoke(main, ["train", "--out", str(tmp_path / "a"), "--run", str(tmp_path / "b")])
+    assert both.exit_code == 2 and "give --run only" in both.output
+    # The old spelling is read (the note), then the run starts and stops at the bad key.
+    old = runner.invoke(main, ["train", "--out", str(tmp_path / "a"), "--set", "nosuch.key=1"])
+    assert old.exit_code != 0 and "train --out is deprecated" in old.output
+    assert "use --run" in old.output and "nosuch" in old.output
+    audit = runner.invoke(main, ["data", "audit", str(tmp_path / "missing"), "--threshold", "0.9"])
+    assert "audit --threshold is deprecated" in audit.output
+    assert "data folder not found" in audit.output

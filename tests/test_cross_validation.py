@@ -202,7 +202,7 @@ def cv_run(patient_data):
                "--labels", str(patient_data / "export_classes.csv"),
                "--subjects", str(patient_data / "subjects.csv"), "--folds", "2",
                "--set", "data.train_sources=[scans]", "--publish", str(patient_data / "published"),
-               "--set", "train.held_out_tta=[mirror]", "--out", str(run_dir), *TINY_CV)
+               "--set", "train.held_out_tta=[mirror]", "--run", str(run_dir), *TINY_CV)
     return run_dir
 
 
@@ -253,7 +253,7 @@ def test_rerunning_a_finished_cv_trains_nothing(cv_run, patient_data):
                         "--labels", str(patient_data / "export_classes.csv"),
                         "--subjects", str(patient_data / "subjects.csv"), "--folds", "2",
                         "--set", "data.train_sources=[scans]", "--set", "train.held_out_tta=[mirror]",
-                        "--out", str(cv_run), *TINY_CV)
+                        "--run", str(cv_run), *TINY_CV)
     assert "already holds a finished run" in result.stderr + result.stdout
     assert (cv_run / "out_of_fold.csv").stat().st_mtime_ns == before
 
@@ -311,7 +311,7 @@ def test_a_staged_recipe_cross_validates_stage_by_stage(patient_data, tmp_path):
     stages = "train.stages=[{name: low, data.image_size: 32}, {name: more, train.epochs: 2}]"
     run_python("-m", "braintumor_tf.train", "--data", str(patient_data / "data"),
                "--subjects", str(patient_data / "subjects.csv"), "--folds", "2",
-               "--out", str(run_dir), *TINY_CV, "--set", stages)
+               "--run", str(run_dir), *TINY_CV, "--set", stages)
     for fold in ("0", "1"):
         first, second = (run_dir / f"folds/fold{fold}/stages/{name}" for name in ("1_low", "2_more"))
         # the second stage starts from the first one's last weights, on the same fold split

@@ -37,7 +37,7 @@ def history_epochs(run_dir: Path) -> list[int]:
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("e2e") / "run"
-    run_python("-m", "braintumor_tf.train", "--out", str(run_dir), *TINY, "--set", "train.epochs=12",
+    run_python("-m", "braintumor_tf.train", "--run", str(run_dir), *TINY, "--set", "train.epochs=12",
         "--set", "optimizer.learning_rate=0.003")
     return run_dir
 
@@ -97,7 +97,7 @@ def test_evaluate_bad_paths_give_one_line(args, message):
 @pytest.mark.slow
 def test_killed_run_resumes_from_the_last_epoch(tmp_path):
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "braintumor_tf.train", "--out", str(run_dir), *TINY,
+    command = [sys.executable, "-m", "braintumor_tf.train", "--run", str(run_dir), *TINY,
                "--set", "train.epochs=8",
                "--set", "data.phantom_images_per_class=30"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -26,7 +26,7 @@ def _train(run_dir, kill_at=None):
     env = dict(ENV)
     if kill_at:
         env[ENVIRONMENT_VARIABLE] = f"{kill_at[0]}:{kill_at[1]}"
-    return subprocess.run([sys.executable, "-m", "braintumor_tf.train", "--out", str(run_dir),
+    return subprocess.run([sys.executable, "-m", "braintumor_tf.train", "--run", str(run_dir),
                            *TINY_DETERMINISTIC], capture_output=True, text=True, env=env,
                           timeout=600)
 

@@ -278,7 +278,7 @@ TINY_CLASSIFIER = TINY_DETERMINISTIC
 
 def _train_on_two_workers(run_dir: Path, *overrides: str, kill: dict[int, str] | None = None):
     extra = {index: {ENVIRONMENT_VARIABLE: point} for index, point in (kill or {}).items()}
-    return _start_workers(["-m", "braintumor_tf.train", "--out", str(run_dir), *overrides],
+    return _start_workers(["-m", "braintumor_tf.train", "--run", str(run_dir), *overrides],
                           extra_env=extra, cwd=run_dir.parent)
 
 
@@ -356,7 +356,7 @@ def test_one_step_on_two_workers_equals_one_step_of_one_process_on_the_global_ba
                 "--set", "model.dropout=0.0", "--set", "optimizer.name=sgd",
                 "--set", "optimizer.learning_rate=0.05", "--set", "schedule.name=constant"]
     _check_two_worker_run(tmp_path / "two", _finish(_train_on_two_workers(tmp_path / "two", *one_step)))
-    single = subprocess.run(["nice", "-n", "10", sys.executable, "-m", "braintumor_tf.train", "--out",
+    single = subprocess.run(["nice", "-n", "10", sys.executable, "-m", "braintumor_tf.train", "--run",
                              str(tmp_path / "one"), *one_step], capture_output=True, text=True,
                             env={key: value for key, value in ENV.items() if key != "TF_CONFIG"},
                             timeout=900)

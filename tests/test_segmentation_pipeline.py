@@ -92,7 +92,7 @@ def test_mask_targets_need_a_mask_folder_for_real_data():
 @pytest.fixture(scope="module")
 def seg_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("seg") / "run"
-    run_python("-m", "braintumor_tf.train", "--out", str(run_dir), *TINY, "--set", "train.epochs=3")
+    run_python("-m", "braintumor_tf.train", "--run", str(run_dir), *TINY, "--set", "train.epochs=3")
     return run_dir
 
 

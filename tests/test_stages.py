@@ -44,7 +44,7 @@ def test_bad_stages_fail_before_training_naming_the_stage(stages, message):
 @pytest.mark.slow
 def test_a_staged_run_chains_weights_shares_its_split_and_resumes_as_finished(tmp_path):
     run = tmp_path / "run"
-    args = ["-m", "braintumor_tf.train", "--config", str(SEG_CONFIG), "--out", str(run),
+    args = ["-m", "braintumor_tf.train", "--config", str(SEG_CONFIG), "--run", str(run),
             "--set", "data.phantom_images_per_class=6", "--set", "data.phantom_image_size=96",
             "--set", "data.image_size=64", "--set", "segmentation.encoder=mobilenetv2",
             "--set", "segmentation.decoder_filters=[8, 8, 4, 4, 4]",
