@@ -466,6 +466,27 @@ def models_pull_command(source, names, target):
     click.echo(f"{len(files)} files checked and written to {target}")
 
 
+@main.command("serve-local")
+@click.option("--model", "models", multiple=True, required=True, metavar="NAME=PATH",
+              help="A model to serve under NAME: a serving base (newest version) or a version "
+                   "folder, e.g. classifier=savedmodels/classifier (repeatable).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8501, show_default=True, type=click.IntRange(1, 65535))
+@_friendly_errors
+def serve_local_command(models, host, port):
+    """A development stand-in for TF Serving's REST API (not for production): try the curl and
+    predict --server examples of docs/SERVING.md without Docker."""
+    named = {}
+    for item in models:
+        name, separator, path = item.partition("=")
+        if not separator or not name or not path:
+            raise ValueError(f"--model takes NAME=PATH, got {item[:200]!r}")
+        named[name] = path
+    from braintumor_tf.serving.local import serve_forever
+
+    serve_forever(named, host=host, port=port)
+
+
 @main.command("benchmark")
 @click.option("--model", "models", required=True, multiple=True,
               help="Model in any form (repeatable); a TF Serving base dir brings its .tflite files.")

@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "braintumor_tf"
 LAYERS = {
     "log": 0, "config": 0, "faults": 0, "machine": 0, "custom_objects": 2, "overlays": 1,
     "data": 1, "models": 1, "training": 1, "plots": 1, "spec": 1,
-    "evaluation": 2, "export": 2, "inference": 2,
+    "evaluation": 2, "export": 2, "inference": 2, "serving": 2,
     "tasks": 3,
     "commands": 4,
     "cli": 5, "train": 5, "__main__": 5, "__init__": 5, "api": 5, "demo": 5,

@@ -109,3 +109,54 @@ def test_pull_from_a_folder_by_cli_and_bad_sources(models_home, tmp_path):
         read_manifest(bad)
     result = CliRunner().invoke(main, ["models", "pull", "--from", str(tmp_path / "nowhere")])
     assert result.exit_code != 0 and "missing" in result.output
+
+
+@pytest.mark.usefixtures("float32_policy")
+def test_serve_local_answers_the_rest_api_for_predict_server(tmp_path):
+    """The documented no-Docker path: `braintumor-tf serve-local`, then curl / predict --server."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import cv2
+    import keras
+    import numpy as np
+
+    from braintumor_tf.export.savedmodel import export_classifier
+
+    inputs = keras.Input((32, 32, 1))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(x))
+    export_classifier(model, tmp_path / "served" / "3", ("glioma", "meningioma", "notumor",
+                                                         "pituitary"))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "braintumor_tf", "serve-local", "--model",
+                               f"classifier={tmp_path / 'served'}", "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(240):
+            try:
+                status = json.loads(urllib.request.urlopen(f"{url}/v1/models/classifier").read())
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert status["model_version_status"][0] == {
+            "version": "3", "state": "AVAILABLE", "status": {"error_code": "OK",
+                                                             "error_message": ""}}
+        image = tmp_path / "scan.png"
+        cv2.imwrite(str(image), np.full((50, 40), 120, np.uint8))
+        predicted = subprocess.run(
+            [sys.executable, "-m", "braintumor_tf", "predict", "--server", url, "--model-name",
+             "classifier", str(image)], capture_output=True, text=True, timeout=120)
+        assert predicted.returncode == 0, predicted.stdout + predicted.stderr
+        expected = model(np.full((1, 32, 32, 1), 120, np.float32)).numpy()[0]
+        name = ("glioma", "meningioma", "notumor", "pituitary")[int(expected.argmax())]
+        assert f"scan.png: {name} (glioma={expected[0]:.3f}" in predicted.stdout
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -1,0 +1,1 @@
+"""Serving helpers that are not TF Serving itself (see local.py)."""
