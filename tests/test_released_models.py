@@ -160,3 +160,19 @@ def test_serve_local_answers_the_rest_api_for_predict_server(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_servings_signature_tables_say_what_the_committed_files_hold():
+    import importlib.util
+
+    document = REPOSITORY / "docs" / "SERVING.md"
+    if not (REPOSITORY / "savedmodels").is_dir():
+        pytest.skip("not a clone")
+    loader = importlib.util.spec_from_file_location(
+        "serving_tables", REPOSITORY / "scripts" / "serving_tables.py")
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    text = document.read_text()
+    block = text.split(module.START, 1)[1].split(module.END, 1)[0]
+    assert block == "\n" + module.tables(REPOSITORY / "savedmodels"), \
+        "run python scripts/serving_tables.py"
