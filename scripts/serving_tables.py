@@ -38,7 +38,7 @@ def tables(root: Path = Path("savedmodels")) -> str:
                    f", OOD guard (threshold {spec.ood_threshold:.3f}, temperature "
                    f"{spec.temperature:.3f})")
                 + ("" if spec.threshold is None else f", mask threshold {spec.threshold}"))
-            lines += [f"`{version.as_posix()}`{about}", "",
+            lines += [f"`savedmodels/{release}/{version.name}`{about}", "",
                       "| signature | input | dtype | shape | outputs |", "|---|---|---|---|---|"]
             for name in sorted(loaded.signatures):
                 signature = loaded.signatures[name]
