@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from braintumor_tf.commands.run_dir import start_run
+from braintumor_tf.commands.run_dir import read_summary, start_run
 from braintumor_tf.config import Config
 from braintumor_tf.data.csv_files import open_csv
 from braintumor_tf.data.discover import ImageRecord
@@ -108,7 +108,7 @@ def train_folds(config: Config, run_dir: str | Path, data_dir: Path | None = Non
                 shutil.copy2(directory / _tta_name(mode),
                              Path(publish_dir) / f"fold{fold}_tta-{mode}.csv")
         summary_path = directory / "summary.json"
-        fold_summaries.append(json.loads(summary_path.read_text()) if summary_path.exists() else {})
+        fold_summaries.append(read_summary(summary_path, move_aside=False) or {})
     if config.data.folds_ensemble:
         _write_ensemble(config, task, run_dir, folds)
     predictions = read_out_of_fold([fold_dir(run_dir, fold) / OUT_OF_FOLD_NAME

@@ -9,12 +9,13 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from braintumor_tf.config import Config, load_config, save_config
-from braintumor_tf.log import log
+from braintumor_tf.log import log, logger
 from braintumor_tf.plots import plot_learning_rate
 from braintumor_tf.training.schedules import schedule_values
 
@@ -96,14 +97,92 @@ def start_run(config: Config, run_dir: str | Path) -> tuple[Path, dict | None]:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     check_resumable(config, run_dir)
-    if (run_dir / "summary.json").exists():
+    summary = read_summary(run_dir / "summary.json")
+    if summary is not None:
         log(f"{run_dir} already holds a finished run (summary.json); choose a new --out to train "
             "again")
-        return run_dir, json.loads((run_dir / "summary.json").read_text())
+        if (run_dir / "backup").exists():  # killed between summary.json and the backup's removal
+            shutil.rmtree(run_dir / "backup", ignore_errors=True)
+            log(f"removed {run_dir / 'backup'}, left behind when the run was stopped just after "
+                "it finished")
+        return run_dir, summary
     # Atomic: the other workers read it at the same time (_start_worker_run).
     save_config(config, run_dir / "config.yaml.partial")
     os.replace(run_dir / "config.yaml.partial", run_dir / "config.yaml")
     return run_dir, None
+
+
+def read_summary(path: Path, move_aside: bool = True) -> dict | None:
+    """A run's ``summary.json`` (the mark of a finished run), None when there is none. A damaged
+    one (empty, cut short, not a JSON object) is not a finished run: it is moved aside to
+    ``summary.json.damaged`` with a warning (``move_aside``), and finishing the run again (its
+    checkpoints are still there) writes it anew instead of every start failing on it."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+        problem = None if isinstance(summary, dict) else "not a JSON object"
+    except (OSError, ValueError) as error:  # UnicodeDecodeError is a ValueError too
+        summary, problem = None, ("empty" if _is_empty(path) else
+                                  f"not readable JSON: {str(error).splitlines()[0][:120]}")
+    if problem is None:
+        return summary
+    if move_aside:
+        damaged = path.with_name(path.name + ".damaged")
+        os.replace(path, damaged)
+        logger.warning(f"{path} is damaged ({problem}); moved to {damaged.name}: the run is "
+                       "finished again from its checkpoints, which writes a new one")
+    else:
+        logger.warning(f"{path} is damaged ({problem}); ignored")
+    return None
+
+
+def _is_empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0 or not path.read_bytes().strip(b"\0 \t\r\n")
+    except OSError:
+        return False
+
+
+def keras_file_problem(path: Path) -> str | None:
+    """Why ``path`` is not a whole ``.keras`` file (zeroed, cut short, overwritten), or None;
+    checked as a zip archive (names and CRCs), without TensorFlow."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            missing = {"config.json", "model.weights.h5"} - set(archive.namelist())
+            if missing:
+                return f"not a Keras model archive: no {', '.join(sorted(missing))}"
+            corrupt = archive.testzip()
+            if corrupt is not None:
+                return f"{corrupt} inside it is corrupt"
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError, RuntimeError) as error:
+        if _is_empty(path):
+            return "empty or all zeros"
+        return f"not a readable .keras file ({str(error).splitlines()[0][:120] or type(error).__name__})"
+    return None
+
+
+def recover_best_checkpoint(run_dir: Path) -> None:
+    """A damaged ``best.keras`` in a run to resume is moved aside to ``best.keras.damaged`` with a
+    warning, instead of every rerun failing on it: with ``backup/`` the run resumes from the backup
+    (the best checkpoint is chosen again among the epochs still to train; with none left, the
+    backup's last-epoch weights are the model), without one it trains again from epoch 1."""
+    best = Path(run_dir) / "best.keras"
+    if not best.exists():
+        return
+    problem = keras_file_problem(best)
+    if problem is None:
+        return
+    damaged = best.with_name(best.name + ".damaged")
+    os.replace(best, damaged)
+    if (Path(run_dir) / "backup").is_dir():
+        plan = (f"resuming from {Path(run_dir) / 'backup'}: the best checkpoint is chosen again "
+                "among the epochs still to train, and with none left the last epoch's weights "
+                "are the model")
+    else:
+        plan = "no backup to resume from: training again from epoch 1"
+    logger.warning(f"{best} is damaged ({problem}); moved to {damaged.name}; {plan}")
 
 
 def setup_training(config: Config):
@@ -146,14 +225,16 @@ def _start_worker_run(config: Config, run_dir: Path, role) -> tuple[Path, dict |
         chief_dir = run_dir.absolute()
         digest = hashlib.sha256(os.fsencode(chief_dir)).hexdigest()[:12]  # any name
         worker_dir = Path(tempfile.gettempdir()) / f"braintumor_tf-{role.task_type}{role.index}-{digest}"
-    if (chief_dir / "summary.json").exists():
+    # The chief owns its directory: a damaged summary.json there is the chief's to move aside.
+    chief_summary = read_summary(chief_dir / "summary.json", move_aside=False)
+    if chief_summary is not None:
         log(f"{chief_dir} already holds a finished run (summary.json)")
         if followed is None:
-            return chief_dir, json.loads((chief_dir / "summary.json").read_text())
+            return chief_dir, chief_summary
         worker_dir.mkdir(parents=True, exist_ok=True)
         if (chief_dir / "best.keras").is_file():  # a finished stage: the next one starts from it
             shutil.copy2(chief_dir / "best.keras", worker_dir / "best.keras")
-        return worker_dir, json.loads((chief_dir / "summary.json").read_text())
+        return worker_dir, chief_summary
     _config_differences(config, chief_dir)  # refuses as the chief does, before the cluster forms
     if followed is None:
         shutil.rmtree(worker_dir, ignore_errors=True)

@@ -21,6 +21,7 @@ from braintumor_tf.commands.run_dir import (
     end_worker_fit,
     load_initial_weights,
     prepare_run_data,
+    recover_best_checkpoint,
     release_workers,
     setup_training,
     start_run,
@@ -63,6 +64,7 @@ def train(config: Config, run_dir: str | Path, score_test: bool = True,
     run_dir, finished = start_run(config, run_dir)
     if finished is not None:
         return finished
+    recover_best_checkpoint(run_dir)
     policy, strategy = setup_training(config)
 
     data = prepare_run_data(task, config, run_dir, data_dir, strategy)

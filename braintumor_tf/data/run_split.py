@@ -19,7 +19,7 @@ from braintumor_tf.data.discover import CLASS_NAMES, ImageRecord, odd_entries
 from braintumor_tf.data.manifest import read_manifest, write_manifest
 from braintumor_tf.data.splits import make_split
 from braintumor_tf.data.subjects import describe, subjects_for
-from braintumor_tf.log import log
+from braintumor_tf.log import log, logger
 
 SUBJECTS_REPORT = "subjects.json"
 MANIFEST_NAME = "split_manifest.csv"
@@ -42,14 +42,31 @@ def split_and_write_manifest(config: Config, run_dir: Path, records: Sequence[Im
             "groups) have images in more than one of them")
     report.split_units = int(len(np.unique(result.units)))
     report.straddling_units = units_in_several_splits(result.units, splits)
+    manifest_path = run_dir / MANIFEST_NAME
+    # A manifest already there: reuse_split found the split's JSON files damaged, and the split
+    # is made again to rebuild them; it must be this run's split byte for byte.
+    if manifest_path.exists():
+        written = manifest_path.with_name(MANIFEST_NAME + ".rebuilt")
+        write_manifest(written, result.records, result.groups, splits,
+                       class_names=class_names, subjects=result.subjects)
+        same = written.read_bytes() == manifest_path.read_bytes()
+        written.unlink()
+        damaged = ", ".join(str(run_dir / name) for name in damaged_split_files(run_dir))
+        if not same:
+            raise ValueError(
+                f"{damaged or run_dir / SPLIT_RECORD} damaged, and splitting the data again does "
+                f"not give this run's {MANIFEST_NAME} (the data or data.* settings changed): "
+                "restore the file from a copy, or train into a new --out")
+        logger.warning(f"{damaged or 'the split files'} rebuilt: splitting the data again gave "
+                       f"this run's {MANIFEST_NAME} byte for byte")
     skipped = [*result.bad, *odd_entries(roots)]
     write_bad_file_report(skipped, run_dir / "bad_files.csv")
     if skipped:
         log(f"skipped {len(skipped)} unreadable files, listed in {run_dir / 'bad_files.csv'}")
     (run_dir / SUBJECTS_REPORT).write_text(json.dumps(report.as_dict(), indent=2))
-    manifest_path = run_dir / MANIFEST_NAME
-    write_manifest(manifest_path, result.records, result.groups, splits,
-                   class_names=class_names, subjects=result.subjects)
+    if not manifest_path.exists():
+        write_manifest(manifest_path, result.records, result.groups, splits,
+                       class_names=class_names, subjects=result.subjects)
     rows = read_manifest(manifest_path)
     (run_dir / SPLIT_RECORD).write_text(json.dumps(
         {"manifest": MANIFEST_NAME, "rows": len(rows), "sha256": _digest(manifest_path)}, indent=2))
@@ -75,6 +92,12 @@ def reuse_split(run_dir: Path) -> list[dict] | None:
     manifest_path = Path(run_dir) / MANIFEST_NAME
     if not manifest_path.exists():
         return None
+    damaged = damaged_split_files(run_dir)
+    if damaged:  # derived from the data: split_and_write_manifest makes them again, checked
+        logger.warning(f"{', '.join(str(Path(run_dir) / name) for name in damaged)} damaged "
+                       f"(empty, cut short or not JSON); splitting the data again to rebuild "
+                       f"{'them' if len(damaged) > 1 else 'it'}")
+        return None
     rows = read_manifest(manifest_path)
     record_path = Path(run_dir) / SPLIT_RECORD
     if record_path.exists():
@@ -86,6 +109,23 @@ def reuse_split(run_dir: Path) -> list[dict] | None:
                 f"delete it and {SPLIT_RECORD} to split again")
     log(f"reusing split from {manifest_path} ({len(rows)} images)")
     return rows
+
+
+def damaged_split_files(run_dir: Path) -> list[str]:
+    """Which of the split's JSON records (``split.json``, ``subjects.json``) are there but do not
+    read as a JSON object: a kill or a full disk while they were written."""
+    damaged = []
+    for name in (SPLIT_RECORD, SUBJECTS_REPORT):
+        path = Path(run_dir) / name
+        if not path.exists():
+            continue
+        try:
+            ok = isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
+        except (OSError, ValueError):
+            ok = False
+        if not ok:
+            damaged.append(name)
+    return damaged
 
 
 def _digest(path: Path) -> str:
