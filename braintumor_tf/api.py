@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 
 from braintumor_tf.data.decode import DecodeError, read_image, resize_image
@@ -127,10 +126,7 @@ class Model:
             return {"input": label, "mask": None, "tumour_area_pixels": None,
                     "tumour_fraction": None, "error": error}
         probability = output[0][..., 0]
-        height, width = image.shape[:2]
-        if probability.shape != (height, width):
-            probability = cv2.resize(probability, (width, height), interpolation=cv2.INTER_LINEAR)
-        mask = (probability > self.runtime.threshold).astype(np.uint8)
+        mask = self.runtime.mask_for(probability, image.shape[:2])
         area = int(mask.sum())
         return {"input": label, "mask": mask, "tumour_area_pixels": area,
                 "tumour_fraction": area / mask.size, "error": None}

@@ -15,7 +15,6 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from braintumor_tf.data import filesystem
@@ -25,6 +24,7 @@ from braintumor_tf.data.decode import check_images, read_image
 from braintumor_tf.data.manifest import manifest_split
 from braintumor_tf.data.masks import resize_mask
 from braintumor_tf.data.segmentation import SegmentationSource, find_segmentation_images, mask_at_size
+from braintumor_tf.export.runtimes import at_size
 from braintumor_tf.log import logger
 from braintumor_tf.plots import plot_segmentation_cases
 from braintumor_tf.training.seg_metrics import (
@@ -209,15 +209,6 @@ def format_segmentation_shifts(report: dict) -> str:
         lines.append(f"| {name} | {entry['mean_dice']:.3f} | {entry.get('dice_change', 0.0):+.3f} | "
                      f"{median} | {entry['fraction_dice_below_0_1'] * 100:.1f} % | {hd95} |")
     return "\n".join(lines) + "\n"
-
-
-def at_size(probability: np.ndarray, shape) -> np.ndarray:
-    """A [S, S] probability map resized bilinearly to ``shape`` (H, W), as predict and the
-    SavedModel give masks back at the input's size."""
-    height, width = int(shape[0]), int(shape[1])
-    if probability.shape == (height, width):
-        return probability
-    return cv2.resize(np.asarray(probability, np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 def _write_per_image(path: Path, image_paths, per_image) -> None:

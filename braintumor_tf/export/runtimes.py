@@ -48,6 +48,19 @@ def configured_threshold(keras_path: Path) -> float:
     return DEFAULT_THRESHOLD
 
 
+def at_size(probability: np.ndarray, shape) -> np.ndarray:
+    """A [S, S] probability map resized bilinearly to ``shape`` (H, W): how every surface
+    (predict, the API, volumes, evaluation; the SavedModel in TF) gives masks back at the input's
+    size before thresholding."""
+    import cv2
+
+    height, width = int(shape[0]), int(shape[1])
+    if probability.shape == (height, width):
+        return probability
+    return cv2.resize(np.asarray(probability, np.float32), (width, height),
+                      interpolation=cv2.INTER_LINEAR)
+
+
 class Runtime:
     """A loaded model that maps raw pixels [N, S, S, C] in 0..255 to probabilities: [N, K] for a
     classifier, a tumour probability per pixel [N, S, S, 1] for a segmenter (``task``)."""
@@ -125,6 +138,11 @@ class Runtime:
         if chunks and isinstance(chunks[0], tuple) and chunks[0][1] is not None:
             scores = np.concatenate([c[1] for c in chunks]).astype(np.float32, copy=False)
         return probabilities.astype(np.float32, copy=False), scores
+
+    def mask_for(self, probability: np.ndarray, shape) -> np.ndarray:
+        """A segmenter's 0/1 uint8 mask at ``shape`` (H, W): resized back, then thresholded at
+        the model's own threshold."""
+        return (at_size(probability, shape) > self.threshold).astype(np.uint8)
 
     def in_distribution(self, scores: np.ndarray | None) -> np.ndarray | None:
         """True where the guard lets an image through (None without a guard)."""

@@ -51,10 +51,7 @@ def iter_mask_records(runtime, paths, masks_dir, explain_dir=None, batch_size: i
         pixels = np.stack([resize_image(image, runtime.image_size) for image in originals])
         probabilities = runtime.predict(pixels)[..., 0]
         for path, image, probability in zip(good, originals, probabilities, strict=True):
-            height, width = image.shape[:2]
-            if (height, width) != probability.shape:
-                probability = cv2.resize(probability, (width, height), interpolation=cv2.INTER_LINEAR)
-            mask = (probability > runtime.threshold).astype(np.uint8)
+            mask = runtime.mask_for(probability, image.shape[:2])
             name = unique_name(file_stem(path), used)
             records[path] = segment_record(path, mask=mask, mask_file=write_mask(mask, masks_dir, name))
             if explain_dir is not None:

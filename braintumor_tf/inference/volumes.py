@@ -26,7 +26,6 @@ import gzip
 import os
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from braintumor_tf.data import filesystem
@@ -172,9 +171,7 @@ def predict_volume_mask(runtime, path, out_path, axis: int | None = None,
         chunk = slices[start:start + batch_size]
         probabilities = runtime.predict(_pixels(chunk, runtime.image_size, runtime.channels))
         for offset, probability in enumerate(probabilities[..., 0]):
-            height, width = chunk[offset].shape
-            probability = cv2.resize(probability, (width, height), interpolation=cv2.INTER_LINEAR)
-            masks[start + offset] = probability > runtime.threshold
+            masks[start + offset] = runtime.mask_for(probability, chunk[offset].shape)
     volume = np.moveaxis(masks, 0, axis)
     header = image.header.copy()
     header.set_data_dtype(np.uint8)
