@@ -291,3 +291,61 @@ def test_polygon_boundary_convention_differs_from_pycocotools_by_design(tmp_path
     assert ours.sum() == _box_pixels(2, 3, 12, 10) == 11 * 8
     assert reference.sum() == 10 * 7
     assert np.all(ours[reference > 0] == 1)  # the reference mask lies inside ours
+
+
+def _polygon(points: int, offset: float = 0.0):
+    """A closed ``points``-point outline inside the 50x40 test image, as COCO's flat list."""
+    angles = np.linspace(0, 2 * np.pi, points, endpoint=False)
+    xy = np.stack([25 + 10 * np.cos(angles) + offset, 20 + 10 * np.sin(angles)], axis=1)
+    return [round(float(v), 3) for v in xy.ravel()]
+
+
+def test_polygon_points_are_capped_per_image_and_per_file(tmp_path, monkeypatch):
+    import time
+
+    from braintumor_tf.data import coco
+
+    # 100 polygons of 9,999 points on one image: each under the polygon cap, together not.
+    many = [_polygon(9_999, k / 100) for k in range(100)]
+    folder = _write_split(tmp_path / "image", [_image(1, "a.png")],
+                          [_ann(k, 1, [poly]) for k, poly in enumerate(many)])
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=r"annotations\[2\]\.segmentation: image id 1 has 29,997 "
+                                         r"polygon points so far; at most 20,000 per image"):
+        load_coco_split(folder)
+    assert time.monotonic() - start < 10
+    # Spread over many images, each under the image cap: the file's total is capped.
+    monkeypatch.setattr(coco, "MAX_FILE_POINTS", 50_000)
+    images = [_image(k, f"{k}.png") for k in range(8)]
+    folder = _write_split(tmp_path / "file", images,
+                          [_ann(k, k, [_polygon(9_000)]) for k in range(8)])
+    with pytest.raises(ValueError, match=r"annotations\[5\]\.segmentation: 54,000 polygon points "
+                                         r"so far in the file; at most 50,000") as error:
+        load_coco_split(folder)
+    assert ANNOTATION_FILE in str(error.value) and "\n" not in str(error.value)
+    # Under both caps: read as before.
+    folder = _write_split(tmp_path / "fine", [_image(1, "a.png")],
+                          [_ann(0, 1, [_polygon(9_000)]), _ann(1, 1, [_polygon(9_000, 1)])])
+    assert coco_mask(load_coco_split(folder).records[0]).sum() > 0
+
+
+@pytest.mark.parametrize("empty", [[], {}])
+def test_an_empty_segmentation_is_refused_and_counted_not_scored_as_a_perfect_mask(tmp_path,
+                                                                                     empty):
+    folder = _write_split(tmp_path / "s", [_image(1, "a.png"), _image(2, "b.png")],
+                          [_ann(0, 1, [_box(1, 1, 5, 5)]), _ann(1, 2, empty), _ann(2, 1, empty)])
+    with pytest.raises(ValueError, match=r"annotations\[1\]\.segmentation: empty: 2 annotation"
+                                         r"\(s\) have no polygon or RLE") as error:
+        load_coco_split(folder)
+    assert ANNOTATION_FILE in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_5000_digit_integer_names_the_file(tmp_path):
+    folder = _write_split(tmp_path / "s", [_image(1, "a.png")], [])
+    json_path = folder / ANNOTATION_FILE
+    json_path.write_text('{"images": [], "annotations": [], "x": ' + "7" * 5000 + "}")
+    with pytest.raises(ValueError) as error:
+        load_coco_split(folder)
+    message = str(error.value)
+    assert message.startswith(f"{json_path}: not a usable COCO file") and "4300" in message
+    assert "\n" not in message

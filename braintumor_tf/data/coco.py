@@ -106,6 +106,10 @@ def _checked_file_name(name, where: str, json_path: Path) -> str:
 
 # Far beyond any real outline; keeps hostile files from running for minutes in validation.
 MAX_POLYGON_POINTS = 10_000
+# All polygons of one image, and of one file: many polygons each under the cap above add up
+# (100 x 9,999 points kept evaluate busy past 120 s). A real brain MRI outline has tens of points.
+MAX_IMAGE_POINTS = 20_000
+MAX_FILE_POINTS = 1_000_000
 # Vertices may sit a little outside the image; this far out they are garbage (and would overflow
 # OpenCV's fixed-point rasteriser, silently drawing a wrong mask).
 MAX_OUTSIDE_FACTOR = 4
@@ -249,6 +253,9 @@ def _read_json(json_path: Path | str, folder) -> dict:
         raise ValueError(f"{json_path}: not valid JSON: {exc}") from None
     except UnicodeDecodeError as exc:
         raise ValueError(f"{json_path}: not UTF-8 text (byte {exc.start}): not a COCO file") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise ValueError(f"{json_path}: not a usable COCO file: "
+                         f"{str(exc).splitlines()[0][:200]}") from None
     except RecursionError:
         raise ValueError(f"{json_path}: JSON nested too deeply to be a COCO file") from None
     if not isinstance(data, dict):
@@ -308,6 +315,9 @@ def _parse_annotations(data: dict, image_info, categories, wanted, json_path: Pa
     if not isinstance(annotations, list):
         raise _fail("annotations", f"expected a list, got {_short(annotations)}", json_path)
     shapes: dict[int, list[CocoShape]] = {}
+    image_points: dict[int, int] = {}
+    file_points = 0
+    empty: list[int] = []
     for k, ann in enumerate(annotations):
         where = f"annotations[{k}]"
         if not isinstance(ann, dict):
@@ -321,12 +331,32 @@ def _parse_annotations(data: dict, image_info, categories, wanted, json_path: Pa
         if "segmentation" not in ann:
             raise _fail(f"{where}.segmentation", "missing", json_path)
         _, height, width = image_info[image_id]
-        polygons, rle = _parse_segmentation(ann["segmentation"], f"{where}.segmentation",
+        segmentation = ann["segmentation"]
+        if isinstance(segmentation, list | dict) and not segmentation:
+            empty.append(k)  # no outline: it would be scored as a perfect empty mask
+            continue
+        if isinstance(segmentation, list):  # counted before any number is checked
+            points = sum(len(poly) // 2 for poly in segmentation if isinstance(poly, list))
+            image_points[image_id] = image_points.get(image_id, 0) + points
+            file_points += points
+            if image_points[image_id] > MAX_IMAGE_POINTS:
+                raise _fail(f"{where}.segmentation", f"image id {image_id} has "
+                            f"{image_points[image_id]:,} polygon points so far; at most "
+                            f"{MAX_IMAGE_POINTS:,} per image are accepted", json_path)
+            if file_points > MAX_FILE_POINTS:
+                raise _fail(f"{where}.segmentation", f"{file_points:,} polygon points so far in "
+                            f"the file; at most {MAX_FILE_POINTS:,} are accepted", json_path)
+        polygons, rle = _parse_segmentation(segmentation, f"{where}.segmentation",
                                             (height, width), json_path)
         _check_within_reach(polygons, f"{where}.segmentation", (height, width), json_path)
         if wanted is not None and cat_id not in wanted:
             continue  # validated all the same: a bad file is bad whatever is asked of it
         shapes.setdefault(image_id, []).append(CocoShape(cat_id, polygons, rle))
+    if empty:
+        raise _fail(f"annotations[{empty[0]}].segmentation",
+                    f"empty: {len(empty)} annotation(s) have no polygon or RLE, and an outline "
+                    "that is not there cannot be scored (it would count as a perfect empty mask); "
+                    "remove them or give their outlines", json_path)
     return shapes
 
 
