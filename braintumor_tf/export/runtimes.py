@@ -21,8 +21,6 @@ _ACCEPTED = (
     "a TF Serving base directory (numeric version sub-directories) or a .tflite file"
 )
 
-# Segmenters: probability above which a pixel is tumour, unless the model says otherwise.
-DEFAULT_THRESHOLD = DEFAULT_SEGMENTATION_THRESHOLD
 
 
 def checked_threshold(threshold, task: str) -> float:
@@ -45,7 +43,7 @@ def configured_threshold(keras_path: Path) -> float:
         value = (tree.get("segmentation") or {}).get("threshold")
         if isinstance(value, int | float) and 0.0 < float(value) < 1.0:
             return float(value)
-    return DEFAULT_THRESHOLD
+    return DEFAULT_SEGMENTATION_THRESHOLD
 
 
 def at_size(probability: np.ndarray, shape) -> np.ndarray:
@@ -76,7 +74,7 @@ class Runtime:
         class_names: Sequence[str] | None,
         batch_size: int = 64,
         task: str = "classification",
-        threshold: float = DEFAULT_THRESHOLD,
+        threshold: float = DEFAULT_SEGMENTATION_THRESHOLD,
     ):
         if task not in TASKS:
             raise ValueError(f"{path}: unknown model task {task!r}; expected one of {TASKS}")
@@ -198,7 +196,8 @@ class _KerasRuntime(Runtime):
         shape = tuple(self._plain.input_shape)
         if self.spec is not None:
             class_names = _checked_names(path, class_names, self.spec)
-            threshold = self.spec.threshold if self.spec.threshold is not None else DEFAULT_THRESHOLD
+            threshold = (DEFAULT_SEGMENTATION_THRESHOLD if self.spec.threshold is None
+                         else self.spec.threshold)
         else:
             threshold = configured_threshold(path)
         super().__init__(
@@ -265,7 +264,7 @@ class _SavedModelRuntime(Runtime):
             )
         super().__init__(
             path, meta["image_size"], meta["channels"], len(stored), stored, batch_size, task=task,
-            threshold=meta.get("threshold") or DEFAULT_THRESHOLD,
+            threshold=meta.get("threshold") or DEFAULT_SEGMENTATION_THRESHOLD,
         )
         self.averaging = meta.get("averaging", meta.get("test_time_augmentation", "none"))
         if "ood_score" in self._signature.structured_outputs:
@@ -327,7 +326,7 @@ class _TFLiteRuntime(Runtime):
             _legacy_note(path)
         super().__init__(
             path, shape[1], shape[3], int(self._output["shape"][-1]), class_names, batch_size,
-            task=task, threshold=stored.get("threshold") or DEFAULT_THRESHOLD,
+            task=task, threshold=stored.get("threshold") or DEFAULT_SEGMENTATION_THRESHOLD,
         )
         self.averaging = stored.get("averaging", stored.get("test_time_augmentation", "none"))
         if self._score_output is not None:
@@ -476,7 +475,7 @@ def _released_options(folder: Path) -> str:
         if "file" not in meta:  # a parity report, not a released file's sidecar
             continue
         options = f" --tta {tta}" if tta and tta != "none" else ""
-        if isinstance(threshold, int | float) and float(threshold) != DEFAULT_THRESHOLD:
+        if isinstance(threshold, int | float) and float(threshold) != DEFAULT_SEGMENTATION_THRESHOLD:
             options += f" --threshold {float(threshold):g}"
         return options
     return ""

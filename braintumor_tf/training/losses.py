@@ -15,8 +15,6 @@ from keras import ops
 
 from braintumor_tf.config import DEFAULT_SEGMENTATION_THRESHOLD, SEGMENTATION_LOSSES
 
-DICE_THRESHOLD = DEFAULT_SEGMENTATION_THRESHOLD
-
 
 def _float32(y_true, y_pred):
     return ops.cast(y_true, "float32"), ops.cast(y_pred, "float32")
@@ -108,7 +106,7 @@ class DiceCoefficient(keras.metrics.Metric):
     there: both empty -> 1, exactly one empty -> 0.
     """
 
-    def __init__(self, threshold: float = DICE_THRESHOLD, name: str = "dice", dtype=None):
+    def __init__(self, threshold: float = DEFAULT_SEGMENTATION_THRESHOLD, name: str = "dice", dtype=None):
         super().__init__(name=name, dtype=dtype)
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold!r}")

@@ -27,7 +27,6 @@ from scipy import ndimage
 
 from braintumor_tf.config import DEFAULT_SEGMENTATION_THRESHOLD
 
-THRESHOLD = DEFAULT_SEGMENTATION_THRESHOLD
 MISSED_DICE = 0.1  # images below this Dice are reported as (almost entirely) missed
 
 
@@ -79,7 +78,7 @@ def hausdorff_95(truth, predicted) -> float:
 class SegmentationAccumulator:
     """Collects per-image counts batch by batch, so a split never has to be in memory at once."""
 
-    def __init__(self, threshold: float = THRESHOLD):
+    def __init__(self, threshold: float = DEFAULT_SEGMENTATION_THRESHOLD):
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold!r}")
         self.threshold = float(threshold)
@@ -149,26 +148,28 @@ def _hd95_summary(values: np.ndarray) -> dict:
             "n_hd95_undefined": int(len(values) - len(defined))}
 
 
-def segmentation_report(masks_true, probabilities_or_masks, threshold: float = THRESHOLD) -> dict:
+def segmentation_report(masks_true, probabilities_or_masks,
+                        threshold: float = DEFAULT_SEGMENTATION_THRESHOLD) -> dict:
     """All metrics of one split held in memory; see ``SegmentationAccumulator`` for streaming."""
     accumulator = SegmentationAccumulator(threshold)
     accumulator.update(masks_true, probabilities_or_masks)
     return accumulator.report()
 
 
-def micro_iou(masks_true, probabilities_or_masks, threshold: float = THRESHOLD) -> float:
+def micro_iou(masks_true, probabilities_or_masks, threshold: float = DEFAULT_SEGMENTATION_THRESHOLD) -> float:
     return segmentation_report(masks_true, probabilities_or_masks, threshold)["micro_iou"]
 
 
-def mean_iou(masks_true, probabilities_or_masks, threshold: float = THRESHOLD) -> float:
+def mean_iou(masks_true, probabilities_or_masks, threshold: float = DEFAULT_SEGMENTATION_THRESHOLD) -> float:
     return segmentation_report(masks_true, probabilities_or_masks, threshold)["mean_iou"]
 
 
-def mean_dice(masks_true, probabilities_or_masks, threshold: float = THRESHOLD) -> float:
+def mean_dice(masks_true, probabilities_or_masks, threshold: float = DEFAULT_SEGMENTATION_THRESHOLD) -> float:
     return segmentation_report(masks_true, probabilities_or_masks, threshold)["mean_dice"]
 
 
-def pixel_accuracy(masks_true, probabilities_or_masks, threshold: float = THRESHOLD) -> float:
+def pixel_accuracy(masks_true, probabilities_or_masks,
+                   threshold: float = DEFAULT_SEGMENTATION_THRESHOLD) -> float:
     """Fraction of pixels right; flattered by the background, so only a side number."""
     return segmentation_report(masks_true, probabilities_or_masks, threshold)["pixel_accuracy"]
 
