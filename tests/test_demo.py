@@ -1,9 +1,13 @@
 """The demo page: the JSON it is built on, and the page itself in a real headless Chromium."""
 
 import io
+import json
 import os
 import shutil
+import socket
 import threading
+import time
+import urllib.request
 from pathlib import Path
 
 import keras
@@ -14,7 +18,7 @@ from PIL import Image
 pytest.importorskip("flask")
 from braintumor_tf.api import load  # noqa: E402
 from braintumor_tf.data.phantoms import generate_phantoms  # noqa: E402
-from braintumor_tf.demo.app import create_app  # noqa: E402
+from braintumor_tf.demo.app import MAX_FILES_PER_REQUEST, create_app, create_server  # noqa: E402
 from braintumor_tf.models.classifier import build_residual_cnn  # noqa: E402
 from braintumor_tf.models.guard import fit_guard  # noqa: E402
 
@@ -86,15 +90,12 @@ def _browser():
 def test_page_in_headless_chromium(app):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
-    from werkzeug.serving import make_server
 
     demo, files = app
-    server = make_server("127.0.0.1", 0, demo)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server, port = _running(demo)
     browser = _browser()
     try:
-        browser.get(f"http://127.0.0.1:{server.server_port}/")
+        browser.get(f"http://127.0.0.1:{port}/")
         upload = browser.find_element(By.ID, "files")
         upload.send_keys("\n".join(str(files[name]) for name in ("slice", "blank")))
         WebDriverWait(browser, 60).until(
@@ -113,7 +114,75 @@ def test_page_in_headless_chromium(app):
         assert browser.save_screenshot(str(ARTIFACTS / "demo_page.png"))
     finally:
         browser.quit()
-        server.shutdown()
+        server.close()
+
+
+def _running(demo, **adjustments):
+    """The demo's own server (waitress, as `braintumor-tf demo` runs it) on a free port."""
+    server = create_server(demo, "127.0.0.1", 0, **adjustments)
+    threading.Thread(target=server.run, daemon=True).start()
+    return server, server.effective_port
+
+
+def test_a_client_sending_half_its_headers_blocks_no_one(app):
+    """The old server (Werkzeug, one thread) waited for the rest of the first client's headers
+    and answered no one else; the same for a client dripping its upload."""
+    demo, files = app
+    server, port = _running(demo, channel_timeout=3, cleanup_interval=1)
+    try:
+        stalled = socket.create_connection(("127.0.0.1", port))
+        stalled.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multi")
+        dripping = socket.create_connection(("127.0.0.1", port))
+        dripping.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Content-Type: multipart/form-data; boundary=b\r\n"
+                         b"Content-Length: 100000\r\n\r\n--b\r\n")
+        time.sleep(0.5)
+        started = time.perf_counter()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/models", timeout=5) as answer:
+            assert json.load(answer)["max_files_per_request"] == MAX_FILES_PER_REQUEST
+        body, boundary = _form([("slice.png", files["slice"].read_bytes())])
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/predict", data=body, method="POST",
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            [record] = json.load(answer)
+        assert record["classifier"]["class_name"] and time.perf_counter() - started < 10
+        # The silent connection is closed by the server once idle past channel_timeout.
+        stalled.settimeout(15)
+        waited = time.perf_counter()
+        assert stalled.recv(1024) == b"" and time.perf_counter() - waited < 15
+        stalled.close()
+        dripping.close()
+    finally:
+        server.close()
+
+
+def _form(named: list[tuple[str, bytes]]) -> tuple[bytes, str]:
+    boundary = "demo-test-boundary"
+    parts = [(f'--{boundary}\r\nContent-Disposition: form-data; name="images"; '
+              f'filename="{name}"\r\nContent-Type: application/octet-stream\r\n\r\n').encode()
+             + data + b"\r\n" for name, data in named]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), boundary
+
+
+def test_more_images_than_the_cap_are_one_json_error(app):
+    """One request of 200 tiny PNGs kept the old server busy for 37 s."""
+    demo, _ = app
+    client = demo.test_client()
+    broken = b"\x89PNG\r\n\x1a\nnot an image"
+
+    def post(count):
+        data = {"images": [(io.BytesIO(broken), f"{i}.png") for i in range(count)]}
+        return client.post("/predict", data=data, content_type="multipart/form-data")
+
+    answer = post(MAX_FILES_PER_REQUEST)
+    assert answer.status_code == 200 and len(answer.get_json()) == MAX_FILES_PER_REQUEST
+    for count in (MAX_FILES_PER_REQUEST + 1, 200, 5000):  # 5000: Werkzeug stops parsing early
+        started = time.perf_counter()
+        answer = post(count)
+        assert answer.status_code == 413, count
+        assert f"at most {MAX_FILES_PER_REQUEST}" in answer.get_json()["error"]
+        assert time.perf_counter() - started < 5
 
 
 def test_demo_with_only_a_segmenter_keeps_the_default_classifier(tmp_path, monkeypatch):

@@ -3,6 +3,12 @@
 Built on Flask (the page is one HTML file with plain JavaScript, no build step). Everything runs
 in this process through ``braintumor_tf.api``, so the page shows exactly what ``bt.load(...)
 .predict`` returns. Bound to 127.0.0.1 by default: it is a tool for one person, not a service.
+
+Served by waitress (a production WSGI server, pure Python): connections are read by its event
+loop, so a client that sends half its headers, or drips its body, holds one connection and never
+the server; requests run on a few threads; an idle connection is closed after
+``CHANNEL_TIMEOUT_SECONDS``. A request carries at most ``MAX_FILES_PER_REQUEST`` images (the page
+sends larger drops in several requests), so one request cannot keep a thread for minutes.
 """
 
 from __future__ import annotations
@@ -21,6 +27,10 @@ from braintumor_tf.overlays import mask_overlay
 
 PAGE = Path(__file__).with_name("page.html")
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+MAX_FILES_PER_REQUEST = 32
+SERVER_THREADS = 4
+CHANNEL_TIMEOUT_SECONDS = 30  # a connection silent this long (half its headers sent) is closed
+MAX_HEADER_BYTES = 64 * 1024
 
 
 def _png_data_url(rgb: np.ndarray) -> str:
@@ -51,6 +61,9 @@ def create_app(classifier=None, segmenter=None):
         raise ValueError("the demo needs a classifier, a segmenter or both")
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_UPLOAD_BYTES
+    # Werkzeug stops parsing a form with more parts than this (413, answered as JSON below), so a
+    # request of 10,000 empty parts is not parsed whole before it is refused.
+    app.config["MAX_FORM_PARTS"] = MAX_FILES_PER_REQUEST + 8
     explainable = classifier is not None and _explainable(classifier)
 
     @app.get("/")
@@ -64,13 +77,23 @@ def create_app(classifier=None, segmenter=None):
             "segmenter": None if segmenter is None else str(segmenter.runtime.path),
             "class_names": None if classifier is None else list(classifier.class_names),
             "guarded": classifier is not None and classifier.runtime.ood_threshold is not None,
+            "max_files_per_request": MAX_FILES_PER_REQUEST,
         })
+
+    @app.errorhandler(413)
+    def too_large(_error):
+        return jsonify({"error": f"request too large: at most {MAX_FILES_PER_REQUEST} images "
+                                 f"and {MAX_UPLOAD_BYTES // 2**20} MB per request"}), 413
 
     @app.post("/predict")
     def predict():
         files = request.files.getlist("images")
         if not files:
             return jsonify({"error": "no images in the request (form field 'images')"}), 400
+        if len(files) > MAX_FILES_PER_REQUEST:
+            return jsonify({"error": f"{len(files)} images in one request; at most "
+                                     f"{MAX_FILES_PER_REQUEST} are accepted: send the others "
+                                     "in further requests"}), 413
         return jsonify([_one(file.filename or "image", file.read()) for file in files])
 
     def _one(name: str, data: bytes) -> dict:
@@ -122,6 +145,26 @@ def serve(classifier_path=None, segmenter_path=None, host: str = "127.0.0.1",
     threads = os.cpu_count() or 1  # one person's page: every core on their image
     classifier = load(classifier_path, num_threads=threads) if classifier_path else None
     segmenter = load(segmenter_path, num_threads=threads) if segmenter_path else None
-    app = create_app(classifier, segmenter)
+    server = create_server(create_app(classifier, segmenter), host, port)
     log(f"demo on http://{host}:{port}/ (Ctrl+C to stop)")
-    app.run(host=host, port=port, debug=False, threaded=False)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+
+
+def create_server(app, host: str = "127.0.0.1", port: int = 8080, **adjustments):
+    """The waitress server ``serve`` runs (port 0: a free one, ``server.effective_port``)."""
+    try:
+        from waitress import create_server as waitress_server
+    except ImportError as error:
+        raise ImportError("the demo needs waitress: pip install 'braintumor_tf[demo]'") from error
+    settings = dict(threads=SERVER_THREADS, channel_timeout=CHANNEL_TIMEOUT_SECONDS,
+                    cleanup_interval=min(10, CHANNEL_TIMEOUT_SECONDS),
+                    max_request_header_size=MAX_HEADER_BYTES,
+                    max_request_body_size=MAX_UPLOAD_BYTES + 1024 * 1024,
+                    connection_limit=64, ident="braintumor-tf demo")
+    settings.update(adjustments)
+    return waitress_server(app, host=host, port=port, **settings)
