@@ -208,3 +208,17 @@ def test_cross_check_warns_where_the_classifier_disagrees():
     assert broken["warning"] is None and "classifier" not in broken
     assert glioma["classifier"]["class_name"] == "glioma"
     assert "WARNING" in describe(sure) and "WARNING" not in describe(glioma)
+
+
+def test_feature_extraction_and_grad_cam_raise_no_keras_warnings():
+    """Every training used to end with Keras' 'structure of inputs' UserWarning (guard fit)."""
+    import warnings
+
+    from braintumor_tf.models.gradcam import GradCAM
+
+    model = _tiny()
+    pixels = np.zeros((2, SIZE, SIZE, 1), np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        features_and_probabilities(model, feature_layer_names(model))(pixels)
+        GradCAM(model).heatmaps(pixels)

@@ -39,7 +39,7 @@ class GradCAM:
         self.layer_name = layer_name or last_conv_layer_name(model)
         features = model.get_layer(self.layer_name).output
         score, self._scores_are_probabilities = _score_tensor(model)
-        self._grad_model = keras.Model(model.inputs, [features, score, model.outputs[0]])
+        self._grad_model = keras.Model(model.inputs[0], [features, score, model.outputs[0]])
 
     def heatmaps(self, pixels: np.ndarray, class_ids=None) -> tuple[np.ndarray, np.ndarray]:
         """Heatmaps [N, H, W] in 0..1 at the input's size, and the probabilities [N, K].

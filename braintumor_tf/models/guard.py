@@ -133,7 +133,7 @@ def features_and_probabilities(model: keras.Model, feature_layers) -> keras.Mode
     """One pass: the pooled features of each layer, then the probabilities."""
     outputs = [PooledStatistics(name=f"pooled_{name}")(model.get_layer(name).output)
                for name in feature_layers]
-    return keras.Model(model.inputs, [*outputs, model.output], name=f"{model.name}_features")
+    return keras.Model(model.inputs[0], [*outputs, model.output], name=f"{model.name}_features")
 
 
 def _predict(model: keras.Model, pixels: np.ndarray, batch_size: int = 64):
