@@ -36,32 +36,17 @@ def _register_custom_objects() -> None:
     register_all()
 
 
-class _RegisterWhenKerasLoads:
-    """A meta-path finder that lets Keras import normally, then registers our custom objects."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name != "keras":
-            return None
-        _sys.meta_path.remove(self)
-        from importlib.util import find_spec
-
-        spec = find_spec(name)
-        if spec is None or spec.loader is None:
-            return spec
-        execute = spec.loader.exec_module
-
-        def exec_module(module):
-            execute(module)
-            _register_custom_objects()
-
-        spec.loader.exec_module = exec_module
-        return spec
+def _load_then_register(execute) -> None:
+    execute()
+    _register_custom_objects()
 
 
 if "keras" in _sys.modules:
     _register_custom_objects()
-elif not any(isinstance(finder, _RegisterWhenKerasLoads) for finder in _sys.meta_path):
-    _sys.meta_path.insert(0, _RegisterWhenKerasLoads())
+else:
+    from braintumor_tf.import_hooks import wrap_first_import as _wrap_first_import
+
+    _wrap_first_import("keras", _load_then_register)
 
 
 def __getattr__(name):

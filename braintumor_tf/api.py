@@ -14,7 +14,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from braintumor_tf.data.decode import DecodeError, read_image, resize_image
-from braintumor_tf.data.discover import CLASS_NAMES
 from braintumor_tf.data.intensity import percentile_scaled
 from braintumor_tf.export.runtimes import load_runtime
 from braintumor_tf.inference.classification import class_record
@@ -29,7 +28,7 @@ def load(path: str | os.PathLike, batch_size: int = 32, num_threads: int | None 
     """A ``.keras`` file, a SavedModel folder, a TF Serving base folder or a ``.tflite`` file.
     Class names come from the file's metadata where it has them (the package's four otherwise).
     ``num_threads``: LiteRT threads for a ``.tflite`` file (its default uses one)."""
-    return Model(load_runtime(path, class_names=CLASS_NAMES, batch_size=batch_size,
+    return Model(load_runtime(path, batch_size=batch_size,
                               num_threads=num_threads))
 
 

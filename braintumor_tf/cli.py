@@ -200,10 +200,11 @@ def compare_command(run_a, run_b, json_path, markdown_path, seed, tta_a, tta_b):
               help="Write predictions and plots here (confusion matrix; segmenter: overlays).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per batch (default: 8 per usable core, capped by free memory).")
-@click.option("--tta", type=click.Choice(TTA_CHOICES), default="none", show_default=True,
+@click.option("--tta", type=click.Choice(TTA_CHOICES), default=None,
               help=".keras models: average over mirrored/turned views (classifier: use "
                    "mirror, the flip it trained with; segmenter: any, chosen on a validation "
-                   "split).")
+                   "split). Default: the averaging the model's spec names (none for a run's "
+                   "model; exports already contain theirs); with --cv: none.")
 @click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
               help="Segmenter: score masks at this probability instead of the model's own "
                    "threshold (choose it on a validation split).")
@@ -232,7 +233,8 @@ def evaluate_command(model_path, cv_run, data_paths, masks_dir, split_name, json
         from braintumor_tf.evaluation.shift_report import format_shift_report
         from braintumor_tf.export.runtimes import resolve_batch_size
 
-        report = shifts_out_of_fold(cv_run, shifts or "all", tta, resolve_batch_size(batch_size))
+        report = shifts_out_of_fold(cv_run, shifts or "all", tta or "none",
+                                    resolve_batch_size(batch_size))
         click.echo(format_segmentation_shifts(report) if "truth" in report
                    else format_shift_report(report))
         if json_path:

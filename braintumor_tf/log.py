@@ -68,34 +68,16 @@ def native_stderr_without(*noise: str):
 TENSORFLOW_IMPORT_NOISE = ("absl::InitializeLog", "oneDNN custom operations are on")
 
 
-class _QuietTensorFlowImport:
-    """A meta-path finder: the first ``import tensorflow`` runs with its start-up lines dropped
-    from file descriptor 2 (anything else it prints still shows)."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name != "tensorflow":
-            return None
-        sys.meta_path.remove(self)
-        from importlib.util import find_spec
-
-        spec = find_spec(name)
-        if spec is None or spec.loader is None:
-            return spec
-        execute = spec.loader.exec_module
-
-        def exec_module(module):
-            with native_stderr_without(*TENSORFLOW_IMPORT_NOISE):
-                execute(module)
-
-        spec.loader.exec_module = exec_module
-        return spec
-
-
 def quiet_tensorflow_import() -> None:
-    """Drop TensorFlow's import-time lines in this process (the CLI calls it unless --verbose)."""
-    if "tensorflow" not in sys.modules and not any(
-            isinstance(finder, _QuietTensorFlowImport) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _QuietTensorFlowImport())
+    """Drop TensorFlow's import-time lines in this process (the CLI calls it unless --verbose);
+    anything else it prints on import still shows."""
+    from braintumor_tf.import_hooks import wrap_first_import
+
+    def around(execute):
+        with native_stderr_without(*TENSORFLOW_IMPORT_NOISE):
+            execute()
+
+    wrap_first_import("tensorflow", around)
 
 
 def _printable(text: str) -> str:

@@ -20,6 +20,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from braintumor_tf import writes
 from braintumor_tf.data import filesystem
 from braintumor_tf.data.csv_files import open_csv
 from braintumor_tf.data.decode import DecodeError, read_image
@@ -235,6 +236,7 @@ class _Sources:
     leaf_index: np.ndarray  # per readable record, index into leaves
 
 
+@writes.reports_writes_to("out_dir")
 def audit(
     paths: list[str],
     out_dir,
@@ -251,8 +253,7 @@ def audit(
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
     clock = {"start": time.perf_counter()}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writes.writable_dir(out_dir)  # a read-only or full --out: one line, before any work
     roots = [os.fspath(p) for p in paths]
     all_records = discover_images(roots, require_label=True)
     clock["discover"] = time.perf_counter()

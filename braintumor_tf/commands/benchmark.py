@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 
-from braintumor_tf.data.discover import CLASS_NAMES
 from braintumor_tf.export.runtimes import Runtime, load_runtime
 from braintumor_tf.log import log
 
@@ -96,7 +95,7 @@ def benchmark(
                      "machine": platform.processor() or platform.machine(), "backends": {}}
     pixels_by_shape: dict[tuple, np.ndarray] = {}  # models of different input sizes side by side
     for label, path in backends.items():
-        runtime = load_runtime(path, class_names=CLASS_NAMES, batch_size=max(batch_sizes),
+        runtime = load_runtime(path, batch_size=max(batch_sizes),
                                num_threads=num_threads)
         shape = (max(max(batch_sizes), min(images, 256)), runtime.image_size,
                  runtime.image_size, runtime.channels)

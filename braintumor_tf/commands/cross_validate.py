@@ -232,7 +232,6 @@ def shifts_out_of_fold(run_dir: str | Path, names: str | None = "all", tta: str 
                        batch_size: int = 32) -> dict:
     """Every fold's model on its held-out images, unshifted and re-rendered by each shift: the
     robustness report of a CV run, out of fold (``shifts_out_of_fold[_tta-MODE].{json,md}``)."""
-    from braintumor_tf.data.discover import CLASS_NAMES
     from braintumor_tf.evaluation.shift_report import format_shift_report, shift_report_of_parts
     from braintumor_tf.export.runtimes import load_runtime
 
@@ -253,7 +252,7 @@ def shifts_out_of_fold(run_dir: str | Path, names: str | None = "all", tta: str 
         if not model_path.is_file():
             raise FileNotFoundError(f"fold {fold} has no model yet ({model_path}): finish the "
                                     "cross-validation first")
-        runtime = load_runtime(model_path, class_names=CLASS_NAMES, batch_size=batch_size, tta=tta)
+        runtime = load_runtime(model_path, batch_size=batch_size, tta=tta)
         if runtime.task != "classification":
             raise ValueError("out-of-fold shifts are reported for classifiers")
         held_out = [row for row in rows if row["fold"] == fold]

@@ -78,7 +78,7 @@ def _float32_reference(model, keras_path: Path, threshold: float):
     with tempfile.TemporaryDirectory() as tmp:
         twin = Path(tmp) / keras_path.name
         model.save(twin)
-        runtime = load_runtime(twin, class_names=CLASS_NAMES)
+        runtime = load_runtime(twin)
         runtime.path, runtime.threshold = keras_path, threshold
         yield runtime
 

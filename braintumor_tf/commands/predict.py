@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from braintumor_tf.data import filesystem
-from braintumor_tf.data.discover import CLASS_NAMES, discover_images
+from braintumor_tf.data.discover import discover_images
 from braintumor_tf.export.runtimes import load_runtime, resolve_batch_size
 from braintumor_tf.inference.common import default_masks_dir
 from braintumor_tf.inference.explain import EXPLAIN_NEEDS_KERAS
@@ -110,7 +110,7 @@ def predict(
         task = _ServedTask(served)
         records = task.records_from_server(paths, outputs, masks_dir)
     else:
-        runtime = load_runtime(model_path, class_names=CLASS_NAMES, batch_size=batch_size)
+        runtime = load_runtime(model_path, batch_size=batch_size)
         task = get_task(runtime.task)
         records = task.predict_files(runtime, paths, masks_dir, explain_dir, batch_size)
     if classifier_path is not None:
@@ -119,7 +119,7 @@ def predict(
         from braintumor_tf.inference.classification import predict_classes
         from braintumor_tf.inference.segmentation import cross_check
 
-        classifier = load_runtime(classifier_path, class_names=CLASS_NAMES, batch_size=batch_size)
+        classifier = load_runtime(classifier_path, batch_size=batch_size)
         if classifier.task != "classification":
             raise ValueError(f"--classifier {classifier_path} is not a classifier")
         cross_check(records, predict_classes(classifier, paths, None, batch_size))
@@ -214,7 +214,7 @@ def _stream(paths, model_path, out_path, explain_dir, batch_size, masks_dir, fmt
     paths = [path for path in paths if not is_nifti(path)]
     if not paths:
         raise ValueError("no image files found in the given paths")
-    runtime = load_runtime(model_path, class_names=CLASS_NAMES, batch_size=batch_size)
+    runtime = load_runtime(model_path, batch_size=batch_size)
     task = get_task(runtime.task)
     header = task.csv_header() if fmt == "csv" else []
     _drop_torn_tail(out_path)
@@ -261,7 +261,7 @@ def _write_json(records, json_path) -> None:
 def _predict_volumes(volumes, model_path, masks_dir, batch_size, axis) -> list[dict]:
     from braintumor_tf.inference import volumes as volume_inference
 
-    runtime = load_runtime(model_path, class_names=CLASS_NAMES, batch_size=batch_size)
+    runtime = load_runtime(model_path, batch_size=batch_size)
     records = []
     for path in volumes:
         try:

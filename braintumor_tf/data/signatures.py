@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from braintumor_tf import writes
 from braintumor_tf.data import filesystem
 from braintumor_tf.data.decode import DecodeError, error_text, read_image
 from braintumor_tf.log import log, logger
@@ -102,6 +103,23 @@ def _file_key(path: str) -> str:
     return f"{path}|{size}|{mtime_ns}"
 
 
+def _store(cache_file: Path, keys: np.ndarray, sigs: np.ndarray) -> None:
+    """Write the cache beside itself and move it over. A disk that refuses the write (full,
+    read-only) costs only the cache: one warning naming it, and the run goes on."""
+    tmp = cache_file.with_name(f".{cache_file.stem}.{os.getpid()}.tmp.npz")
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, keys=keys, signatures=sigs)
+        os.replace(tmp, cache_file)
+    except OSError as error:
+        refused = writes.failure(cache_file, error, "the signature cache")
+        if refused is None:
+            raise
+        tmp.unlink(missing_ok=True)
+        logger.warning(f"{refused}; going on without caching (signatures are computed again "
+                       "next time)")
+
+
 def cached_signatures(
     paths: Sequence[str], cache_dir=None, workers: int = 2, progress: bool = True
 ) -> tuple[np.ndarray, list[dict], np.ndarray]:
@@ -154,10 +172,7 @@ def cached_signatures(
                 [stored_keys[r] for r in keep] + [keys[done[r]] for r in fresh], dtype=str)
             all_sigs = np.concatenate(
                 [stored_sigs[keep], new_sigs[fresh].astype(np.float16)], axis=0)
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_name(f".{cache_file.stem}.{os.getpid()}.tmp.npz")
-            np.savez(tmp, keys=all_keys, signatures=all_sigs)
-            os.replace(tmp, cache_file)
+            _store(cache_file, all_keys, all_sigs)
     # Keep bad-file order identical to an uncached run.
     order = {p: k for k, p in enumerate(paths)}
     bad_all.sort(key=lambda b: order[b["path"]])

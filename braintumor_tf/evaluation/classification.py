@@ -11,7 +11,7 @@ from braintumor_tf.data import filesystem
 from braintumor_tf.data.csv_files import open_csv
 from braintumor_tf.data.datasets import image_dataset
 from braintumor_tf.data.decode import check_images
-from braintumor_tf.data.discover import CLASS_NAMES, ImageRecord, discover_images
+from braintumor_tf.data.discover import ImageRecord, discover_images
 from braintumor_tf.data.manifest import manifest_split
 from braintumor_tf.export.runtimes import load_runtime
 from braintumor_tf.log import logger
@@ -41,7 +41,7 @@ def predict_paths(runtime, paths, batch_size: int = 32) -> tuple[np.ndarray, np.
 
 def evaluate_records(model_path, paths, labels, out_dir=None, batch_size: int = 32,
                      json_path=None, verbose: bool = True, runtime=None, sources=None) -> dict:
-    runtime = runtime or load_runtime(model_path, class_names=CLASS_NAMES)
+    runtime = runtime or load_runtime(model_path)
     class_names = list(runtime.class_names)
     probabilities, scores = predict_paths(runtime, paths, batch_size)
     report = classification_report(np.asarray(labels), probabilities, class_names)

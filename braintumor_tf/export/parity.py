@@ -45,11 +45,11 @@ def _judge_variants(reference: Runtime, tflite_files: Mapping[str, str | os.Path
     entries including ``passed``; size and batch-1 latency are added here for both tasks."""
     variants = {}
     for variant, path in tflite_files.items():
-        outputs = load_runtime(path, class_names=reference.class_names, num_threads=2).predict(pixels)
+        outputs = load_runtime(path, num_threads=2).predict(pixels)
         entry = {"file": str(path), "size_bytes": int(Path(path).stat().st_size),
                  **judge(variant, outputs), "latency_batch1": {}}
         for threads in LATENCY_THREADS:
-            timed = load_runtime(path, class_names=reference.class_names, num_threads=threads)
+            timed = load_runtime(path, num_threads=threads)
             entry["latency_batch1"][f"{threads}_threads"] = latency_per_image(
                 timed, pixels, latency_repeats)
         variants[variant] = entry

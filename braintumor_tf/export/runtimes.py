@@ -200,6 +200,7 @@ class _KerasRuntime(Runtime):
                          else self.spec.threshold)
         else:
             threshold = configured_threshold(path)
+            class_names = class_names or _package_names(task, int(output_shape[-1]))
         super().__init__(
             path, shape[1], shape[3], int(output_shape[-1]), class_names, batch_size,
             task=task, threshold=threshold,
@@ -229,6 +230,15 @@ def _legacy_note(path: Path) -> None:
         log(f"{path} carries no model spec (written before braintumor_tf stored one): its task is "
             "read from its output shape and its guard/threshold from files beside it; "
             "braintumor-tf calibrate or a new training stores them inside")
+
+
+def _package_names(task: str, outputs: int) -> tuple[str, ...] | None:
+    """A classifier written before specs, with the package's 4 outputs: the package's classes."""
+    from braintumor_tf.data.discover import CLASS_NAMES
+
+    if task == "classification" and outputs == len(CLASS_NAMES):
+        return tuple(CLASS_NAMES)
+    return None
 
 
 def _checked_names(path: Path, class_names, spec: ModelSpec) -> tuple[str, ...]:
@@ -323,6 +333,8 @@ class _TFLiteRuntime(Runtime):
             task = self.spec.task
         else:
             task = task_of_output_rank(len(self._output["shape"]))
+            class_names = (class_names or stored.get("class_names")
+                           or _package_names(task, int(self._output["shape"][-1])))
             _legacy_note(path)
         super().__init__(
             path, shape[1], shape[3], int(self._output["shape"][-1]), class_names, batch_size,

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from braintumor_tf import faults
+from braintumor_tf import faults, writes
 from braintumor_tf.config import DEFAULT_SEGMENTATION_THRESHOLD
 from braintumor_tf.data.image_header import max_image_pixels
 from braintumor_tf.data.intensity import HIGH_BIT_PERCENTILES
@@ -383,20 +383,23 @@ def _export(module, model, out_dir, metadata: dict, num_classes: int) -> Path:
     if out.exists():
         raise FileExistsError(f"export directory already exists, not overwriting: {out}")
     size, channels = model_geometry(model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(out.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    with writes.reported(out, "the SavedModel", name_the_file=False):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(out.parent)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
         signatures = {
             "serving_default": module.serve_images.get_concrete_function(),
             "predict_pixels": module.predict_pixels.get_concrete_function(),
         }
-        tf.saved_model.save(module, str(tmp), signatures=signatures)
-        meta_dir = tmp / METADATA_DIR
-        meta_dir.mkdir(exist_ok=True)
-        metadata = {**metadata, "image_size": size, "channels": channels,
-                    "max_image_pixels": module.max_image_pixels}
-        (meta_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+        # A full or read-only disk names the export, not a hidden temporary folder.
+        with writes.reported(out, "the SavedModel", name_the_file=False):
+            tf.saved_model.save(module, str(tmp), signatures=signatures)
+            meta_dir = tmp / METADATA_DIR
+            meta_dir.mkdir(exist_ok=True)
+            metadata = {**metadata, "image_size": size, "channels": channels,
+                        "max_image_pixels": module.max_image_pixels}
+            (meta_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
         _verify(tmp, size, channels, num_classes)
         faults.reached("export_written")  # whole but unpublished: must be cleaned, never used
         if out.exists():

@@ -136,7 +136,7 @@ class ClassificationTask(Task):
 
         paths, labels = _paths_and_labels(rows)
         scratch = out_path.parent / ("held_out" if tta == "none" else f"held_out_tta-{tta}")
-        runtime = load_runtime(model_path, class_names=CLASS_NAMES,
+        runtime = load_runtime(model_path,
                                batch_size=config.train.batch_size, tta=tta)
         report = evaluate_records(model_path, paths, labels, out_dir=scratch,
                                   batch_size=config.train.batch_size, verbose=False, runtime=runtime)

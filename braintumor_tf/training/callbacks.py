@@ -271,6 +271,31 @@ def _column(path: Path, name: str) -> tuple[list[int], list[float]]:
     return epochs, values
 
 
+class TensorBoardLogs(keras.callbacks.TensorBoard):
+    """Keras' TensorBoard writer, whose disk refusals (full, read-only) stop training with one
+    line naming the logs folder instead of a traceback; the backup of the last finished epoch
+    stays, so the same command resumes once there is room."""
+
+
+def _reporting(name):
+    parent = getattr(keras.callbacks.TensorBoard, name)
+
+    def hook(self, *args, **kwargs):
+        from braintumor_tf import writes
+
+        with writes.reported(self.log_dir, "TensorBoard logs in", name_the_file=False):
+            return parent(self, *args, **kwargs)
+
+    hook.__name__ = name
+    return hook
+
+
+for _name in ("on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end",
+              "on_train_batch_begin", "on_train_batch_end", "on_test_begin", "on_test_end",
+              "set_model"):
+    setattr(TensorBoardLogs, _name, _reporting(_name))
+
+
 def run_callbacks(run_dir: str | Path, batch_size: int, monitor: str,
                   start_epoch_variable=None) -> list[keras.callbacks.Callback]:
     """Resume (backup/), stop on divergence, throughput, best checkpoint (best.keras), history.csv,
@@ -293,7 +318,7 @@ def run_callbacks(run_dir: str | Path, batch_size: int, monitor: str,
         EpochTimer(batch_size),
         ResumingModelCheckpoint(str(run_dir / "best.keras"), run_dir / "history.csv", monitor),
         ResumingCSVLogger(str(run_dir / "history.csv")),
-        keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False),
+        TensorBoardLogs(str(run_dir / "logs"), write_graph=False),
         CommitBackup(backup),
     ]
 
