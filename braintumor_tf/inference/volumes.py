@@ -22,7 +22,9 @@ input's affine and header, so it overlays the scan in any viewer.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import os
 from pathlib import Path
 
@@ -59,17 +61,47 @@ def axial_axis(affine: np.ndarray) -> int:
     return next(index for index, code in enumerate(codes) if code in ("S", "I"))
 
 
+MAX_VOXELS_VARIABLE = "BRAINTUMOR_TF_MAX_VOLUME_VOXELS"
+DEFAULT_MAX_VOXELS = 512 ** 3  # 134,217,728: 512 MB as float32; MRI volumes are 10-50 million
+
+
+def max_volume_voxels() -> int:
+    """The largest volume read: $BRAINTUMOR_TF_MAX_VOLUME_VOXELS, else 512³ voxels. A 255 KB
+    .nii.gz can declare 640³ zeros: 1 GB as float32 and several GB while it is scaled."""
+    value = os.environ.get(MAX_VOXELS_VARIABLE)
+    if not value:
+        return DEFAULT_MAX_VOXELS
+    try:
+        limit = int(value)
+    except ValueError:
+        raise ValueError(f"{MAX_VOXELS_VARIABLE} must be a whole number of voxels, "
+                         f"got {value[:40]!r}") from None
+    if limit < 1:
+        raise ValueError(f"{MAX_VOXELS_VARIABLE} must be >= 1, got {value[:40]!r}")
+    return limit
+
+
 def read_volume(path: str | os.PathLike, axis: int | None = None):
     """(nibabel image, float32 slices [N, H, W] in 0..255, the slicing axis). A ``scheme://``
-    volume (gs://, ...) is fetched whole through tf.io.gfile and read from memory."""
+    volume (gs://, ...) is fetched whole through tf.io.gfile and read from memory.
+
+    Bounded before any voxel is read: the file is opened as a regular file no larger than
+    ``filesystem.max_file_bytes()`` (local or remote), and the header's shape must hold at most
+    ``max_volume_voxels()`` voxels; a gzipped volume is decompressed as it is read, so a small
+    .nii.gz declaring a huge volume costs its header only."""
     nibabel = _nibabel()
-    filesystem.check_regular_file(path)  # nibabel opens by name: a FIFO would block it
-    try:
-        image = _load_remote(nibabel, path) if filesystem.is_remote(path) \
-            else nibabel.load(os.fspath(path))
-        data = np.asarray(image.dataobj, dtype=np.float32)
-    except Exception as error:  # nibabel raises several types for damaged files
-        raise ValueError(f"{path}: not a readable NIfTI volume ({error})") from error
+    with _opened(path) as stream:
+        image = _lazy_image(nibabel, path, stream)
+        voxels = int(np.prod([int(n) for n in image.shape], dtype=object))
+        limit = max_volume_voxels()
+        if voxels > limit:
+            shape = " x ".join(str(int(n)) for n in image.shape)
+            raise ValueError(f"{path}: a volume of {shape} = {voxels:,} voxels, over the "
+                             f"{limit:,}-voxel limit; not read ({MAX_VOXELS_VARIABLE} raises it)")
+        try:
+            data = np.asarray(image.dataobj, dtype=np.float32)
+        except Exception as error:  # nibabel raises several types for damaged files
+            raise ValueError(f"{path}: not a readable NIfTI volume ({error})") from error
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
@@ -81,13 +113,34 @@ def read_volume(path: str | os.PathLike, axis: int | None = None):
     return image, np.moveaxis(scaled, axis, 0), axis
 
 
-def _load_remote(nibabel, path: str):
-    """A single-file NIfTI (.nii, or gzipped .nii.gz) from its bytes; nibabel only opens local
-    files by name."""
-    data = filesystem.read_bytes(path)
-    if data[:2] == b"\x1f\x8b":  # gzip magic: a .nii.gz
-        data = gzip.decompress(data)
-    return nibabel.Nifti1Image.from_bytes(data)
+@contextlib.contextmanager
+def _opened(path):
+    """The volume's bytes as a seekable stream, decompressed on the fly when gzipped. Local
+    files through ``open_regular`` (regular files only, the file-size cap before reading);
+    remote ones through ``read_bytes`` (the cap on their listed size)."""
+    raw = io.BytesIO(filesystem.read_bytes(path)) if filesystem.is_remote(path) \
+        else filesystem.open_regular(path)
+    with raw:
+        magic = raw.read(2)
+        raw.seek(0)
+        if magic == b"\x1f\x8b":  # gzip: a .nii.gz
+            with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
+                yield stream
+        else:
+            yield raw
+
+
+def _lazy_image(nibabel, path, stream):
+    """The image with its header read and its voxels not yet (an ArrayProxy on ``stream``):
+    NIfTI-1, else NIfTI-2."""
+    errors = []
+    for kind in (nibabel.Nifti1Image, nibabel.Nifti2Image):
+        try:
+            stream.seek(0)
+            return kind.from_stream(stream)
+        except Exception as error:  # nibabel raises several types for damaged files
+            errors.append(error)
+    raise ValueError(f"{path}: not a readable NIfTI volume ({errors[0]})") from errors[0]
 
 
 def _pixels(slices: np.ndarray, size: int, channels: int) -> np.ndarray:
