@@ -18,7 +18,12 @@ from PIL import Image
 pytest.importorskip("flask")
 from braintumor_tf.api import load  # noqa: E402
 from braintumor_tf.data.phantoms import generate_phantoms  # noqa: E402
-from braintumor_tf.demo.app import MAX_FILES_PER_REQUEST, create_app, create_server  # noqa: E402
+from braintumor_tf.demo.app import (  # noqa: E402
+    MAX_FILES_PER_REQUEST,
+    create_app,
+    create_server,
+    stop_server,
+)
 from braintumor_tf.models.classifier import build_residual_cnn  # noqa: E402
 from braintumor_tf.models.guard import fit_guard  # noqa: E402
 
@@ -114,13 +119,14 @@ def test_page_in_headless_chromium(app):
         assert browser.save_screenshot(str(ARTIFACTS / "demo_page.png"))
     finally:
         browser.quit()
-        server.close()
+        stop_server(server, server.thread)
 
 
 def _running(demo, **adjustments):
     """The demo's own server (waitress, as `braintumor-tf demo` runs it) on a free port."""
     server = create_server(demo, "127.0.0.1", 0, **adjustments)
-    threading.Thread(target=server.run, daemon=True).start()
+    server.thread = threading.Thread(target=server.run, daemon=True)
+    server.thread.start()
     return server, server.effective_port
 
 
@@ -154,7 +160,8 @@ def test_a_client_sending_half_its_headers_blocks_no_one(app):
         stalled.close()
         dripping.close()
     finally:
-        server.close()
+        stop_server(server, server.thread)
+        assert not server.thread.is_alive()
 
 
 def _form(named: list[tuple[str, bytes]]) -> tuple[bytes, str]:

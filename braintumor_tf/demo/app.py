@@ -168,3 +168,15 @@ def create_server(app, host: str = "127.0.0.1", port: int = 8080, **adjustments)
                     connection_limit=64, ident="braintumor-tf demo")
     settings.update(adjustments)
     return waitress_server(app, host=host, port=port, **settings)
+
+
+def stop_server(server, thread=None, timeout: float = 10) -> None:
+    """Stop a server whose ``run()`` serves in another thread (tests, scripts): its connections
+    are closed from its own event loop (closing them from here would leave the loop selecting on
+    closed descriptors), then its request threads end."""
+    from waitress import wasyncore
+
+    server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+    if thread is not None:
+        thread.join(timeout)
+    server.task_dispatcher.shutdown()
