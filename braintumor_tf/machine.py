@@ -42,3 +42,19 @@ def default_batch_size(cores: int | None = None, memory: int | None = None) -> i
     if memory is not None:
         batch = min(batch, memory // 4 // BYTES_PER_IMAGE)
     return int(max(1, min(batch, MAX_BATCH)))
+
+
+def environment_limit(variable: str, default: int, unit: str) -> int:
+    """A positive whole-number limit from ``$variable`` (``default`` when unset); a bad value is
+    one line naming the variable (the value echoed at most 40 characters long)."""
+    value = os.environ.get(variable)
+    if not value:
+        return default
+    try:
+        limit = int(value)
+    except ValueError:
+        raise ValueError(f"{variable} must be a whole number of {unit}, "
+                         f"got {value[:40]!r}") from None
+    if limit < 1:
+        raise ValueError(f"{variable} must be >= 1, got {value[:40]!r}")
+    return limit

@@ -8,7 +8,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "braintumor_tf"
 # Layer of each top-level part; a module may import its own layer or any lower one.
 LAYERS = {
-    "log": 0, "import_hooks": 0, "writes": 0, "config": 0, "faults": 0, "machine": 0, "custom_objects": 2, "overlays": 1,
+    "log": 0, "import_hooks": 0, "writes": 0, "config": 0, "faults": 0, "machine": 0,
+    "custom_objects": 2, "overlays": 1,
     "data": 1, "models": 1, "training": 1, "plots": 1, "spec": 1,
     "evaluation": 2, "export": 2, "inference": 2, "serving": 2,
     "tasks": 3,

@@ -17,6 +17,8 @@ import re
 import stat
 from collections.abc import Iterator
 
+from braintumor_tf.machine import environment_limit
+
 # Two letters at least, so that a Windows drive ("C://data") is not taken for a scheme.
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
 
@@ -194,17 +196,7 @@ DEFAULT_MAX_FILE_BYTES = 512 * 1024 * 1024
 def max_file_bytes() -> int:
     """The largest file read whole: $BRAINTUMOR_TF_MAX_FILE_BYTES, else 512 MB (an MRI slice is
     well under 10 MB; a 3 GB sparse file named .jpg must not cost 3 GB before any check)."""
-    value = os.environ.get(MAX_FILE_BYTES_VARIABLE)
-    if not value:
-        return DEFAULT_MAX_FILE_BYTES
-    try:
-        limit = int(value)
-    except ValueError:
-        raise ValueError(f"{MAX_FILE_BYTES_VARIABLE} must be a whole number of bytes, "
-                         f"got {value[:40]!r}") from None
-    if limit < 1:
-        raise ValueError(f"{MAX_FILE_BYTES_VARIABLE} must be >= 1, got {value[:40]!r}")
-    return limit
+    return environment_limit(MAX_FILE_BYTES_VARIABLE, DEFAULT_MAX_FILE_BYTES, "bytes")
 
 
 def _too_large(path, size: int | None, limit: int) -> OSError:

@@ -8,9 +8,10 @@ set to the same value in data.decode).
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
+
+from braintumor_tf.machine import environment_limit
 
 DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
 ENVIRONMENT_VARIABLE = "BRAINTUMOR_TF_MAX_IMAGE_PIXELS"
@@ -21,17 +22,7 @@ _JPEG_FRAME_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xC
 
 def max_image_pixels() -> int:
     """The limit in force: $BRAINTUMOR_TF_MAX_IMAGE_PIXELS, else 50 megapixels."""
-    value = os.environ.get(ENVIRONMENT_VARIABLE)
-    if not value:
-        return DEFAULT_MAX_IMAGE_PIXELS
-    try:
-        limit = int(value)
-    except ValueError:
-        raise ValueError(f"{ENVIRONMENT_VARIABLE} must be a whole number of pixels, "
-                         f"got {value!r}") from None
-    if limit < 1:
-        raise ValueError(f"{ENVIRONMENT_VARIABLE} must be >= 1, got {value!r}")
-    return limit
+    return environment_limit(ENVIRONMENT_VARIABLE, DEFAULT_MAX_IMAGE_PIXELS, "pixels")
 
 
 def header_size(data: bytes) -> tuple[int, int] | None:

@@ -36,6 +36,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from braintumor_tf.machine import environment_limit
+
 MAX_RESPONSE_BYTES_VARIABLE = "BRAINTUMOR_TF_MAX_RESPONSE_BYTES"
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 MAX_FILE_BYTES_VARIABLE = "BRAINTUMOR_TF_MAX_FILE_BYTES"  # as data.filesystem reads it
@@ -56,16 +58,7 @@ class ServerUnavailable(ServingError, ConnectionError):
 
 
 def _byte_limit(variable: str, default: int) -> int:
-    value = os.environ.get(variable)
-    if not value:
-        return default
-    try:
-        limit = int(value)
-    except ValueError:
-        raise ValueError(f"{variable} must be a whole number of bytes, got {value[:40]!r}") from None
-    if limit < 1:
-        raise ValueError(f"{variable} must be >= 1, got {value[:40]!r}")
-    return limit
+    return environment_limit(variable, default, "bytes")
 
 
 def max_response_bytes() -> int:

@@ -33,6 +33,7 @@ import numpy as np
 from braintumor_tf.data import filesystem
 from braintumor_tf.data.decode import resize_image
 from braintumor_tf.data.intensity import percentile_scaled
+from braintumor_tf.machine import environment_limit
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 MIN_TUMOUR_SLICES = 3
@@ -68,17 +69,7 @@ DEFAULT_MAX_VOXELS = 512 ** 3  # 134,217,728: 512 MB as float32; MRI volumes are
 def max_volume_voxels() -> int:
     """The largest volume read: $BRAINTUMOR_TF_MAX_VOLUME_VOXELS, else 512³ voxels. A 255 KB
     .nii.gz can declare 640³ zeros: 1 GB as float32 and several GB while it is scaled."""
-    value = os.environ.get(MAX_VOXELS_VARIABLE)
-    if not value:
-        return DEFAULT_MAX_VOXELS
-    try:
-        limit = int(value)
-    except ValueError:
-        raise ValueError(f"{MAX_VOXELS_VARIABLE} must be a whole number of voxels, "
-                         f"got {value[:40]!r}") from None
-    if limit < 1:
-        raise ValueError(f"{MAX_VOXELS_VARIABLE} must be >= 1, got {value[:40]!r}")
-    return limit
+    return environment_limit(MAX_VOXELS_VARIABLE, DEFAULT_MAX_VOXELS, "voxels")
 
 
 def read_volume(path: str | os.PathLike, axis: int | None = None):
