@@ -56,7 +56,10 @@ def test_the_container_runs_the_train_command_with_data_on_gs_and_the_run_on_a_s
     # The arguments parse as the command's own options and make a valid config.
     context = train_command.make_context("train", list(container["args"]))
     options = context.params
-    assert options["data_root"].startswith("gs://") and options["subjects_path"].startswith("gs://")
+    assert options["old_run_dir"] is None  # the current option name, not the deprecated --out
+    assert options["data_roots"] and all(
+        root.startswith("gs://") for root in options["data_roots"])
+    assert options["subjects_path"].startswith("gs://")
     config = load_config(options["config_path"], list(options["overrides"]))
     assert config.task == "classification" and config.train.distribute in ("auto", "multi_worker")
     assert config.train.batch_size == 64  # global: 32 per worker with 2 workers

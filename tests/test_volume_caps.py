@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import PEAK_MB_EXPRESSION
 
 nibabel = pytest.importorskip("nibabel")
 from braintumor_tf.inference.volumes import (  # noqa: E402
@@ -47,7 +48,7 @@ def _measured(code: str, env: dict | None = None) -> dict:
         "import resource, json, sys\n"
         "resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))\n"
         f"{code}\n"
-        "result['peak_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+        f"result['peak_mb'] = {PEAK_MB_EXPRESSION}\n"
         "print(json.dumps(result))\n")
     done = subprocess.run([sys.executable, "-c", wrapped], capture_output=True, text=True,
                           timeout=120, cwd=ROOT, env={**os.environ, **(env or {})})
@@ -59,7 +60,7 @@ def test_a_small_gzip_declaring_640_cubed_voxels_is_refused_without_allocating(t
     bomb = _volume_bomb(tmp_path / "bomb.nii.gz")
     assert bomb.stat().st_size < 400_000  # 640³ = 262 million voxels in a few hundred KB
     code = ("from braintumor_tf.inference.volumes import read_volume\n"
-            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+            f"base = {PEAK_MB_EXPRESSION}\n"
             "try:\n"
             f"    read_volume({str(bomb)!r})\n"
             "    result = {'error': None}\n"
@@ -106,7 +107,7 @@ def test_a_3_gb_sparse_nii_is_refused_unread(tmp_path):
     with open(sparse, "wb") as handle:
         handle.truncate(3 << 30)
     code = ("from braintumor_tf.inference.volumes import read_volume\n"
-            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+            f"base = {PEAK_MB_EXPRESSION}\n"
             "try:\n"
             f"    read_volume({str(sparse)!r})\n"
             "    result = {'error': None}\n"
