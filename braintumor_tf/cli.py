@@ -382,9 +382,10 @@ def export_command(model_path, run_dir, out_base, version, tflite_variants, repr
                    "re-run with the same file skips the images it already holds.")
 @click.option("--axis", type=click.IntRange(0, 2), default=None,
               help="NIfTI volumes: the array axis to slice along (default: the axial one).")
-@click.option("--classifier", "classifier_path", default=None,
+@click.option("--classifier", "classifier_path", default="auto", show_default=True,
               help="Segmenter: a classifier model whose view goes beside each mask (a warning "
-                   "when it calls the slice notumor with confidence, or not MRI at all).")
+                   "when it calls the slice notumor with confidence, or not MRI at all). "
+                   "auto: the released classifier, when found; none: no check.")
 @_friendly_errors
 def predict_command(inputs, model_path, server, model_name, timeout, json_path, csv_path,
                     explain_dir, masks_dir, batch_size, jsonl_path, axis, classifier_path):
@@ -396,7 +397,8 @@ def predict_command(inputs, model_path, server, model_name, timeout, json_path, 
     records = predict(list(inputs), model_path=model_path, server=server, model_name=model_name,
                       json_path=json_path, csv_path=csv_path, explain_dir=explain_dir,
                       batch_size=batch_size, masks_dir=masks_dir, timeout=timeout,
-                      classifier_path=classifier_path, axis=axis, jsonl_path=jsonl_path)
+                      classifier_path=None if classifier_path == "none" else classifier_path,
+                      axis=axis, jsonl_path=jsonl_path)
     failed = sum(1 for record in records if record["error"])
     if failed == len(records):
         raise click.ClickException(f"nothing predicted: all {failed} input(s) failed (listed above)")

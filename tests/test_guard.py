@@ -222,3 +222,52 @@ def test_feature_extraction_and_grad_cam_raise_no_keras_warnings():
         warnings.simplefilter("error", UserWarning)
         features_and_probabilities(model, feature_layer_names(model))(pixels)
         GradCAM(model).heatmaps(pixels)
+
+
+def test_a_segmenters_inputs_are_checked_by_the_released_classifiers_guard(
+        tmp_path, monkeypatch):
+    """The segmenter has no guard: predict puts the released classifier's view (and guard)
+    beside each mask by default, says so when none is found, and skips it on request."""
+    import json
+
+    from click.testing import CliRunner
+    from support import bright_segmenter, write_png
+
+    from braintumor_tf.cli import main
+
+    segmenter = bright_segmenter(tmp_path / "segmenter.keras", SIZE)
+    release = tmp_path / "models" / "classifier"
+    release.mkdir(parents=True)
+    model = _tiny()
+    model.save(release / "classifier.keras")
+    guard = _random_guard(model)
+    pixels = np.random.default_rng(3).uniform(0, 255, (2, SIZE, SIZE, 1)).astype(np.float32)
+    scores = guard_scores([np.asarray(f, np.float64) for f in features_and_probabilities(
+        model, guard.feature_layers)(pixels)[:-1]], guard)
+    guard.threshold = float(np.mean(scores))  # one image inside, one out
+    guard.save(release / "ood_guard.npz")
+    images = [write_png(tmp_path / f"slice{i}.png", pixels[i, ..., 0].astype(np.uint8))
+              for i in range(2)]
+    monkeypatch.chdir(tmp_path)  # no ./savedmodels here
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # nor a user cache
+    runner = CliRunner()
+
+    def predict(*options):
+        out = tmp_path / "out.json"
+        result = runner.invoke(main, ["predict", "--model", segmenter, *map(str, images),
+                                      "--json", str(out), *options])
+        assert result.exit_code == 0, result.output
+        return result.output, json.loads(out.read_text())
+
+    monkeypatch.setenv("BRAINTUMOR_TF_MODELS", str(tmp_path / "models"))
+    output, records = predict()
+    assert "released classifier" in output
+    flags = [record["classifier"]["in_distribution"] for record in records]
+    assert sorted(flags) == [False, True]
+    assert "not an MRI slice" in records[flags.index(False)]["warning"]
+    output, records = predict("--classifier", "none")
+    assert all("classifier" not in record for record in records)
+    monkeypatch.setenv("BRAINTUMOR_TF_MODELS", str(tmp_path / "empty"))
+    output, records = predict()
+    assert "no released classifier found" in output
+    assert all("classifier" not in record for record in records)

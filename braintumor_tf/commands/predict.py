@@ -18,6 +18,9 @@ from braintumor_tf.inference.volumes import is_nifti
 from braintumor_tf.log import log, result
 from braintumor_tf.tasks import get_task
 
+# --classifier's default: the released classifier for a segmenter's inputs, where one is found.
+AUTO_CLASSIFIER = "auto"
+
 
 def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[str]:
     """Folders are searched for image files; files named explicitly are always kept, so a
@@ -65,9 +68,15 @@ def predict(
     inference.volumes): one record per volume. ``jsonl_path`` streams: records are appended
     there batch by batch (memory stays bounded whatever the folder size; only each file's path
     and error come back) and a re-run with the same file skips what it already holds; so does a
-    ``csv_path`` given alone with a local model. ``batch_size`` None: from the machine."""
+    ``csv_path`` given alone with a local model. ``batch_size`` None: from the machine.
+    ``classifier_path="auto"``: the released classifier, where found, for a local segmenter."""
     batch_size = resolve_batch_size(batch_size)
     expanded = expand_inputs(inputs)  # the folders are walked once
+    # "auto": a segmenter's inputs get the released classifier's view and guard when one is
+    # found (the segmenter has no guard of its own); streaming goes without.
+    auto_classifier = classifier_path == AUTO_CLASSIFIER
+    if auto_classifier:
+        classifier_path = None
     if jsonl_path is not None:
         if json_path is not None or csv_path is not None or server is not None \
                 or classifier_path is not None:
@@ -113,6 +122,8 @@ def predict(
         runtime = load_runtime(model_path, batch_size=batch_size)
         task = get_task(runtime.task)
         records = task.predict_files(runtime, paths, masks_dir, explain_dir, batch_size)
+    if auto_classifier and task.name == "segmentation" and server is None:
+        classifier_path = _released_classifier()
     if classifier_path is not None:
         if task.name != "segmentation":
             raise ValueError("--classifier goes with a segmenter --model")
@@ -138,6 +149,20 @@ def predict(
         records = records + volume_records
     _write_json(records, json_path)
     return records
+
+
+def _released_classifier():
+    """The released classifier to check a segmenter's inputs with, or None (said so)."""
+    from braintumor_tf.export.released import default_classifier
+
+    try:
+        path = default_classifier()
+    except FileNotFoundError:
+        log("no released classifier found: the segmenter's inputs go unchecked (it has no guard "
+            "of its own; --classifier PATH names one)")
+        return None
+    log(f"checking each input with the released classifier {path} (--classifier none: skip)")
+    return path
 
 
 class _ServedTask:
