@@ -131,7 +131,7 @@ def test_the_readme_example_runs():
 
 
 def test_grey_arrays_and_files_decode_alike(tmp_path):
-    from braintumor_tf.api import _array_image
+    from braintumor_tf.serving.predictor import array_image as _array_image
 
     grey = base_image(4, 30)
     path = write_png(tmp_path / "x.png", grey)

@@ -13,6 +13,7 @@ from braintumor_tf.data.decode import DecodeError, read_image
 from braintumor_tf.data.discover import CLASS_NAMES
 from braintumor_tf.inference.common import error_text, file_stem, unique_name
 from braintumor_tf.inference.explain import explaining_runtime, grad_cam_pictures
+from braintumor_tf.serving.predictor import Predictor
 
 
 def class_record(path, class_names, probabilities=None, class_id=None, error=None,
@@ -38,6 +39,7 @@ def predict_classes(runtime, paths, explain_dir=None, batch_size: int = 32) -> l
 def iter_class_records(runtime, paths, explain_dir=None, batch_size: int = 32):
     """Records one batch at a time, in input order: only one batch of pixels is ever held, so
     a folder of any size predicts in bounded memory."""
+    predictor = Predictor(runtime)
     explainer = explaining_runtime(runtime) if explain_dir is not None else None
     used: set[str] = set()
     for start in range(0, len(paths), batch_size):
@@ -45,36 +47,36 @@ def iter_class_records(runtime, paths, explain_dir=None, batch_size: int = 32):
         images, good, records = [], [], {}
         for path in chunk:
             try:
-                images.append(read_image(path, runtime.channels, runtime.image_size))
+                image = predictor.read(path)
+                # Only Grad-CAM needs the original: otherwise a batch of large scans is held at
+                # model size (bounded memory whatever the inputs' size).
+                images.append(image if explain_dir is not None else predictor.pixels([image])[0])
                 good.append(path)
             except (DecodeError, OSError) as error:
                 records[path] = class_record(path, runtime.class_names,
                                              error=error_text(path, error))
-        if good:
-            pixels = np.stack(images)
-            probabilities, scores = runtime.predict_with_scores(pixels)
-            inside = runtime.in_distribution(scores)
-            for index, (path, row) in enumerate(zip(good, probabilities, strict=True)):
-                records[path] = class_record(
-                    path, runtime.class_names, row,
-                    ood_score=None if scores is None else scores[index],
-                    in_distribution=None if inside is None else inside[index])
-            if explain_dir is not None:
-                write_explanations(explainer, good, pixels, explain_dir, batch_size, records, used)
+        for path, answer in zip(good, predictor.classify(images), strict=True):
+            records[path] = class_record(path, runtime.class_names, answer.probabilities,
+                                         ood_score=answer.ood_score,
+                                         in_distribution=answer.in_distribution)
+        if good and explain_dir is not None:
+            write_explanations(explainer, good, predictor.pixels(images), explain_dir,
+                               batch_size, records, used, originals=images)
         yield [records[p] for p in chunk]
 
 
 def write_explanations(explainer, paths, pixels, explain_dir, batch_size, records,
-                       used: set[str] | None = None) -> None:
+                       used: set[str] | None = None, originals=None) -> None:
     """Captioned Grad-CAM pictures at each file's own size, explaining the answered class."""
     explain_dir = Path(explain_dir)
     explain_dir.mkdir(parents=True, exist_ok=True)
     used = set() if used is None else used
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
-        originals = [read_image(path, explainer.channels) for path in chunk]
+        shown = originals[start:start + batch_size] if originals is not None else \
+            [read_image(path, explainer.channels) for path in chunk]
         pictures = grad_cam_pictures(explainer, pixels[start:start + batch_size],
-                                     [records[path] for path in chunk], originals)
+                                     [records[path] for path in chunk], shown)
         for path, picture in zip(chunk, pictures, strict=True):
             out = explain_dir / f"{unique_name(file_stem(path), used)}_gradcam.png"
             cv2.imwrite(str(out), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))

@@ -9,9 +9,10 @@ import cv2
 import numpy as np
 
 from braintumor_tf.data.csv_files import open_csv
-from braintumor_tf.data.decode import DecodeError, read_image, resize_image
+from braintumor_tf.data.decode import DecodeError
 from braintumor_tf.inference.common import error_text, file_stem, unique_name
 from braintumor_tf.overlays import mask_overlay
+from braintumor_tf.serving.predictor import Predictor
 
 SEGMENT_CSV_COLUMNS = ("path", "height", "width", "tumour_area_pixels", "tumour_fraction", "mask",
                        "warning", "error")
@@ -35,23 +36,19 @@ def iter_mask_records(runtime, paths, masks_dir, explain_dir=None, batch_size: i
     masks_dir.mkdir(parents=True, exist_ok=True)
     if explain_dir is not None:
         Path(explain_dir).mkdir(parents=True, exist_ok=True)
+    predictor = Predictor(runtime)
     used: set[str] = set()
     for start in range(0, len(paths), batch_size):
         records: dict[str, dict] = {}
         originals, good = [], []
         for path in paths[start:start + batch_size]:
             try:
-                originals.append(read_image(path, runtime.channels))
+                originals.append(predictor.read(path))
                 good.append(path)
             except (DecodeError, OSError) as error:
                 records[path] = segment_record(path, error=error_text(path, error))
-        if not good:
-            yield [records[p] for p in paths[start:start + batch_size]]
-            continue
-        pixels = np.stack([resize_image(image, runtime.image_size) for image in originals])
-        probabilities = runtime.predict(pixels)[..., 0]
-        for path, image, probability in zip(good, originals, probabilities, strict=True):
-            mask = runtime.mask_for(probability, image.shape[:2])
+        masks = predictor.segment(originals)
+        for path, image, mask in zip(good, originals, masks, strict=True):
             name = unique_name(file_stem(path), used)
             records[path] = segment_record(path, mask=mask, mask_file=write_mask(mask, masks_dir, name))
             if explain_dir is not None:

@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from braintumor_tf.data import filesystem
-from braintumor_tf.data.decode import resize_image
 from braintumor_tf.data.intensity import percentile_scaled
 from braintumor_tf.machine import environment_limit
+from braintumor_tf.serving.predictor import Predictor
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 MIN_TUMOUR_SLICES = 3
@@ -134,11 +134,6 @@ def _lazy_image(nibabel, path, stream):
     raise ValueError(f"{path}: not a readable NIfTI volume ({errors[0]})") from errors[0]
 
 
-def _pixels(slices: np.ndarray, size: int, channels: int) -> np.ndarray:
-    resized = np.stack([resize_image(s[:, :, None], size) for s in slices])
-    return np.repeat(resized, channels, axis=-1) if channels == 3 else resized
-
-
 def slice_problem(pixels: np.ndarray) -> str | None:
     """Why a scaled slice cannot be a brain MRI slice (``"blank"``, ``"noise-like"``), or None."""
     values = np.asarray(pixels, np.float64)
@@ -187,16 +182,15 @@ def predict_volume_classes(runtime, path, axis: int | None = None, batch_size: i
     from braintumor_tf.inference.classification import class_record
 
     _, slices, axis = read_volume(path, axis)
+    predictor = Predictor(runtime)
     records = []
     for start in range(0, len(slices), batch_size):
-        pixels = _pixels(slices[start:start + batch_size], runtime.image_size, runtime.channels)
-        probabilities, scores = runtime.predict_with_scores(pixels)
-        inside = runtime.in_distribution(scores)
-        for offset, row in enumerate(probabilities):
+        chunk = [image[:, :, None] for image in slices[start:start + batch_size]]
+        for offset, answer in enumerate(predictor.classify(chunk)):
             index = start + offset
-            record = class_record(f"{path}[{index}]", runtime.class_names, row,
-                                  ood_score=None if scores is None else scores[offset],
-                                  in_distribution=None if inside is None else inside[offset])
+            record = class_record(f"{path}[{index}]", runtime.class_names, answer.probabilities,
+                                  ood_score=answer.ood_score,
+                                  in_distribution=answer.in_distribution)
             record["slice"] = index
             record["slice_problem"] = slice_problem(slices[index])
             records.append(record)
@@ -212,10 +206,9 @@ def predict_volume_mask(runtime, path, out_path, axis: int | None = None,
     image, slices, axis = read_volume(path, axis)
     masks = np.zeros(slices.shape, np.uint8)
     for start in range(0, len(slices), batch_size):
-        chunk = slices[start:start + batch_size]
-        probabilities = runtime.predict(_pixels(chunk, runtime.image_size, runtime.channels))
-        for offset, probability in enumerate(probabilities[..., 0]):
-            masks[start + offset] = runtime.mask_for(probability, chunk[offset].shape)
+        chunk = [image[:, :, None] for image in slices[start:start + batch_size]]
+        for offset, mask in enumerate(Predictor(runtime).segment(chunk)):
+            masks[start + offset] = mask
     volume = np.moveaxis(masks, 0, axis)
     header = image.header.copy()
     header.set_data_dtype(np.uint8)
