@@ -25,35 +25,16 @@ def load(path: str | os.PathLike, batch_size: int = 32, num_threads: int | None 
     """A ``.keras`` file, a SavedModel folder, a TF Serving base folder or a ``.tflite`` file.
     Class names come from the file's metadata where it has them (the package's four otherwise).
     ``num_threads``: LiteRT threads for a ``.tflite`` file (its default uses one)."""
-    return Model(Predictor.load(path, batch_size=batch_size, num_threads=num_threads))
+    return Model.load(path, batch_size=batch_size, num_threads=num_threads)
 
 
-class Model:
+class Model(Predictor):
     """A loaded classifier or segmenter (``task``); ``predict`` and ``explain`` take the same
-    inputs."""
-
-    def __init__(self, predictor: Predictor):
-        self.predictor = predictor
-
-    @property
-    def runtime(self):
-        return self.predictor.runtime
+    inputs: the package's one predictor, given paths and arrays."""
 
     def __repr__(self) -> str:
         return (f"braintumor_tf.Model(task={self.task!r}, kind={self.runtime.kind!r}, "
                 f"path='{self.runtime.path}')")
-
-    @property
-    def task(self) -> str:
-        return self.runtime.task
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self.runtime.class_names
-
-    @property
-    def image_size(self) -> int:
-        return self.runtime.image_size
 
     def predict(self, inputs) -> list[dict]:
         """Classifier: ``class_name``, ``class_id``, ``probabilities`` (name -> probability),
@@ -67,8 +48,8 @@ class Model:
         """(images as read, records): each input is decoded once."""
         images, errors = self._read(items)
         readable = [index for index, image in enumerate(images) if image is not None]
-        answer = self.predictor.classify if self.task == "classification" \
-            else self.predictor.segment
+        answer = self.classify if self.task == "classification" \
+            else self.segment
         outputs = dict(zip(readable, answer([images[i] for i in readable]), strict=True))
         return images, [self._record(label, outputs.get(index), errors[index])
                         for index, (label, _) in enumerate(items)]
@@ -88,7 +69,7 @@ class Model:
         readable = [index for index, record in enumerate(records) if not record["error"]]
         pictures: list[np.ndarray | None] = [None] * len(items)
         if readable:
-            pixels = self.predictor.pixels([images[i] for i in readable])
+            pixels = self.pixels([images[i] for i in readable])
             drawn = grad_cam_pictures(explainer, pixels, [records[i] for i in readable],
                                       [images[i] for i in readable])
             for index, picture in zip(readable, drawn, strict=True):
@@ -99,7 +80,7 @@ class Model:
         images, errors = [], []
         for label, source in items:
             try:
-                images.append(self.predictor.read(source))
+                images.append(self.read(source))
                 errors.append(None)
             except (DecodeError, OSError, ValueError) as error:
                 images.append(None)
