@@ -305,6 +305,30 @@ def test_the_release_of_a_cv_run_is_the_fold_ensemble(cv_run, patient_data):
     assert {r["split"] for r in _csv_rows(cv_run / "split_manifest.csv")} == {"train", "val"}
 
 
+def test_the_fold_ensemble_exports_for_serving_with_its_spec(cv_run, tmp_path):
+    """What a CV release ships: the ensemble as a SavedModel version and a LiteRT file, each
+    describing itself, answering as the ensemble does, guard included."""
+    from braintumor_tf.api import load
+    from braintumor_tf.spec import read_spec
+
+    result = run_python("-m", "braintumor_tf", "export", "--run", str(cv_run), "--out",
+                        str(tmp_path / "classifier"), "--version", "3", "--tflite", "float16",
+                        "--tta", "mirror", "--parity-split", "val")
+    assert "TFLite float16" in result.stdout + result.stderr
+    saved = tmp_path / "classifier" / "3"
+    lite = tmp_path / "classifier" / "classifier_float16.tflite"
+    for exported in (saved, lite):
+        spec = read_spec(exported)
+        assert (spec.task, spec.averaging, spec.image_size) == ("classification", "mirror", 32)
+        assert spec.ood_threshold is not None
+    paths = sorted(str(p) for p in (cv_run.parent / "data/scans").rglob("*.png"))[:12]
+    served, edge = load(saved).predict(paths), load(lite).predict(paths)
+    assert [r["class_name"] for r in served] == [r["class_name"] for r in edge]
+    assert all(r["in_distribution"] is not None for r in served)
+    parity = json.loads((tmp_path / "classifier" / "tflite_parity.json").read_text())
+    assert parity["variants"]["float16"]["agreement"] >= 0.99
+
+
 @pytest.mark.slow
 def test_a_staged_recipe_cross_validates_stage_by_stage(patient_data, tmp_path):
     run_dir = tmp_path / "staged"
