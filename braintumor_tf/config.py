@@ -377,6 +377,10 @@ class TrainConfig:
     # Cross-validation: also score each held-out fold with these test-time averagings (mirror,
     # flips, dihedral), so the averaging is chosen out of fold (out_of_fold_tta-<mode>.csv).
     held_out_tta: tuple[str, ...] = ()
+    # Distillation (classification): a classifier (.keras or SavedModel) whose probabilities on
+    # each augmented batch replace the labels; accuracy then means agreement with it. The student
+    # starts from its weights for every layer they share unless initial_weights says otherwise.
+    teacher: str | None = None
 
     def __post_init__(self):
         unknown = sorted(set(self.held_out_tta) - {"mirror", "flips", "dihedral"})
@@ -413,6 +417,8 @@ class Config:
         if self.train.stages:
             self.stage_configs()
         if self.task == "segmentation":
+            _check(self.train.teacher is None,
+                   "train.teacher (distillation) is for classification; segmentation has none")
             self._check_segmentation()
         else:
             monitors = ("val_accuracy", "val_loss", "accuracy", "loss")

@@ -1,14 +1,23 @@
-"""Distillation into a smaller student: weights carried over, answers copied."""
+"""Distillation through the training driver (train.teacher): weights carried over, answers
+copied."""
 
-import json
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
+from support import write_png
 
+from braintumor_tf.commands.train import train
+from braintumor_tf.config import load_config
+from braintumor_tf.data.decode import read_image
+from braintumor_tf.data.discover import CLASS_NAMES
 from braintumor_tf.models.classifier import build_residual_cnn
 from braintumor_tf.models.tta import with_test_time_augmentation
-from braintumor_tf.training.distill import distill, soft_targets, transfer_weights
+from braintumor_tf.spec import read_spec, spec_for, write_keras_spec
+from braintumor_tf.tasks.classification import load_teacher
+from braintumor_tf.training.callbacks import read_history
+from braintumor_tf.training.distill import transfer_weights
 
 SMALL = dict(image_size=32, channels=1, num_classes=3, stem_filters=8, stem_stride=2,
              block_kernel_sizes=(3, 3, 3), dense_units=16, dropout=0.0)
@@ -24,18 +33,6 @@ def _student():
                               **{**SMALL, "block_kernel_sizes": (3, 3)})
 
 
-def _bars(count, seed):
-    """Three classes by where a bright bar lies (top, middle, bottom third): a teacher learns it
-    in a few epochs, and its answers do not depend on a left-right flip."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 3, count)
-    images = rng.uniform(0, 60, (count, 32, 32, 1)).astype(np.float32)
-    for image, label in zip(images, labels, strict=True):
-        top = 2 + label * 10 + rng.integers(0, 3)
-        image[top:top + 4, 4:28] += 180
-    return images, labels
-
-
 def test_transfer_copies_shared_layers_and_skips_reshaped_ones():
     keras.utils.set_random_seed(1)
     teacher, student = _teacher(), _student()
@@ -49,76 +46,72 @@ def test_transfer_copies_shared_layers_and_skips_reshaped_ones():
                            teacher.get_layer("dense").get_weights()[0][:16])
 
 
-def test_soft_targets_refuses_what_is_not_probabilities():
-    pixels = np.zeros((5, 4), np.float32)
-    with pytest.raises(ValueError, match="probability row"):
-        soft_targets(lambda x: np.ones((len(x), 3)), pixels)
-    with pytest.raises(ValueError, match="no images"):
-        soft_targets(lambda x: x, pixels[:0])
-    assert soft_targets(lambda x: np.full((len(x), 2), 0.5), pixels, batch_size=2).shape == (5, 2)
+def _bar_folders(root, count, seed):
+    """The four classes as folders of PNGs, the class by where a bright bar lies (quarters)."""
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        label = index % 4
+        image = rng.uniform(0, 60, (32, 32)).astype(np.float32)
+        top = 1 + label * 8 + rng.integers(0, 3)
+        image[top:top + 4, 4:28] += 180
+        write_png(root / CLASS_NAMES[label] / f"bar{index}.png", image.astype(np.uint8))
+    return root
 
 
-@pytest.mark.slow
-def test_student_learns_the_teachers_answers(tmp_path):
+def _bar_pixels(paths):
+    return np.stack([read_image(path, 1) for path in paths])
+
+
+def test_the_training_driver_distils_a_student_that_answers_like_its_teacher(tmp_path):
+    """The teacher gives each bar position the *next* class, so a student that learnt the folder
+    labels would disagree with it everywhere: agreeing shows it learnt the teacher."""
     keras.utils.set_random_seed(0)
-    train, labels = _bars(256, seed=0)
-    held_out, held_labels = _bars(96, seed=1)
-    teacher = _teacher()
+    data = _bar_folders(tmp_path / "data", 160, seed=0)
+    paths = sorted(str(p) for p in data.rglob("*.png"))
+    labels = np.array([CLASS_NAMES.index(Path(p).parent.name) for p in paths])
+    teacher = build_residual_cnn(block_filters=(8, 16, 32), block_downsample=(True, True, False),
+                                 **{**SMALL, "num_classes": 4})
     teacher.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy")
-    teacher.fit(train, labels, epochs=5, batch_size=32, verbose=0)
-    teacher_top1 = teacher.predict(held_out, verbose=0).argmax(axis=1)
-    assert np.mean(teacher_top1 == held_labels) > 0.85    # a teacher worth copying (1.0 here)
+    teacher.fit(_bar_pixels(paths), (labels + 1) % 4, epochs=8, batch_size=32, verbose=0)
+    teacher_path = tmp_path / "teacher.keras"
+    teacher.save(teacher_path)
+    write_keras_spec(teacher_path, spec_for("classification", CLASS_NAMES, 32, 1))
+    held_out = sorted(str(p) for p in _bar_folders(tmp_path / "new", 40, seed=1).rglob("*.png"))
+    teacher_top1 = teacher.predict(_bar_pixels(held_out), verbose=0).argmax(axis=1)
+    held_labels = np.array([CLASS_NAMES.index(Path(p).parent.name) for p in held_out])
+    assert np.mean(teacher_top1 == (held_labels + 1) % 4) > 0.9  # a teacher worth copying
 
-    student = _student()
-    before = np.mean(student.predict(held_out, verbose=0).argmax(axis=1) == teacher_top1)
-    summary = distill(student, train, soft_targets(lambda x: teacher.predict(x, verbose=0), train),
-                      held_out, soft_targets(lambda x: teacher.predict(x, verbose=0), held_out),
-                      tmp_path, epochs=5, learning_rate=3e-3, verbose=0)
-    assert summary["val_agreement"] >= 0.9 > before   # 1.0 in runs on an idle machine
-    saved = keras.saving.load_model(tmp_path / "model.keras")
-    after = np.mean(saved.predict(held_out, verbose=0).argmax(axis=1) == teacher_top1)
-    assert after == pytest.approx(summary["val_agreement"])   # the best epoch is what was saved
-    assert json.loads((tmp_path / "distill.json").read_text())["best_epoch"] >= 1
-    assert len((tmp_path / "distill_history.csv").read_text().splitlines()) == 6
-
-
-def test_distill_checks_its_inputs(tmp_path):
-    student = _student()
-    images = np.zeros((4, 32, 32, 1), np.float32)
-    with pytest.raises(ValueError, match="classes"):
-        distill(student, images, np.full((4, 2), 0.5), images, np.full((4, 2), 0.5), tmp_path)
-    with pytest.raises(ValueError, match="one target row"):
-        distill(student, images, np.full((3, 3), 1 / 3), images, np.full((4, 3), 1 / 3), tmp_path)
-    with pytest.raises(ValueError, match="epochs"):
-        distill(student, images, np.full((4, 3), 1 / 3), images, np.full((4, 3), 1 / 3), tmp_path,
-                epochs=0)
-    targets = np.full((4, 3), 1 / 3)
-    with pytest.raises(ValueError, match="not both or neither"):
-        distill(student, images, None, images, targets, tmp_path)
-    with pytest.raises(ValueError, match="not both or neither"):
-        distill(student, images, targets, images, targets, tmp_path, teacher=student)
-    with pytest.raises(ValueError, match="mixup"):
-        distill(student, images, targets, images, targets, tmp_path, mixup=0.4)
+    config = load_config(None, [
+        f"data.root={data}", "data.subjects=none", "data.image_size=32", "data.cache=false",
+        "data.augment.rotation=0", "data.augment.zoom=0", "model.stem_filters=8",
+        "model.stem_stride=2", "model.stem_kernel_size=2", "model.block_filters=[8, 16]",
+        "model.block_kernel_sizes=[3, 3]", "model.block_downsample=[true, true]",
+        "model.dense_units=16", "model.dropout=0", "train.batch_size=16", "train.epochs=8",
+        "train.verbose=0", "train.precision=float32", "optimizer.learning_rate=0.003",
+        f"train.teacher={teacher_path}"])
+    summary = train(config, tmp_path / "run")
+    history = read_history(tmp_path / "run" / "history.csv")
+    assert history["loss"][-1] < history["loss"][0] / 2  # the KL to the teacher falls
+    assert max(history["val_accuracy"]) >= 0.9  # accuracy here means agreement with the teacher
+    student = keras.saving.load_model(tmp_path / "run" / "model.keras")
+    assert student.count_params() < teacher.count_params() and summary["epochs"] == 8
+    student_top1 = student.predict(_bar_pixels(held_out), verbose=0).argmax(axis=1)
+    assert np.mean(student_top1 == teacher_top1) >= 0.9
+    assert np.mean(student_top1 == held_labels) <= 0.1
+    spec = read_spec(tmp_path / "run" / "model.keras")
+    assert spec.training_data["teacher"] == str(teacher_path)
 
 
-@pytest.mark.slow
-def test_consistent_matching_copies_a_teacher_asked_on_every_batch(tmp_path):
-    """The teacher answers each augmented, mixed batch inside the training step; no fixed
-    targets exist, yet the student ends up giving the teacher's answers on new images."""
-    keras.utils.set_random_seed(0)
-    train, labels = _bars(256, seed=0)
-    held_out, _ = _bars(96, seed=1)
-    teacher = _teacher()
-    teacher.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy")
-    teacher.fit(train, labels, epochs=5, batch_size=32, verbose=0)
-    held_targets = teacher.predict(held_out, verbose=0)
+def test_a_teacher_must_be_a_classifier_of_the_students_channels(tmp_path):
+    from support import bright_segmenter
 
-    student = _student()
-    before = np.mean(student.predict(held_out, verbose=0).argmax(axis=1)
-                     == held_targets.argmax(axis=1))
-    summary = distill(student, train, None, held_out, held_targets, tmp_path, epochs=6,
-                      learning_rate=3e-3, verbose=0, teacher=teacher, mixup=0.4)
-    assert summary["mode"] == "consistent"
-    assert summary["val_agreement"] >= 0.9 > before
-    saved = keras.saving.load_model(tmp_path / "model.keras")   # the student, not the wrapper
-    assert saved.count_params() == student.count_params()
+    segmenter = bright_segmenter(tmp_path / "segmenter.keras", 32)
+    with pytest.raises(ValueError, match="is a segmentation model, not a classifier"):
+        load_teacher(segmenter, channels=1)
+    teacher = build_residual_cnn(block_filters=(8,), block_downsample=(True,),
+                                 **{**SMALL, "num_classes": 4, "block_kernel_sizes": (3,)})
+    teacher.save(tmp_path / "teacher.keras")
+    with pytest.raises(ValueError, match="takes 1-channel images, the student 3"):
+        load_teacher(tmp_path / "teacher.keras", channels=3)
+    with pytest.raises(ValueError, match="train.teacher .* is for classification"):
+        load_config("segmentation", [f"train.teacher={tmp_path / 'teacher.keras'}"])

@@ -22,7 +22,8 @@ def training_data_summary(config: Config) -> dict:
             "labels": [str(table) for table in data.labels],
             "train_sources": list(data.train_sources or []),
             "subjects": None if data.subjects is None else str(data.subjects),
-            "split_seed": data.split_seed, "folds": data.folds}
+            "split_seed": data.split_seed, "folds": data.folds,
+            "teacher": config.train.teacher}
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -30,6 +31,12 @@ from braintumor_tf.models.classifier import build_classifier
 from braintumor_tf.models.guard import load_guard_of, with_guard
 from braintumor_tf.spec import read_spec, spec_for
 from braintumor_tf.tasks.base import Task, TaskData, training_data_summary
+from braintumor_tf.training.distill import (
+    keras_teacher,
+    savedmodel_teacher,
+    transfer_weights,
+    with_teacher_answers,
+)
 
 TEST_SUMMARY_KEYS = ("n", "accuracy", "macro_f1", "roc_auc_ovr", "ece")
 
@@ -80,10 +87,29 @@ class ClassificationTask(Task):
                                        augment_config=config.data.augment, seed=config.train.seed,
                                        plan=plan, **settings)
         val = classification_dataset(*_paths_and_labels(val_rows), training=False, **settings)
+        if config.train.teacher:
+            teacher = self._teacher(config)
+            train, val = (with_teacher_answers(dataset, teacher.answer, teacher.image_size,
+                                               config.data.image_size) for dataset in (train, val))
         return train, val
 
     def build_model(self, config: Config):
-        return build_classifier(config.model, config.data.image_size, config.data.channels)
+        model = build_classifier(config.model, config.data.image_size, config.data.channels)
+        if config.train.teacher and not config.train.initial_weights:
+            teacher = self._teacher(config)
+            if teacher.model is not None:
+                copied = transfer_weights(teacher.model, model)
+                log(f"distillation: {len(copied)} of the student's layers start from the "
+                    f"teacher's weights")
+        return model
+
+    def _teacher(self, config: Config) -> Teacher:
+        """The teacher of a distillation run, loaded once."""
+        cached = getattr(self, "_loaded_teacher", None)
+        if cached is None or cached.path != config.train.teacher:
+            cached = self._loaded_teacher = load_teacher(config.train.teacher,
+                                                         config.data.channels)
+        return cached
 
     def model_spec(self, config: Config, model):
         return spec_for(self.name, CLASS_NAMES, model.input_shape[1], model.input_shape[3],
@@ -91,6 +117,8 @@ class ClassificationTask(Task):
                         training_data=training_data_summary(config))
 
     def loss(self, config: Config):
+        if config.train.teacher:  # the targets are the teacher's probabilities: match them
+            return keras.losses.KLDivergence()
         return keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing)
 
     def metrics(self, config: Config) -> list:
@@ -239,3 +267,38 @@ def _exclude_near_duplicates(records, config: Config, run_dir: Path, roots):
         f"{len(references)} images under {', '.join(config.data.exclude_duplicates_of)}, and their "
         f"subjects; listed in {run_dir / 'excluded.csv'}); {len(kept)} remain: {class_counts(kept)}")
     return kept
+
+
+@dataclass(frozen=True)
+class Teacher:
+    path: str
+    answer: object  # images [N, S, S, C] 0..255 -> probabilities [N, classes], traceable
+    image_size: int
+    model: keras.Model | None  # a .keras teacher (its weights can start the student)
+
+
+def load_teacher(path, channels: int) -> Teacher:
+    """A classifier to distil from: a .keras file (with the averaging its spec states) or a
+    SavedModel (version folder or serving base: its ``predict_pixels`` signature)."""
+    from braintumor_tf.custom_objects import load_model
+    from braintumor_tf.export.runtimes import load_runtime
+    from braintumor_tf.models.tta import with_test_time_augmentation
+
+    runtime = load_runtime(path)  # the checks and errors every surface gives
+    if runtime.task != "classification":
+        raise ValueError(f"train.teacher {path} is a {runtime.task} model, not a classifier")
+    if runtime.channels != channels:
+        raise ValueError(f"train.teacher {path} takes {runtime.channels}-channel images, the "
+                         f"student {channels} (data.channels)")
+    if runtime.kind == "keras":
+        model = load_model(runtime.path, compile=False)
+        averaging = runtime.spec.averaging if runtime.spec is not None else "none"
+        averaged = with_test_time_augmentation(model, averaging or "none")
+        answer = keras_teacher(averaged)
+    elif runtime.kind == "savedmodel":
+        model, answer = None, savedmodel_teacher(runtime.path)
+    else:
+        raise ValueError(f"train.teacher must be a .keras file or a SavedModel, got {path} "
+                         f"({runtime.kind})")
+    log(f"distillation: the student learns the answers of {path} ({runtime.image_size} px)")
+    return Teacher(str(path), answer, runtime.image_size, model)
