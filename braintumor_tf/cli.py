@@ -295,19 +295,35 @@ def audit_command(paths, out_dir, threshold, old_threshold, subjects_path):
     click.echo(f"audit written to {out_dir}")
 
 
+def _class_weights(pairs) -> dict[str, float]:
+    weights = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise click.BadParameter(f"expected CLASS=WEIGHT, got {pair!r}",
+                                     param_hint="--class-weight") from None
+    return weights
+
+
 @main.command("calibrate")
 @click.option("--run", "run_dir", required=True, help="Classifier run directory.")
 @click.option("--quantile", default=0.975, show_default=True,
               help="Share of validation slices the OOD threshold lets through.")
+@click.option("--class-weight", "class_weights", multiple=True, metavar="CLASS=WEIGHT",
+              help="Multiply a class's calibrated probability by WEIGHT (renormalised) in every "
+                   "runtime and export, e.g. notumor=0.4: call a slice tumour-free only when "
+                   "surer. Choose it out of fold (scripts/decision_weights.py). Repeatable.")
 @_friendly_errors
-def calibrate_command(run_dir, quantile):
+def calibrate_command(run_dir, quantile, class_weights):
     """Fit the out-of-distribution guard and temperature of a classifier run (on its train and
     validation splits); exports and predictions made afterwards carry ood_score."""
     if not Path(run_dir).is_dir():
         raise FileNotFoundError(f"run directory not found: {run_dir}")
     from braintumor_tf.commands.calibrate import calibrate
 
-    report = calibrate(run_dir, quantile)
+    report = calibrate(run_dir, quantile, _class_weights(class_weights))
     click.echo(f"validation flagged {report['val_flagged'] * 100:.1f} %, temperature "
                f"{report['temperature']:.2f}, ECE {report['val_ece_before']:.3f} -> "
                f"{report['val_ece_after']:.3f}")

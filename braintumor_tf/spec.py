@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 import os
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from braintumor_tf.config import INTENSITY_MODES, TASKS
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2  # the newest record this package reads (and writes, with class_weights)
 KERAS_SPEC_ENTRY = "braintumor_tf/spec.json"
 KERAS_GUARD_ENTRY = "braintumor_tf/ood_guard.npz"
 SAVEDMODEL_SPEC_FILE = Path("assets.extra") / "braintumor_tf.json"
@@ -74,7 +75,9 @@ class Preprocessing:
 class ModelSpec:
     """Everything a model's user needs besides the weights. ``threshold`` is the segmenter's
     probability cut; ``averaging`` the test-time views the model's users should apply (exports
-    already contain them); ``temperature``/``ood_threshold`` the fitted guard's (None without one).
+    already contain them); ``temperature``/``ood_threshold`` the fitted guard's (None without one);
+    ``class_weights`` the guard's decision weights (probabilities x weights, renormalised; exports
+    contain them). Version 2 added ``class_weights``; a record without them is still version 1.
     """
 
     task: str
@@ -86,9 +89,10 @@ class ModelSpec:
     averaging: str = "none"
     temperature: float | None = None
     ood_threshold: float | None = None
+    class_weights: tuple[float, ...] | None = None
     training_data: Mapping = dataclasses.field(default_factory=dict)
     package_version: str = "0+unknown"
-    spec_version: int = SPEC_VERSION
+    spec_version: int = 1  # the lowest version that holds the record: to_dict raises it
 
     def __post_init__(self):
         object.__setattr__(self, "class_names", tuple(str(n) for n in self.class_names))
@@ -117,6 +121,15 @@ class ModelSpec:
                f"temperature must be positive, got {_short(self.temperature)}")
         _check(self.task == "classification" or self.temperature is None,
                "only classifiers carry an out-of-distribution guard")
+        if self.class_weights is not None:
+            weights = tuple(float(w) for w in self.class_weights)
+            object.__setattr__(self, "class_weights", weights)
+            _check(len(weights) == len(self.class_names)
+                   and all(math.isfinite(w) and w > 0 for w in weights),
+                   f"class_weights must be one positive number per class, "
+                   f"got {_short(self.class_weights)}")
+            _check(self.temperature is not None,
+                   "class_weights ride with the guard's temperature: fit the guard first")
         _check(isinstance(self.preprocessing, Preprocessing),
                "preprocessing must be a Preprocessing record")
 
@@ -131,6 +144,11 @@ class ModelSpec:
         record = dataclasses.asdict(self)
         record["class_names"] = list(self.class_names)
         record["training_data"] = dict(self.training_data)
+        if self.class_weights is None:
+            del record["class_weights"]  # readers of version 1 know no such field
+        else:
+            record["class_weights"] = list(self.class_weights)
+            record["spec_version"] = max(self.spec_version, 2)  # added in version 2
         return record
 
     @classmethod

@@ -175,6 +175,51 @@ def test_guard_travels_into_every_runtime_and_export(tmp_path):
     assert load_runtime(model_path).predict_with_scores(pixels)[1] is None
 
 
+def _reweighted(probabilities, temperature, weights):
+    scaled = scale_probabilities(probabilities, temperature) * np.asarray(weights)
+    return scaled / scaled.sum(axis=1, keepdims=True)
+
+
+def test_class_weights_move_decisions_the_same_way_in_every_form(tmp_path):
+    """A notumor weight below 1 (calibrate --class-weight) is a prior shift inside the graph:
+    Keras, SavedModel and LiteRT return the same reweighted probabilities, so slices the model
+    was unsure of stop being called tumour-free, and every form's spec names the weights."""
+    from braintumor_tf.commands.export import export_model
+    from braintumor_tf.data.discover import CLASS_NAMES
+    from braintumor_tf.evaluation.guard_fit import class_weight_vector
+    from braintumor_tf.export.runtimes import load_runtime
+    from braintumor_tf.spec import read_spec
+
+    model = _tiny()
+    model_path = tmp_path / "run" / "model.keras"
+    model_path.parent.mkdir()
+    model.save(model_path)
+    pixels = np.random.default_rng(2).uniform(0, 255, (32, SIZE, SIZE, 1)).astype(np.float32)
+    plain = np.asarray(model(pixels), np.float64)
+    unweighted = scale_probabilities(plain, 1.7)
+    top = CLASS_NAMES[int(unweighted[0].argmax())]  # the class this model calls slice 0
+    weights = class_weight_vector({top: 1e-3})
+    assert weights.count(1.0) == 3 and weights[CLASS_NAMES.index(top)] == 1e-3
+    guard = _random_guard(model)
+    guard.threshold, guard.class_weights = 40.0, weights
+    guard.save(model_path.parent / "ood_guard.npz")
+    assert Guard.load(model_path.parent / "ood_guard.npz").class_weights == weights
+    expected = _reweighted(plain, 1.7, weights)
+    keras_probabilities, _ = load_runtime(model_path).predict_with_scores(pixels)
+    np.testing.assert_allclose(keras_probabilities, expected, atol=1e-5)
+    assert CLASS_NAMES[int(np.argmax(keras_probabilities[0]))] != top  # the decision moved
+    summary = export_model(tmp_path / "classifier", model_path=model_path,
+                           tflite_variants="float32")
+    for exported in (summary["savedmodel"], summary["tflite"]["float32"]):
+        got, _ = load_runtime(exported).predict_with_scores(pixels)
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+        assert read_spec(exported).class_weights == tuple(weights)
+    with pytest.raises(ValueError, match="unknown class"):
+        class_weight_vector({"no_tumour": 0.5})
+    with pytest.raises(ValueError, match="class_weights must be 4 positive numbers"):
+        DistributionGuard(4, [8], [1.0], class_weights=[1, 1, -1, 1])
+
+
 def test_cross_check_warns_where_the_classifier_disagrees():
     from braintumor_tf.data.discover import CLASS_NAMES
     from braintumor_tf.inference.classification import class_record

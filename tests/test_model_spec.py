@@ -29,7 +29,17 @@ def test_spec_round_trips_and_names_what_is_wrong():
                     training_data={"root": "data", "folds": 5})
     again = ModelSpec.from_dict(spec.to_dict())
     assert again == spec and again.preprocessing.in_graph_intensity == "percentile"
-    assert again.spec_version == SPEC_VERSION and again.package_version
+    assert again.spec_version == 1 and again.package_version  # readable by version-1 readers
+    weighted = spec.replace(temperature=0.5, ood_threshold=1.0, class_weights=(1, 1, 0.4, 1))
+    record = weighted.to_dict()
+    assert record["spec_version"] == 2 and record["class_weights"] == [1.0, 1.0, 0.4, 1.0]
+    assert ModelSpec.from_dict(record).class_weights == (1.0, 1.0, 0.4, 1.0)
+    with pytest.raises(ValueError, match="one positive number per class"):
+        weighted.replace(class_weights=(1, 1, 0.4))
+    with pytest.raises(ValueError, match="one positive number per class"):
+        weighted.replace(class_weights=(1, 1, 0, 1))
+    with pytest.raises(ValueError, match="fit the guard first"):
+        spec.replace(class_weights=(1, 1, 0.4, 1))
     with pytest.raises(ValueError, match="task must be one of"):
         spec.replace(task="detection")
     with pytest.raises(ValueError, match="threshold applies to segmenters only"):

@@ -8,11 +8,11 @@ from braintumor_tf.evaluation.guard_fit import calibrate_classifier
 from braintumor_tf.export.validation_data import manifest_rows
 
 
-def calibrate(run_dir, validation_quantile: float = 0.975) -> dict:
+def calibrate(run_dir, validation_quantile: float = 0.975, class_weights=None) -> dict:
     """Refit from the run's own train and validation splits (training does it at its end)."""
     run_dir = Path(run_dir)
     keras_path = run_dir / "model.keras"
     if not keras_path.is_file():
         raise FileNotFoundError(f"no model.keras in run directory {run_dir}")
     return calibrate_classifier(keras_path, manifest_rows(run_dir, "train"),
-                                manifest_rows(run_dir, "val"), validation_quantile)
+                                manifest_rows(run_dir, "val"), validation_quantile, class_weights)

@@ -94,7 +94,8 @@ def _exported_spec(spec, task: str, model, image_size: int, channels: int, tta: 
     return spec.replace(
         averaging=tta, threshold=threshold if task == "segmentation" else None,
         temperature=None if guard is None else float(guard.temperature),
-        ood_threshold=None if guard is None else float(guard.threshold))
+        ood_threshold=None if guard is None else float(guard.threshold),
+        class_weights=None if guard is None else guard.class_weights)
 
 
 def version_dir(out_base: Path, version: int | None) -> Path:

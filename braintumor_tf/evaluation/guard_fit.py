@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,7 @@ VAL_IMAGES = 3000
 
 
 def embed_guard(keras_path: Path, model, guard_bytes: bytes, threshold: float,
-                temperature: float) -> None:
+                temperature: float, class_weights=None) -> None:
     """Store the guard inside the .keras file with its spec, so the file answers the same wherever
     it is copied (the .npz beside it stays for people who read it)."""
     spec = read_spec(keras_path)
@@ -36,17 +36,33 @@ def embed_guard(keras_path: Path, model, guard_bytes: bytes, threshold: float,
         spec = spec_for("classification", CLASS_NAMES, model.input_shape[1], model.input_shape[3],
                         intensity=graph_intensity(model))
     write_keras_spec(keras_path, spec.replace(temperature=float(temperature),
-                                              ood_threshold=float(threshold)), guard=guard_bytes)
+                                              ood_threshold=float(threshold),
+                                              class_weights=class_weights), guard=guard_bytes)
+
+
+def class_weight_vector(weights: Mapping[str, float] | None,
+                        class_names: Sequence[str] = CLASS_NAMES) -> list[float] | None:
+    """``{"notumor": 0.4}`` -> one weight per class (1 for those not named); None for none."""
+    if not weights:
+        return None
+    unknown = sorted(set(weights) - set(class_names))
+    if unknown:
+        raise ValueError(f"class weight for unknown class(es) {unknown}; classes are "
+                         f"{list(class_names)}")
+    return [float(weights.get(name, 1.0)) for name in class_names]
 
 
 def calibrate_classifier(keras_path: str | Path, train_rows: Sequence[tuple[str, int]],
                          val_rows: Sequence[tuple[str, int]],
-                         validation_quantile: float = DEFAULT_VALIDATION_QUANTILE) -> dict:
+                         validation_quantile: float = DEFAULT_VALIDATION_QUANTILE,
+                         class_weights: Mapping[str, float] | None = None) -> dict:
     """Write ``ood_guard.npz`` and ``ood_guard.json`` beside the model; returns the report.
 
     Training images give the class means and covariance, validation images the threshold and
     the temperature (the test split stays untouched). Every runtime that loads the model from
-    this folder then returns calibrated probabilities and an OOD score.
+    this folder then returns calibrated probabilities and an OOD score. ``class_weights``
+    (e.g. ``{"notumor": 0.4}``, chosen out of fold: docs/RESULTS.md) then multiply the
+    calibrated probabilities, renormalised, in every runtime and export.
     """
     from braintumor_tf.custom_objects import load_model
 
@@ -61,6 +77,9 @@ def calibrate_classifier(keras_path: str | Path, train_rows: Sequence[tuple[str,
     val_pixels, val_labels = load_pixels(val_rows, size, channels, VAL_IMAGES, seed=3)
     guard, report, val_probabilities = fit_guard(model, train_pixels, train_labels, val_pixels,
                                                  val_labels, validation_quantile)
+    guard.class_weights = class_weight_vector(class_weights)
+    guard.__post_init__()
+    report["class_weights"] = guard.class_weights
     report["val_ece_before"] = expected_calibration_error(val_labels, val_probabilities)
     report["val_ece_after"] = expected_calibration_error(
         val_labels, scale_probabilities(val_probabilities, guard.temperature))
@@ -68,7 +87,8 @@ def calibrate_classifier(keras_path: str | Path, train_rows: Sequence[tuple[str,
               for key, value in report.items()}
     path = guard.save(guard_path_for(keras_path))
     path.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    embed_guard(keras_path, model, path.read_bytes(), guard.threshold, guard.temperature)
+    embed_guard(keras_path, model, path.read_bytes(), guard.threshold, guard.temperature,
+                guard.class_weights)
     log(f"guard: {path} — threshold {guard.threshold:.1f} flags "
         f"{report['val_flagged'] * 100:.1f} % of validation slices; temperature "
         f"{guard.temperature:.2f} (validation ECE {report['val_ece_before']:.3f} -> "

@@ -337,6 +337,7 @@ def guard_metadata(model) -> dict:
         return {}
     guard = model.get_layer("distribution_guard")
     return {"ood_threshold": guard.threshold, "temperature": guard.temperature,
+            **({"class_weights": guard.class_weights} if guard.class_weights else {}),
             "ood_method": "largest over feature layers of the squared Mahalanobis distance to "
                           "the nearest class mean, each divided by its 99th percentile on "
                           "validation slices; flagged above ood_threshold"}

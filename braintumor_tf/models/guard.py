@@ -45,6 +45,12 @@ class Guard:
     threshold: float
     temperature: float
     validation_quantile: float = DEFAULT_VALIDATION_QUANTILE
+    # Decision weights: probabilities are multiplied by these and renormalised (a prior shift),
+    # e.g. notumor 0.4 so that a slice is called tumour-free only when the model is surer of it.
+    class_weights: list[float] | None = None
+
+    def __post_init__(self):
+        self.class_weights = checked_class_weights(self.class_weights, self.num_classes)
 
     @property
     def num_classes(self) -> int:
@@ -57,7 +63,8 @@ class Guard:
         arrays.update({f"precision_{i}": p for i, p in enumerate(self.precisions)})
         header = {"feature_layers": self.feature_layers, "scales": self.scales,
                   "threshold": self.threshold, "temperature": self.temperature,
-                  "validation_quantile": self.validation_quantile}
+                  "validation_quantile": self.validation_quantile,
+                  "class_weights": self.class_weights}
         np.savez(temporary, header=json.dumps(header), **arrays)
         os.replace(temporary, path)
         return path
@@ -75,7 +82,7 @@ class Guard:
                              "braintumor-tf calibrate") from error
         return cls(header["feature_layers"], means, precisions, list(header["scales"]),
                    float(header["threshold"]), float(header["temperature"]),
-                   float(header["validation_quantile"]))
+                   float(header["validation_quantile"]), header.get("class_weights"))
 
 
 def guard_path_for(keras_path: str | os.PathLike) -> Path:
@@ -235,7 +242,7 @@ class DistributionGuard(layers.Layer):
     """
 
     def __init__(self, num_classes: int, feature_dims, scales, temperature: float = 1.0,
-                 threshold: float = 1.0, **kwargs):
+                 threshold: float = 1.0, class_weights=None, **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         feature_dims, scales = [int(d) for d in feature_dims], [float(s) for s in scales]
@@ -249,6 +256,7 @@ class DistributionGuard(layers.Layer):
                              f"{threshold!r}")
         self.num_classes, self.feature_dims, self.scales = int(num_classes), feature_dims, scales
         self.temperature, self.threshold = float(temperature), float(threshold)
+        self.class_weights = checked_class_weights(class_weights, self.num_classes)
         self.class_means, self.precisions = [], []
         for index, dim in enumerate(feature_dims):
             self.class_means.append(self.add_weight(
@@ -268,7 +276,10 @@ class DistributionGuard(layers.Layer):
             per_layer.append(ops.min(ops.sum(projected * diff, axis=-1), axis=-1) / scale)
         score = ops.max(ops.stack(per_layer, axis=-1), axis=-1)
         logits = ops.log(ops.clip(ops.cast(probabilities, "float32"), 1e-12, 1.0))
-        return ops.softmax(logits / self.temperature, axis=-1), score
+        logits = logits / self.temperature
+        if self.class_weights is not None:
+            logits = logits + ops.log(ops.convert_to_tensor(self.class_weights, "float32"))
+        return ops.softmax(logits, axis=-1), score
 
     def compute_output_shape(self, input_shapes):
         probabilities_shape = input_shapes[-1]
@@ -277,7 +288,19 @@ class DistributionGuard(layers.Layer):
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes,
                 "feature_dims": self.feature_dims, "scales": self.scales,
-                "temperature": self.temperature, "threshold": self.threshold}
+                "temperature": self.temperature, "threshold": self.threshold,
+                "class_weights": self.class_weights}
+
+
+def checked_class_weights(class_weights, num_classes: int) -> list[float] | None:
+    """None (no reweighting) or one positive, finite weight per class."""
+    if class_weights is None:
+        return None
+    weights = [float(w) for w in class_weights]
+    if len(weights) != int(num_classes) or not all(np.isfinite(w) and w > 0 for w in weights):
+        raise ValueError(f"class_weights must be {num_classes} positive numbers, got "
+                         f"{list(class_weights)!r}")
+    return weights
 
 
 def is_guarded(model) -> bool:
@@ -312,7 +335,7 @@ def with_guard(model: keras.Model, guard: Guard, tta: str = "none") -> keras.Mod
             views.append(extractor(view)[-1])
         probabilities = layers.Average(dtype="float32", name="tta_average")(views)
     layer = DistributionGuard(guard.num_classes, dims, guard.scales, guard.temperature,
-                              guard.threshold, name="distribution_guard")
+                              guard.threshold, guard.class_weights, name="distribution_guard")
     scaled, score = layer([*features, probabilities])
     layer.set_weights([w for pair in zip(guard.means, guard.precisions, strict=True)
                        for w in pair])

@@ -1,0 +1,61 @@
+"""Choose one class's decision weight (``calibrate --class-weight``) on a CV's out-of-fold
+predictions, with each fold's weight chosen on the other folds, and write those re-predicted
+rows as fold CSVs so ``braintumor-tf compare`` judges the choice on answers it did not see.
+
+Why: a missed tumour costs more than a second look. The release CV called 2.1 % of tumour
+slices ``notumor``; a weight below 1 on ``notumor`` asks for more certainty before saying so.
+
+Run (the classifier release, docs/RESULTS.md):
+    python scripts/decision_weights.py --cv docs/cv/classifier_cv5_release --tta mirror \
+        --class notumor --out docs/cv/classifier_cv5_release_notumor_weight
+    braintumor-tf compare docs/cv/classifier_cv5_release docs/cv/classifier_cv5_release_notumor_weight \
+        --tta-a mirror --tta-b mirror
+then give the release the weight chosen on all folds:
+    braintumor-tf calibrate --run runs/cv5_release --class-weight notumor=<release weight>
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cv", required=True, help="CV run directory or folder of fold CSVs")
+    parser.add_argument("--tta", default="none", help="which out-of-fold predictions (e.g. mirror)")
+    parser.add_argument("--class", dest="class_name", default="notumor")
+    parser.add_argument("--grid", default=None, help="comma-separated weights to try")
+    parser.add_argument("--out", required=True, help="folder for the re-predicted fold CSVs")
+    args = parser.parse_args(argv)
+
+    from braintumor_tf.evaluation.cross_validation import read_run_predictions
+    from braintumor_tf.evaluation.decision_weights import (
+        DEFAULT_GRID,
+        nested_choice,
+        write_fold_csvs,
+    )
+
+    grid = DEFAULT_GRID if args.grid is None else [float(w) for w in args.grid.split(",")]
+    try:
+        rows = read_run_predictions(args.cv, args.tta)
+        out_rows, summary = nested_choice(rows, args.class_name, grid)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    suffix = "" if args.tta == "none" else f"_tta-{args.tta}"
+    write_fold_csvs(out_rows, out, suffix)
+    summary.update(source=str(args.cv), tta=args.tta)
+    (out / "decision_weights.json").write_text(json.dumps(summary, indent=2) + "\n")
+    per_fold = ", ".join(f"fold {k}: {w:g}" for k, w in summary["per_fold"].items())
+    print(f"{args.class_name} weight chosen on the other folds — {per_fold}")
+    print(f"on all folds (for the release): {summary['release']:g}")
+    print(f"wrote {len(out_rows)} re-predicted rows to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
