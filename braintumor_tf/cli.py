@@ -315,15 +315,18 @@ def _class_weights(pairs) -> dict[str, float]:
               help="Multiply a class's calibrated probability by WEIGHT (renormalised) in every "
                    "runtime and export, e.g. notumor=0.4: call a slice tumour-free only when "
                    "surer. Choose it out of fold (scripts/decision_weights.py). Repeatable.")
+@click.option("--tta", type=click.Choice(TTA_CHOICES), default="none", show_default=True,
+              help="Cross-validation run: fit the temperature on its out-of-fold predictions "
+                   "with this averaging (the one its export will use).")
 @_friendly_errors
-def calibrate_command(run_dir, quantile, class_weights):
+def calibrate_command(run_dir, quantile, class_weights, tta):
     """Fit the out-of-distribution guard and temperature of a classifier run (on its train and
     validation splits); exports and predictions made afterwards carry ood_score."""
     if not Path(run_dir).is_dir():
         raise FileNotFoundError(f"run directory not found: {run_dir}")
     from braintumor_tf.commands.calibrate import calibrate
 
-    report = calibrate(run_dir, quantile, _class_weights(class_weights))
+    report = calibrate(run_dir, quantile, _class_weights(class_weights), tta)
     click.echo(f"validation flagged {report['val_flagged'] * 100:.1f} %, temperature "
                f"{report['temperature']:.2f}, ECE {report['val_ece_before']:.3f} -> "
                f"{report['val_ece_after']:.3f}")

@@ -302,6 +302,20 @@ def test_the_release_of_a_cv_run_is_the_fold_ensemble(cv_run, patient_data):
     want = np.mean([m.predict(pixels, verbose=0) for m in members], axis=0)
     np.testing.assert_allclose(ensemble.predict(pixels, verbose=0), want, atol=1e-5)
     assert (cv_run / "ood_guard.npz").is_file()  # fitted on the last fold's model's features
+    # its temperature: from the out-of-fold answers, not from validation images it trained on
+    import json
+
+    from braintumor_tf.config import load_config
+    from braintumor_tf.evaluation.cross_validation import out_of_fold_rows
+    from braintumor_tf.evaluation.guard_fit import out_of_fold_arrays
+    from braintumor_tf.models.guard import Guard, fit_temperature
+
+    held_out_tta = load_config(cv_run / "config.yaml").train.held_out_tta
+    rows = out_of_fold_rows(cv_run, held_out_tta[0] if held_out_tta else "none")
+    report = json.loads((cv_run / "ood_guard.json").read_text())
+    assert report["temperature_from"] == f"out-of-fold predictions of {len(rows)} images"
+    assert Guard.load(cv_run / "ood_guard.npz").temperature == pytest.approx(
+        fit_temperature(*out_of_fold_arrays(rows)), rel=1e-6)
     assert {r["split"] for r in _csv_rows(cv_run / "split_manifest.csv")} == {"train", "val"}
 
 

@@ -78,6 +78,20 @@ def read_run_predictions(run: Path | str, tta: str = "none") -> list[dict]:
     return read_out_of_fold(published or in_run)
 
 
+def out_of_fold_rows(run_dir: Path, tta: str = "none") -> list[dict] | None:
+    """A finished CV run's out-of-fold predictions with that averaging; None for other runs."""
+    if not (run_dir / "folds").is_dir():
+        return None
+    try:
+        return read_run_predictions(run_dir, tta)
+    except FileNotFoundError as error:
+        from braintumor_tf.log import log
+
+        log(f"warning: temperature from the ensemble's validation images, which trained most "
+            f"of its members: {error}")
+        return None
+
+
 # ---- statistics per unit, metrics from summed statistics ------------------------------------
 
 class ClassificationStats:

@@ -45,8 +45,8 @@ class Guard:
     threshold: float
     temperature: float
     validation_quantile: float = DEFAULT_VALIDATION_QUANTILE
-    # Decision weights: probabilities are multiplied by these and renormalised (a prior shift),
-    # e.g. notumor 0.4 so that a slice is called tumour-free only when the model is surer of it.
+    # Decision weights: probabilities are multiplied by these (a prior shift) before the
+    # temperature, e.g. notumor 0.4: a slice is called tumour-free only when the model is surer.
     class_weights: list[float] | None = None
 
     def __post_init__(self):
@@ -276,10 +276,9 @@ class DistributionGuard(layers.Layer):
             per_layer.append(ops.min(ops.sum(projected * diff, axis=-1), axis=-1) / scale)
         score = ops.max(ops.stack(per_layer, axis=-1), axis=-1)
         logits = ops.log(ops.clip(ops.cast(probabilities, "float32"), 1e-12, 1.0))
-        logits = logits / self.temperature
-        if self.class_weights is not None:
+        if self.class_weights is not None:  # before the temperature: decisions do not depend on it
             logits = logits + ops.log(ops.convert_to_tensor(self.class_weights, "float32"))
-        return ops.softmax(logits, axis=-1), score
+        return ops.softmax(logits / self.temperature, axis=-1), score
 
     def compute_output_shape(self, input_shapes):
         probabilities_shape = input_shapes[-1]

@@ -173,10 +173,15 @@ class ClassificationTask(Task):
         write_classification_out_of_fold(rows, scratch / "predictions.csv", out_path)
 
     def finish_ensemble(self, config: Config, run_dir: Path) -> None:
-        """The OOD guard and temperature of a CV run's fold ensemble (see cross_validate)."""
+        """The OOD guard and temperature of a CV run's fold ensemble (see cross_validate); the
+        temperature from the out-of-fold answers (with the first held-out averaging, if any)."""
+        from braintumor_tf.evaluation.cross_validation import out_of_fold_rows
+
+        tta = config.train.held_out_tta[0] if config.train.held_out_tta else "none"
         try:
             calibrate_classifier(run_dir / "model.keras", manifest_rows(run_dir, "train"),
-                                 manifest_rows(run_dir, "val"))
+                                 manifest_rows(run_dir, "val"),
+                                 out_of_fold=out_of_fold_rows(run_dir, tta))
         except ValueError as error:
             log(f"warning: no out-of-distribution guard for the ensemble: {error}")
 
