@@ -144,8 +144,9 @@ ALIAS_BOMB = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol","lol"
     f"{chr(98 + k)}: &{chr(98 + k)} [{','.join(['*' + chr(97 + k)] * 10)}]\n" for k in range(8))
 
 
-def _in_seconds(function, limit: float = 5.0):
-    """The error ``function`` raises, failing the test if it took longer than ``limit``."""
+def _in_seconds(function, limit: float = 15.0):
+    """The error ``function`` raises, failing the test if it took longer than ``limit`` (the
+    failures guarded against took minutes; 5 s failed once on 2 cores shared with a training)."""
     import time
 
     start = time.perf_counter()
