@@ -73,8 +73,7 @@ def main(argv=None) -> int:
     from braintumor_tf.config import load_config
     from braintumor_tf.evaluation.guard_fit import embed_guard
     from braintumor_tf.models.ensemble import fold_ensemble
-    from braintumor_tf.models.guard import (Guard, feature_layer_names,
-                                            features_and_probabilities, with_guard)
+    from braintumor_tf.models.guard import Guard, feature_layer_names, features_and_probabilities, with_guard
     from braintumor_tf.spec import read_spec, write_keras_spec
     from braintumor_tf.tasks import get_task
 
