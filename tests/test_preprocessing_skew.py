@@ -82,3 +82,27 @@ def test_python_savedmodel_bytes_pixels_and_litert_agree_on_images_that_need_res
         print(f"{name}: max probability difference {difference:.4f}")
         assert difference <= TOLERANCE, name
         assert (probabilities.argmax(1) == reference.argmax(1)).all(), name
+
+
+def test_evaluate_reads_files_as_the_predictor_does(tmp_path):
+    """``evaluate`` batches files through tf.data for speed; each file still goes through the
+    predictor's read -> standardise -> resize, so its scores are those ``predict`` gives."""
+    from braintumor_tf.evaluation.classification import predict_paths
+    from braintumor_tf.serving.predictor import Predictor
+
+    model = _model()
+    model.save(tmp_path / "m.keras")
+    paths = []
+    for index, (height, width) in enumerate([(200, 160), (31, 90), (97, 97)]):
+        image = _slice(height, width, index + 10)
+        eight, sixteen = tmp_path / f"e{index}_8.png", tmp_path / f"e{index}_16.png"
+        cv2.imwrite(str(eight), np.round(image * 255).astype(np.uint8))
+        cv2.imwrite(str(sixteen), np.round(image * 4000 + 300).astype(np.uint16))
+        paths += [str(eight), str(sixteen)]
+    runtime = load_runtime(tmp_path / "m.keras")
+    evaluated, _ = predict_paths(runtime, paths, batch_size=4)
+    predictor = Predictor(runtime)
+    predicted = np.stack([answer.probabilities for answer in
+                          predictor.classify([predictor.read(path) for path in paths])])
+    np.testing.assert_allclose(evaluated, predicted, atol=1e-6)
+    assert len({tuple(np.round(row, 4)) for row in evaluated}) == len(paths)  # not one answer

@@ -20,13 +20,16 @@ from braintumor_tf.training.metrics import classification_report, format_report
 
 
 def predict_paths(runtime, paths, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray | None]:
-    """Probabilities (and OOD scores, None without a guard) for each path, decoded exactly as
-    in training."""
+    """Probabilities (and OOD scores, None without a guard) for each path, read by the one
+    predictor (serving.predictor), as ``predict`` and the API read them."""
     import time
+
+    from braintumor_tf.serving.predictor import Predictor
 
     outputs, scores = [], []
     started, last_report, done = time.perf_counter(), 0.0, 0
-    for batch in image_dataset(paths, runtime.image_size, runtime.channels, batch_size):
+    read = Predictor(runtime).model_input
+    for batch in image_dataset(paths, runtime.image_size, runtime.channels, batch_size, read):
         probabilities, batch_scores = runtime.predict_with_scores(batch.numpy())
         outputs.append(np.asarray(probabilities))
         scores.append(batch_scores)

@@ -108,7 +108,7 @@ def evaluate_segmentation_images(runtime, image_paths: Sequence[str], source: Se
     fractions: dict[str, list[float]] = {key: [] for key in truths}  # tumour share of the slice
     index = 0
     move = (lambda mask: mask) if shift is None or shift.geometry is None else shift.geometry
-    for batch in _pixel_batches(image_paths, size, runtime.channels, batch_size, shift):
+    for batch in _pixel_batches(runtime, image_paths, size, batch_size, shift):
         probabilities = np.asarray(runtime.predict(batch))[..., 0]
         paths = image_paths[index:index + len(probabilities)]
         for key, (reader, has_truth) in truths.items():
@@ -155,11 +155,16 @@ def evaluate_segmentation_images(runtime, image_paths: Sequence[str], source: Se
     return report
 
 
-def _pixel_batches(image_paths, size: int, channels: int, batch_size: int, shift=None):
-    """Model-size pixel batches, decoded as in training; with ``shift``, each file re-rendered
-    first (at its own size) and decoded again, as that export would reach a user."""
+def _pixel_batches(runtime, image_paths, size: int, batch_size: int, shift=None):
+    """Model-size pixel batches, read by the one predictor (as ``predict`` reads them); with
+    ``shift``, each file re-rendered first (at its own size) and decoded again, as that export
+    would reach a user."""
+    from braintumor_tf.serving.predictor import Predictor
+
+    channels = runtime.channels
     if shift is None:
-        for batch in image_dataset(image_paths, size, channels, batch_size):
+        read = Predictor(runtime).model_input
+        for batch in image_dataset(image_paths, size, channels, batch_size, read):
             yield batch.numpy()
         return
     from concurrent.futures import ThreadPoolExecutor

@@ -71,6 +71,11 @@ class Predictor:
             resized = np.repeat(resized, 3, axis=-1)
         return resized
 
+    def model_input(self, source: str | os.PathLike | np.ndarray) -> np.ndarray:
+        """One image as the model takes it, [size, size, channels]: what ``classify`` and
+        ``segment`` feed it (evaluation batches these)."""
+        return self.pixels([self.read(source)])[0]
+
     def classify(self, images: Sequence[np.ndarray]) -> list[ClassAnswer]:
         if not len(images):
             return []
