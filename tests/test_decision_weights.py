@@ -81,3 +81,39 @@ def test_the_script_writes_fold_csvs_that_compare_reads(tmp_path):
                               "--cv", str(tmp_path / "nothing"), "--out", str(out)],
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "no out-of-fold predictions" in missing.stderr
+
+
+def _two_recipes(seed=0, folds=4, per_fold=150):
+    """Two recipes on the same images and folds: A is sure and right on source "x" and leans
+    wrong on "y"; B the other way round, less sure. Averaged, each covers the other's source."""
+    rng = np.random.default_rng(seed)
+    rows_a, rows_b = [], []
+    for fold in range(folds):
+        for i in range(per_fold):
+            label, source = int(rng.integers(4)), "x" if i % 2 else "y"
+            wrong = (label + 1) % 4
+            good, bad = np.full(4, 0.02), np.full(4, 0.1)
+            good[label] = 0.94
+            bad[wrong], bad[label] = 0.45, 0.35
+            a, b = (good, bad) if source == "x" else (bad, good)
+            base = {"path": f"s{fold}_{i}.png", "source": source, "subject": f"S{fold}_{i // 3}",
+                    "unit": f"{fold}_{i // 3}", "fold": str(fold), "label": CLASS_NAMES[label]}
+            for rows, p in ((rows_a, a), (rows_b, b)):
+                rows.append({**base, "predicted": CLASS_NAMES[int(p.argmax())],
+                             **{n: f"{v:.4f}" for n, v in zip(CLASS_NAMES, p, strict=True)}})
+    return rows_a, rows_b
+
+
+def test_two_recipes_are_mixed_out_of_fold_and_the_mixture_beats_both():
+    from braintumor_tf.evaluation.decision_weights import nested_mixture
+
+    rows_a, rows_b = _two_recipes()
+    mixed, summary = nested_mixture(rows_a, rows_b, "notumor")
+    assert 0 < summary["release"]["share_a"] < 1
+    assert all(0 < c["share_a"] < 1 for c in summary["per_fold"].values())
+    accuracy = {name: np.mean([row["predicted"] == row["label"] for row in rows])
+                for name, rows in (("a", rows_a), ("b", rows_b), ("mixed", mixed))}
+    assert accuracy["mixed"] > max(accuracy["a"], accuracy["b"]) + 0.2
+    shuffled = [{**row, "fold": str((int(row["fold"]) + 1) % 4)} for row in rows_a]
+    with pytest.raises(ValueError, match="split the folds differently"):
+        nested_mixture(shuffled, rows_b, "notumor")
