@@ -25,10 +25,18 @@ def _check_members(members: Sequence[keras.Model]) -> None:
                          "without an OOD guard)")
 
 
-def fold_ensemble(members: Sequence[keras.Model], name: str = "fold_ensemble") -> keras.Model:
+def fold_ensemble(members: Sequence[keras.Model], name: str = "fold_ensemble",
+                  weights: Sequence[float] | None = None) -> keras.Model:
     """A functional model whose output is the mean of the members' outputs (probabilities for
-    a classifier, tumour probability maps for a segmenter), in float32."""
+    a classifier, tumour probability maps for a segmenter), in float32. ``weights``: a weighted
+    mean instead (normalised to sum 1), e.g. two recipes mixed in the share chosen out of fold."""
     _check_members(members)
+    if weights is not None:
+        weights = [float(w) for w in weights]
+        if len(weights) != len(members) or min(weights) < 0 or sum(weights) <= 0:
+            raise ValueError(f"one non-negative weight per member needed (some positive), got "
+                             f"{weights!r} for {len(members)} members")
+        weights = [w / sum(weights) for w in weights]
     inputs = keras.Input(shape=members[0].input_shape[1:], name="pixels", dtype="float32")
     outputs = []
     for index, member in enumerate(members):
@@ -42,5 +50,10 @@ def fold_ensemble(members: Sequence[keras.Model], name: str = "fold_ensemble") -
         copy = keras.models.clone_model(member, input_tensors=inputs, clone_function=renamed)
         copy.set_weights(member.get_weights())
         outputs.append(copy.output)
-    mean = layers.Average(dtype="float32", name="ensemble_mean")(outputs)
+    if weights is None:
+        mean = layers.Average(dtype="float32", name="ensemble_mean")(outputs)
+    else:
+        scaled = [layers.Rescaling(w, dtype="float32", name=f"fold{index}_share")(output)
+                  for index, (w, output) in enumerate(zip(weights, outputs, strict=True))]
+        mean = layers.Add(dtype="float32", name="ensemble_mean")(scaled)
     return keras.Model(inputs, mean, name=name)
