@@ -82,25 +82,10 @@ def image_dataset(paths: Sequence[str], image_size: int, channels: int,
     """Unlabelled, ordered batches of pixels for inference. ``read``: path -> float32 [size, size,
     channels], e.g. the predictor's ``model_input``, so evaluation reads a file as every
     prediction surface does; default the training decode."""
-    loader = make_tf_loader(channels, image_size) if read is None else \
-        _python_loader(read, image_size, channels)
+    loader = make_tf_loader(channels, image_size, read)
     dataset = tf.data.Dataset.from_tensor_slices(path_bytes(paths))
     dataset = dataset.map(loader, num_parallel_calls=AUTOTUNE, deterministic=True)
     return dataset.batch(batch_size).prefetch(AUTOTUNE)
-
-
-def _python_loader(read, image_size: int, channels: int):
-    def load_path(path) -> np.ndarray:
-        if isinstance(path, bytes | np.bytes_):
-            path = os.fsdecode(bytes(path))
-        return np.asarray(read(str(path)), np.float32)
-
-    def load(path_tensor):
-        pixels = tf.numpy_function(load_path, [path_tensor], tf.float32, stateful=False)
-        pixels.set_shape([image_size, image_size, channels])
-        return pixels
-
-    return load
 
 
 def classification_dataset(

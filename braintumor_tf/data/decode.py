@@ -190,9 +190,10 @@ def write_bad_file_report(bad: list[dict], path: str | os.PathLike) -> None:
         writer.writerows(bad)
 
 
-def make_tf_loader(channels: int, image_size: int):
+def make_tf_loader(channels: int, image_size: int, read=None):
     """Loader for tf.data map; a bad file raises in the graph, so pipelines add
-    `dataset.ignore_errors()` as a last guard behind check_images."""
+    `dataset.ignore_errors()` as a last guard behind check_images. ``read``: path -> float32
+    [size, size, channels] instead of the training decode (evaluation passes the predictor's)."""
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     import tensorflow as tf  # here, so that audits and splits never pay for importing TF
@@ -200,6 +201,8 @@ def make_tf_loader(channels: int, image_size: int):
     def _load_np(path) -> np.ndarray:
         if isinstance(path, bytes | np.bytes_):
             path = os.fsdecode(bytes(path))  # the bytes of os.fsencode: any file name comes back
+        if read is not None:
+            return np.asarray(read(str(path)), np.float32)
         return read_image(str(path), channels, image_size)
 
     def load(path_tensor):
