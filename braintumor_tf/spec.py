@@ -34,6 +34,31 @@ RESIZE_KERNELS = ("area_or_linear",)
 DEEP_IMAGE_MAPPINGS = ("percentile_0.5_99.5",)
 
 
+@dataclasses.dataclass(frozen=True)
+class TaskFacts:
+    """How a classifier file and a segmenter file differ for whoever runs one: read here, so that
+    runtimes, exports and commands ask the task's facts instead of comparing task names."""
+
+    output_key: str  # the serving signature's main output
+    per_pixel: bool  # one answer per pixel (a mask), not one row of class probabilities
+    thresholded: bool  # answers are cut at the spec's threshold
+    guarded: bool  # may carry the out-of-distribution guard (and its temperature)
+    fixed_class_names: tuple[str, ...] | None  # the names every such model has, if fixed
+
+
+TASK_FACTS = {
+    "classification": TaskFacts(output_key="probabilities", per_pixel=False, thresholded=False,
+                                guarded=True, fixed_class_names=None),
+    "segmentation": TaskFacts(output_key="mask_probability", per_pixel=True, thresholded=True,
+                              guarded=False, fixed_class_names=("tumour",)),
+}
+
+
+def task_facts(task: str) -> TaskFacts:
+    _check(task in TASK_FACTS, f"task must be one of {TASKS}, got {_short(task)}")
+    return TASK_FACTS[task]
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
@@ -100,9 +125,12 @@ class ModelSpec:
         _check(len(self.class_names) >= 1, "class_names must name at least one class")
         _check(len(set(self.class_names)) == len(self.class_names),
                f"class_names must be distinct, got {_short(self.class_names)}")
-        if self.task == "segmentation":
-            _check(self.class_names == ("tumour",),
-                   f"a segmenter has one class, ('tumour',), got {_short(self.class_names)}")
+        facts = TASK_FACTS[self.task]
+        if facts.fixed_class_names is not None:
+            _check(self.class_names == facts.fixed_class_names,
+                   f"a {self.task} model's classes are {facts.fixed_class_names}, "
+                   f"got {_short(self.class_names)}")
+        if facts.thresholded:
             _check(self.threshold is not None and 0.0 < float(self.threshold) < 1.0,
                    f"a segmenter's threshold must lie strictly between 0 and 1, "
                    f"got {_short(self.threshold)}")
@@ -119,7 +147,7 @@ class ModelSpec:
                "temperature and ood_threshold come from one guard fit: give both or neither")
         _check(self.temperature is None or float(self.temperature) > 0.0,
                f"temperature must be positive, got {_short(self.temperature)}")
-        _check(self.task == "classification" or self.temperature is None,
+        _check(facts.guarded or self.temperature is None,
                "only classifiers carry an out-of-distribution guard")
         if self.class_weights is not None:
             weights = tuple(float(w) for w in self.class_weights)
@@ -291,11 +319,12 @@ def spec_from_export_metadata(meta: Mapping, intensity: str = "none") -> ModelSp
     ``assets.extra`` or a LiteRT sidecar): what ``scripts/store_model_specs.py`` stores back."""
     task = meta.get("task", "classification")
     return ModelSpec(
-        task=task, class_names=tuple(meta.get("class_names") or ("tumour",)),
+        task=task, class_names=tuple(task_facts(task).fixed_class_names
+                                     or meta.get("class_names") or ()),
         image_size=int(meta["image_size"]), channels=int(meta["channels"]),
         preprocessing=Preprocessing(in_graph_intensity=intensity,
                                     max_pixels=int(meta.get("max_image_pixels", 50_000_000))),
-        threshold=(float(meta.get("threshold", 0.5)) if task == "segmentation" else None),
+        threshold=float(meta.get("threshold", 0.5)) if task_facts(task).thresholded else None,
         averaging=meta.get("test_time_augmentation", "none"),
         temperature=meta.get("temperature"), ood_threshold=meta.get("ood_threshold"),
         package_version=str(meta.get("package_version", "before specs")))

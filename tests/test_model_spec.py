@@ -18,10 +18,29 @@ from braintumor_tf.spec import (
     Preprocessing,
     read_spec,
     spec_for,
+    task_facts,
     write_keras_spec,
 )
 
 NAMES = ("glioma", "meningioma", "notumor", "pituitary")
+
+
+def test_task_facts_agree_with_what_each_spec_accepts():
+    """The facts runtimes and exports read instead of comparing task names: a segmenter's spec
+    holds exactly its fixed class and a threshold, a classifier's a guard but no threshold."""
+    segmenter = spec_for("segmentation", ("tumour",), 64, 1, threshold=0.6)
+    facts = task_facts("segmentation")
+    assert facts.per_pixel and facts.thresholded and not facts.guarded
+    assert segmenter.class_names == facts.fixed_class_names
+    with pytest.raises(ValueError, match="classes are"):
+        segmenter.replace(class_names=("lesion",))
+    with pytest.raises(ValueError, match="only classifiers carry"):
+        segmenter.replace(temperature=1.0, ood_threshold=2.0)
+    classifier = task_facts("classification")
+    assert classifier.guarded and not classifier.thresholded and classifier.fixed_class_names is None
+    assert {classifier.output_key, facts.output_key} == {"probabilities", "mask_probability"}
+    with pytest.raises(ValueError, match="task must be one of"):
+        task_facts("detection")
 
 
 def test_spec_round_trips_and_names_what_is_wrong():

@@ -250,6 +250,7 @@ def test_evaluate_pipeline_matches_hand_scores_for_a_perfect_model(tmp_path):
     (which contain the discs) score below 1 vs annotations."""
     from braintumor_tf.data.segmentation import find_segmentation_images, mask_at_size
     from braintumor_tf.evaluation.segmentation import evaluate_segmentation_images
+    from braintumor_tf.export.runtimes import Runtime
 
     data, masks = tmp_path / "coco", tmp_path / "masks"
     _write_coco_and_masks(data, masks)
@@ -258,6 +259,7 @@ def test_evaluate_pipeline_matches_hand_scores_for_a_perfect_model(tmp_path):
 
     class TruthRuntime:
         task, kind, path, image_size, channels, threshold = "segmentation", "stub", "truth", 64, 1, 0.5
+        expect_task = Runtime.expect_task
 
         def __init__(self):
             self.queue = []

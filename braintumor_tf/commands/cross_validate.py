@@ -253,8 +253,7 @@ def shifts_out_of_fold(run_dir: str | Path, names: str | None = "all", tta: str 
             raise FileNotFoundError(f"fold {fold} has no model yet ({model_path}): finish the "
                                     "cross-validation first")
         runtime = load_runtime(model_path, batch_size=batch_size, tta=tta)
-        if runtime.task != "classification":
-            raise ValueError("out-of-fold shifts are reported for classifiers")
+        runtime.expect_task("classification", "out-of-fold shifts are reported for classifiers")
         held_out = [row for row in rows if row["fold"] == fold]
         parts.append((runtime, [row["path"] for row in held_out], [row["label"] for row in held_out],
                       [row["source"] for row in held_out]))

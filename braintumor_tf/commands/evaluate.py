@@ -29,8 +29,8 @@ def evaluate(model_path, data_paths, json_path=None, out_dir=None, batch_size: i
     # takes it as it takes the run's own at the end of training.
     options = {} if threshold is None else {"threshold": checked_threshold(threshold, runtime.task)}
     if labels:
-        if runtime.task != "classification":
-            raise ValueError("--labels is for classifiers; for a segmenter give --data and --masks")
+        runtime.expect_task("classification",
+                            "--labels is for classifiers; for a segmenter give --data and --masks")
         options.update(labels=tuple(labels))
     if shifts is not None:
         options.update(shifts=shifts)

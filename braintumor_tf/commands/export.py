@@ -37,7 +37,7 @@ from braintumor_tf.log import log
 from braintumor_tf.models.guard import load_guard_of, with_guard
 from braintumor_tf.models.layers import graph_intensity
 from braintumor_tf.models.tta import with_test_time_augmentation
-from braintumor_tf.spec import ModelSpec, read_spec, spec_for
+from braintumor_tf.spec import ModelSpec, read_spec, spec_for, task_facts
 from braintumor_tf.tasks import get_task
 
 
@@ -87,12 +87,13 @@ def _exported_spec(spec, task: str, model, image_size: int, channels: int, tta: 
                    threshold: float, guard) -> ModelSpec:
     """The spec every exported form carries: the .keras file's own (or one read off its graph,
     for files written before specs), with the averaging, threshold and guard built in."""
+    facts = task_facts(task)
+    threshold = threshold if facts.thresholded else None
     if spec is None:
-        spec = spec_for(task, CLASS_NAMES if task == "classification" else ("tumour",),
-                        image_size, channels, intensity=graph_intensity(model),
-                        threshold=threshold if task == "segmentation" else None)
+        spec = spec_for(task, facts.fixed_class_names or CLASS_NAMES, image_size, channels,
+                        intensity=graph_intensity(model), threshold=threshold)
     return spec.replace(
-        averaging=tta, threshold=threshold if task == "segmentation" else None,
+        averaging=tta, threshold=threshold,
         temperature=None if guard is None else float(guard.temperature),
         ood_threshold=None if guard is None else float(guard.threshold),
         class_weights=None if guard is None else guard.class_weights)

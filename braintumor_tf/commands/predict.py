@@ -131,8 +131,7 @@ def predict(
         from braintumor_tf.inference.segmentation import cross_check
 
         classifier = load_runtime(classifier_path, batch_size=batch_size)
-        if classifier.task != "classification":
-            raise ValueError(f"--classifier {classifier_path} is not a classifier")
+        classifier.expect_task("classification", f"--classifier {classifier_path} is not a classifier")
         cross_check(records, predict_classes(classifier, paths, None, batch_size))
     for record in records:
         result(f"{record['path']}: ERROR {record['error']}" if record["error"]

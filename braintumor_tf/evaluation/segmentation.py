@@ -92,8 +92,7 @@ def evaluate_segmentation_images(runtime, image_paths: Sequence[str], source: Se
     """One pass over the images; every truth is accumulated alongside, overlays re-predict only the
     few cases shown, so nothing of split size is held in memory. ``shift`` (evaluation/shifts.py):
     every image re-rendered first, and its truth moved with it when the shift is geometric."""
-    if runtime.task != "segmentation":
-        raise ValueError(f"{runtime.path} is a {runtime.task} model, not a segmenter")
+    runtime.expect_task("segmentation", f"{runtime.path} is a {runtime.task} model, not a segmenter")
     truths = _truths(source)
     threshold = runtime.threshold if threshold is None else float(threshold)
     image_paths = [os.fspath(p) for p in image_paths]

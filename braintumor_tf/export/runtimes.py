@@ -13,7 +13,7 @@ from braintumor_tf.config import DEFAULT_SEGMENTATION_THRESHOLD, TASKS
 from braintumor_tf.export.released import resolve_model
 from braintumor_tf.log import log
 from braintumor_tf.machine import default_batch_size, usable_cores
-from braintumor_tf.spec import ModelSpec, keras_guard_file, read_spec
+from braintumor_tf.spec import ModelSpec, keras_guard_file, read_spec, task_facts
 
 RUNTIME_KINDS = ("keras", "savedmodel", "tflite")
 _ACCEPTED = (
@@ -25,7 +25,7 @@ _ACCEPTED = (
 
 def checked_threshold(threshold, task: str) -> float:
     """A threshold given by the user (evaluate/export --threshold): segmenters only, in (0, 1)."""
-    if task != "segmentation":
+    if not task_facts(task).thresholded:
         raise ValueError("threshold applies to segmenters only; this model is a classifier")
     if not 0.0 < float(threshold) < 1.0:
         raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold}")
@@ -65,6 +65,11 @@ class Runtime:
 
     kind = "base"
 
+    def expect_task(self, task: str, message: str) -> None:
+        """Refuses a model of another task, with the caller's words for what the user asked."""
+        if self.task != task:
+            raise ValueError(message)
+
     def __init__(
         self,
         path: Path,
@@ -79,9 +84,9 @@ class Runtime:
         if task not in TASKS:
             raise ValueError(f"{path}: unknown model task {task!r}; expected one of {TASKS}")
         self.task = task
-        if task == "segmentation":
+        if task_facts(task).fixed_class_names is not None:
             # One sigmoid channel: the classifier's class names do not apply, whoever passed them.
-            class_names = ("tumour",)
+            class_names = task_facts(task).fixed_class_names
         if class_names is None:
             # Formats without stored names get placeholders rather than a guess.
             class_names = tuple(f"class_{i}" for i in range(num_classes))
@@ -124,7 +129,7 @@ class Runtime:
             )
         no_scores = None if self.ood_threshold is None else np.zeros(0, np.float32)
         if len(pixels) == 0:
-            if self.task == "segmentation":
+            if task_facts(self.task).per_pixel:
                 return np.zeros((0, self.image_size, self.image_size, 1), np.float32), None
             return np.zeros((0, len(self.class_names)), np.float32), no_scores
         chunks = [
@@ -186,7 +191,7 @@ class _KerasRuntime(Runtime):
                 guard = Guard.load(embedded) if embedded is not None else None
             else:  # written before model specs: what the files beside it say
                 task = task_of_output_rank(len(output_shape))
-                guard = load_guard_beside(path) if task == "classification" else None
+                guard = load_guard_beside(path) if task_facts(task).guarded else None
                 _legacy_note(path)
             if guard is not None:  # wraps the views itself (scores from the image as given)
                 self._model = with_guard(self._plain, guard, tta)
@@ -236,14 +241,14 @@ def _package_names(task: str, outputs: int) -> tuple[str, ...] | None:
     """A classifier written before specs, with the package's 4 outputs: the package's classes."""
     from braintumor_tf.data.discover import CLASS_NAMES
 
-    if task == "classification" and outputs == len(CLASS_NAMES):
+    if task_facts(task).fixed_class_names is None and outputs == len(CLASS_NAMES):
         return tuple(CLASS_NAMES)
     return None
 
 
 def _checked_names(path: Path, class_names, spec: ModelSpec) -> tuple[str, ...]:
     """The spec's class names; names a caller passes must agree with them."""
-    if spec.task == "classification" and class_names is not None \
+    if task_facts(spec.task).fixed_class_names is None and class_names is not None \
             and tuple(class_names) != spec.class_names:
         raise ValueError(f"{path}: class names {tuple(class_names)} differ from the model's own "
                          f"{spec.class_names}")
@@ -265,9 +270,9 @@ class _SavedModelRuntime(Runtime):
         meta = (_savedmodel_metadata(path, self._loaded) if self.spec is None
                 else {**self.spec.to_dict(), "ood_threshold": self.spec.ood_threshold})
         task = meta.get("task", "classification")
-        self._output_key = "mask_probability" if task == "segmentation" else "probabilities"
+        self._output_key = task_facts(task).output_key
         stored = meta["class_names"]
-        if task == "classification" and class_names is not None \
+        if task_facts(task).fixed_class_names is None and class_names is not None \
                 and tuple(class_names) != tuple(stored):
             raise ValueError(
                 f"{path}: class names {tuple(class_names)} differ from the exported {tuple(stored)}"
@@ -370,7 +375,7 @@ class _TFLiteRuntime(Runtime):
         self._interpreter.set_tensor(details["index"], pixels.astype(details["dtype"]))
         self._interpreter.invoke()
         out = self._dequantised(self._output)
-        if np.issubdtype(self._output["dtype"], np.integer) and self.task == "classification":
+        if np.issubdtype(self._output["dtype"], np.integer) and not task_facts(self.task).per_pixel:
             # Dequantised softmax rows sum to 1 only within a few steps of 1/256; scored or
             # printed as probabilities they must sum to 1 exactly (argmax is unchanged).
             out = out / np.maximum(out.sum(axis=-1, keepdims=True), 1e-12)
