@@ -79,6 +79,20 @@ def test_pull_over_http_checks_every_file_and_names_resolve(web, models_home, tm
     assert "SavedModel versions 1; files classifier.keras" in result.output
 
 
+def test_models_list_reads_the_task_of_a_release_without_a_savedmodel(models_home):
+    """A release of LiteRT files only (the segmenter's) says its task from the file's spec."""
+    from braintumor_tf.spec import spec_for
+
+    release = models_home / "segmenter"
+    release.mkdir(parents=True)
+    (release / "segmenter_dynamic.tflite").write_bytes(b"tflite")
+    spec = spec_for("segmentation", ("tumour",), 96, 1, threshold=0.6)
+    (release / "segmenter_dynamic.json").write_text(json.dumps({"spec": spec.to_dict()}))
+    result = CliRunner().invoke(main, ["models", "list"])
+    assert result.exit_code == 0, result.output
+    assert "segmenter: segmentation in" in result.output
+
+
 def test_a_corrupted_download_writes_nothing(web, models_home, tmp_path):
     root, url = web
     manifest = tmp_path / "manifest.json"

@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import urllib.parse
 import urllib.request
+import zipfile
 from pathlib import Path
 
 MODELS_ENVIRONMENT_VARIABLE = "BRAINTUMOR_TF_MODELS"
@@ -79,9 +80,17 @@ def list_models() -> list[dict]:
             files = sorted(p.name for p in release.iterdir() if p.suffix in MODEL_SUFFIXES)
             if not versions and not files:
                 continue
+            # The newest SavedModel's spec, else the first file's that carries one (a release
+            # of LiteRT files only, such as the segmenter's, still says what it is).
             spec = None
-            if versions:
-                spec = read_spec(release / str(versions[-1]))
+            for candidate in ([release / str(versions[-1])] if versions else []) \
+                    + [release / name for name in files]:
+                try:
+                    spec = read_spec(candidate)
+                except (ValueError, OSError, zipfile.BadZipFile):
+                    continue  # a damaged file: listed, its task unknown ("?")
+                if spec is not None:
+                    break
             entry = {"name": release.name, "folder": str(release), "versions": versions,
                      "files": files, "shadowed": release.name in seen,
                      "task": None if spec is None else spec.task,
