@@ -3,6 +3,8 @@ package's one training driver (``train.teacher``).
 
     python scripts/edge_student.py --run runs/default_patient \
         --teacher savedmodels/classifier/classifier.keras --out runs/edge_student
+    (a teacher that is a fold ensemble or a two-recipe pair: add --init FOLD_MODEL.keras, one
+    of its networks, to start the student from)
     python scripts/edge_file.py --run runs/edge_student --release savedmodels/classifier/2 \
         --tta none --out savedmodels/classifier/classifier_int8.tflite --report docs/edge_int8.json
 
@@ -33,6 +35,14 @@ def main(argv=None) -> int:
     parser.add_argument("--teacher", required=True, help="the release (.keras or SavedModel)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--drop-blocks", type=int, default=1)
+    parser.add_argument("--keep", choices=["best", "last"], default="best",
+                        help="best: the epoch that agrees most with the teacher on the run's "
+                             "validation split; last: the last epoch, for a cross-validation "
+                             "fold whose 'val' rows are its held-out patients (only watched)")
+    parser.add_argument("--init", default=None,
+                        help="start the student from this network's weights (layers of the same "
+                             "name and shape) instead of the teacher's: for a teacher whose "
+                             "layers are renamed, such as a fold ensemble or a two-recipe pair")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--set", dest="overrides", action="append", default=[],
@@ -64,13 +74,39 @@ def main(argv=None) -> int:
         "data.folds": 0})
     config = load_config_with(config, args.overrides)
     out.mkdir(parents=True, exist_ok=True)
+    if args.init:
+        config = config.replace(**{"train.initial_weights": str(_student_init(config, args.init,
+                                                                              out))})
     for name in SPLIT_FILES:  # the release's patient split, reused as the run's own
         if (run / name).is_file() and not (out / name).exists():
             shutil.copy2(run / name, out / name)
-    summary = train(config, out)
+    summary = train(config, out, keep=args.keep)
     print(json.dumps({key: summary.get(key) for key in
                       ("parameters", "epochs", "best_epoch", "fit_seconds")}, indent=2))
     return 0
+
+
+def _student_init(config, source: str, out: Path) -> Path:
+    """The student's starting weights, copied layer by layer from ``source`` and saved once (a
+    resumed run must start from the same file)."""
+    path = out / "student_init.keras"
+    if path.is_file():
+        return path
+    from braintumor_tf.custom_objects import load_model
+    from braintumor_tf.tasks import get_task
+    from braintumor_tf.training.distill import transfer_weights
+
+    if not Path(source).is_file():
+        sys.exit(f"Error: --init {source} not found")
+    student = get_task(config.task).build_model(config.replace(**{"train.teacher": None}))
+    copied = transfer_weights(load_model(source, compile=False), student)
+    if not copied:
+        sys.exit(f"Error: --init {source} shares no layer (same name and shapes) with the student")
+    print(f"student: {len(copied)} of its layers start from {source}")
+    partial = out / "student_init.partial.keras"
+    student.save(partial)
+    partial.replace(path)
+    return path
 
 
 def load_config_with(config, overrides):
