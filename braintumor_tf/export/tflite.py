@@ -19,6 +19,12 @@ from braintumor_tf.log import native_stderr_without
 TFLITE_VARIANTS = ("float32", "float16", "dynamic", "int8")
 # What the converter prints at error level although nothing is wrong (checked on TF 2.21):
 # dropped from its output, everything else is passed through.
+# Kept in float inside the int8 file (with quantise/dequantise around them): LiteRT's int8
+# comparison aborts the whole process (QuantizeMultiplierGreaterThanOne) and its int8 division
+# refuses any divisor whose raw int8 value is 0, i.e. a real value of -zero_point x scale. The
+# in-graph percentile stretch uses both; its int8 file died on its first real slice.
+FLOAT_OPS_IN_INT8 = ("GREATER", "GREATER_EQUAL", "LESS", "LESS_EQUAL", "EQUAL", "NOT_EQUAL",
+                     "SELECT_V2", "DIV")
 CONVERTER_NOISE = ("NodeDef mentions attribute Truncate",
                    "All log messages before absl::InitializeLog() is called",
                    "fully_quantize: 0, inference_type:")
@@ -53,6 +59,33 @@ PREPROCESSING = (
 def _calibration_batches(images: np.ndarray) -> Iterable[list[np.ndarray]]:
     for image in images:
         yield [np.asarray(image, np.float32)[np.newaxis]]
+
+
+def _int8_with_float_ops(tf, converter, representative_images) -> bytes:
+    """The int8 conversion with ``FLOAT_OPS_IN_INT8`` left in float, through LiteRT's public
+    selective-quantisation entry (the quantisation debugger's denylist), which gives float
+    input and output: the ``int8_float_io`` contract."""
+    options = tf.lite.experimental.QuantizationDebugOptions(
+        denylisted_ops=list(FLOAT_OPS_IN_INT8))
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter, debug_options=options,
+        debug_dataset=lambda: _calibration_batches(representative_images[:1]))
+    return debugger.get_nondebug_quantized_model()
+
+
+def quantised_ops(flatbuffer: bytes, names) -> set[str]:
+    """The ``names`` among the file's operations that take an int8 input. LiteRT lists
+    operations only through its interpreter's ``_get_ops_details``; without it, nothing is
+    found (the check is a courtesy: a clear error instead of a crash at the first image)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=flatbuffer)
+    list_ops = getattr(interpreter, "_get_ops_details", None)
+    if list_ops is None:
+        return set()
+    tensors = {t["index"]: t["dtype"] for t in interpreter.get_tensor_details()}
+    return {op["op_name"] for op in list_ops() if op["op_name"] in names
+            and any(tensors.get(index) == np.int8 for index in op["inputs"])}
 
 
 def _tensor_info(detail: dict) -> dict:
@@ -181,7 +214,18 @@ def convert_to_tflite(
             converter.inference_input_type = io_type
             converter.inference_output_type = io_type
         with native_stderr_without(*CONVERTER_NOISE):
-            flatbuffer = converter.convert()
+            if variant == "int8" and int8_io == "float32":
+                flatbuffer = _int8_with_float_ops(tf, converter, representative_images)
+            else:
+                flatbuffer = converter.convert()
+    if variant == "int8" and int8_io == "int8":
+        broken = quantised_ops(flatbuffer, FLOAT_OPS_IN_INT8)
+        if broken:
+            raise ValueError(
+                f"this model's integer-only LiteRT file would run {', '.join(sorted(broken))} on "
+                "int8 tensors, which LiteRT's kernels get wrong or abort on (the in-graph "
+                "percentile stretch uses them): export it with --int8-io float32, which keeps "
+                "those few operations in float and every other one in int8")
     info = {
         "variant": variant,
         "file": path.name,
