@@ -119,7 +119,9 @@ def test_tflite_files_are_published_only_when_their_gate_passes(trained, tmp_pat
     (base / f".6.tmp-{os.getpid()}-x").mkdir()  # an export still running (this process)
     args = ("export", "--model", trained["model_path"], "--out", base, "--tflite", "dynamic",
             "--validation-data", trained["val_dir"])
-    assert cli(*args).exit_code == 0
+    first = cli(*args)
+    assert first.exit_code == 0
+    assert "carries no model spec" not in first.output  # the parity reference says what it is
     published = base / "classifier_dynamic.tflite"
     before = (published.read_bytes(), published.stat().st_mtime_ns)
     assert not (base / ".5.tmp-999999999-abc").exists() and (base / f".6.tmp-{os.getpid()}-x").exists()

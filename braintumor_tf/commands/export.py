@@ -37,7 +37,7 @@ from braintumor_tf.log import log
 from braintumor_tf.models.guard import load_guard_of, with_guard
 from braintumor_tf.models.layers import graph_intensity
 from braintumor_tf.models.tta import with_test_time_augmentation
-from braintumor_tf.spec import ModelSpec, read_spec, spec_for, task_facts
+from braintumor_tf.spec import ModelSpec, read_spec, spec_for, task_facts, write_keras_spec
 from braintumor_tf.tasks import get_task
 
 
@@ -72,12 +72,15 @@ def resolve_keras_model(model_path=None, run_dir=None) -> Path:
 
 
 @contextlib.contextmanager
-def _float32_reference(model, keras_path: Path, threshold: float):
+def _float32_reference(model, keras_path: Path, threshold: float, spec: ModelSpec):
     """The float32 model the files were converted from, as a runtime; named after the trained
-    file in the reports."""
+    file in the reports. Its spec says what it is, and adds nothing: the averaging and guard are
+    already inside ``model``."""
     with tempfile.TemporaryDirectory() as tmp:
         twin = Path(tmp) / keras_path.name
         model.save(twin)
+        write_keras_spec(twin, spec.replace(averaging="none", temperature=None,
+                                            ood_threshold=None, class_weights=None))
         runtime = load_runtime(twin)
         runtime.path, runtime.threshold = keras_path, threshold
         yield runtime
@@ -200,7 +203,7 @@ def export_model(
                 "parity report skipped")
         report = None
         if variants and validation is not None:
-            with _float32_reference(model, keras_path, threshold) as reference:
+            with _float32_reference(model, keras_path, threshold, exported_spec) as reference:
                 report, summary["parity"], message = task.parity(
                     reference, {v: str(p) for v, p in staged.items()}, validation)
             summary["parity_passed"] = report["passed"]
