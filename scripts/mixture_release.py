@@ -8,17 +8,22 @@ the one fitted for recipe B's fold-k network (its features, fitted on the other 
 training slices, threshold on fold k's); the temperature is fitted on the mixed out-of-fold
 answers.
 
-The two-recipe candidate of December 2026 (docs/RESULTS.md, "Two recipes mixed"; not released:
-its 16-bit copies agree on 98.6 %, the Must is 99 %):
+Release 4 (docs/RESULTS.md, "Release 4: the two recipes mixed, both with the stretch"):
     python scripts/decision_weights.py --cv docs/cv/classifier_cv5_release \
-        --mix docs/cv/classifier_cv5_release2 --tta mirror --out docs/cv/classifier_cv5_mixture
-    python scripts/mixture_release.py --fold 4 --share-a 0.4 --class-weight notumor=0.5 \
-        --model-a runs/cv5_release2/folds/fold4/model.keras --cv-a docs/cv/classifier_cv5_release2 \
-        --model-b-ensemble savedmodels/classifier/classifier.keras --config-b classification_cv \
-        --guard-b savedmodels/classifier/ood_guard.npz --cv-b docs/cv/classifier_cv5_release \
+        --mix docs/cv/classifier_cv5_release2_stretch --tta mirror \
+        --out docs/cv/classifier_cv5_mixture_stretch
+    python scripts/mixture_release.py --fold 4 --share-a 0.3 --class-weight notumor=0.5 \
+        --model-a runs/cv5_release2_stretch/folds/fold4/model.keras \
+        --cv-a docs/cv/classifier_cv5_release2_stretch \
+        --model-b-ensemble RELEASE3/classifier.keras --config-b classification_cv \
+        --guard-b RELEASE3/ood_guard.npz --cv-b docs/cv/classifier_cv5_release \
         --out runs/release4_pair/classifier.keras
     braintumor-tf evaluate --model runs/release4_pair/classifier.keras --data FOLD4_BY_SOURCE \
         --shifts sixteen_bit,rotate90,rotate180,gamma_0.6,gamma_1.6,resample_640,jpeg_30,noise
+RELEASE3 is release 3's folder (its .keras rebuilt from savedmodels/classifier/3 by
+scripts/keras_from_savedmodel.py). The same pair without the stretch in recipe A
+(--mix docs/cv/classifier_cv5_release2, share 0.4) was not released: its 16-bit copies agree on
+98.6 %, the Must is 99 %.
 """
 
 from __future__ import annotations
