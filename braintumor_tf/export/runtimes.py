@@ -346,6 +346,9 @@ class _TFLiteRuntime(Runtime):
             task=task, threshold=stored.get("threshold") or DEFAULT_SEGMENTATION_THRESHOLD,
         )
         self.averaging = stored.get("averaging", stored.get("test_time_augmentation", "none"))
+        # An int8 file's softmax is integer inside, even behind float input and output.
+        self._integer_softmax = (np.issubdtype(self._output["dtype"], np.integer)
+                                 or stored.get("variant") == "int8")
         if self._score_output is not None:
             if stored.get("ood_threshold") is None:
                 raise ValueError(f"{path} has an out-of-distribution output but its sidecar "
@@ -375,7 +378,7 @@ class _TFLiteRuntime(Runtime):
         self._interpreter.set_tensor(details["index"], pixels.astype(details["dtype"]))
         self._interpreter.invoke()
         out = self._dequantised(self._output)
-        if np.issubdtype(self._output["dtype"], np.integer) and not task_facts(self.task).per_pixel:
+        if self._integer_softmax and not task_facts(self.task).per_pixel:
             # Dequantised softmax rows sum to 1 only within a few steps of 1/256; scored or
             # printed as probabilities they must sum to 1 exactly (argmax is unchanged).
             out = out / np.maximum(out.sum(axis=-1, keepdims=True), 1e-12)
