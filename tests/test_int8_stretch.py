@@ -86,3 +86,31 @@ def test_the_stretch_maps_a_flat_image_to_zero_and_others_to_the_full_range():
     images, _ = _slices(4, 2)
     stretched = np.asarray(layer(images))
     assert stretched.min() == 0.0 and stretched.max() == 255.0
+
+
+def test_the_int8_file_of_a_guarded_classifier_keeps_weights_and_temperature_not_the_score(tmp_path):
+    """An int8 ood_score is calibrated on in-distribution slices only: its range ends below the
+    threshold and it never flags (release 2's int8 file flagged 0 of 300 non-MRI probes). The
+    int8 file is made without it; its probabilities stay the guarded model's."""
+    from test_guard import SIZE as GUARD_SIZE
+    from test_guard import _random_guard, _tiny
+
+    from braintumor_tf.commands.export import _tflite_source
+    from braintumor_tf.models.guard import with_guard
+
+    model = _tiny()
+    guarded = with_guard(model, _random_guard(model))
+    kept, info = _tflite_source(guarded, "dynamic")
+    assert kept is guarded and info["ood_threshold"] == 3.0
+    source, info = _tflite_source(guarded, "int8")
+    assert "ood_threshold" not in info and "never flag" in info["ood_score"]
+    assert info["temperature"] == 1.7
+    pixels = np.random.default_rng(3).uniform(0, 255, (24, GUARD_SIZE, GUARD_SIZE, 1))
+    pixels = pixels.astype(np.float32)
+    path = convert_to_tflite(source, tmp_path / "c_int8.tflite", "int8",
+                             representative_images=pixels[:8], metadata=info)
+    runtime = load_runtime(path)
+    assert runtime.ood_threshold is None  # one output: the probabilities
+    want = np.asarray(guarded(pixels)["probabilities"])
+    got = runtime.predict(pixels)
+    assert np.mean(got.argmax(axis=1) == want.argmax(axis=1)) >= 0.9
