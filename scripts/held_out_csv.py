@@ -8,6 +8,10 @@ are compared fairly only paired by patient. ``evaluate`` scores a folder; the fo
 folder may hold links to the fold's files under any names: rows are matched by the file they
 resolve to.
 
+    python scripts/held_out_csv.py --make-folder runs/fold4_by_source \
+        --fold-csv docs/cv/classifier_cv5_release/fold4.csv
+    BRAINTUMOR_TF_FOLLOW_LINKS_OUT=1 braintumor-tf evaluate --model MODEL \
+        --data runs/fold4_by_source --out runs/edge_eval
     python scripts/held_out_csv.py --predictions runs/edge_eval/predictions.csv \
         --fold-csv docs/cv/classifier_cv5_release/fold4.csv --out docs/cv/edge/fold4_edge.csv
     braintumor-tf compare docs/cv/edge/fold4_release.csv docs/cv/edge/fold4_edge.csv
@@ -61,14 +65,48 @@ def held_out_rows(predictions: Path, fold_csv: Path, class_names) -> list[dict]:
     return out
 
 
+def make_folder(fold_csvs, folder: Path, limit: int | None = None, seed: int = 0) -> int:
+    """``<folder>/<source>/<class>/`` links to the slices of the fold CSVs (a random ``limit``
+    of them, e.g. calibration images of the training folds): the layout ``evaluate`` reports
+    per source. Returns the number of links."""
+    import random
+
+    rows = []
+    for fold_csv in fold_csvs:
+        with open(fold_csv, newline="") as handle:
+            rows += list(csv.DictReader(handle))
+    if limit is not None:
+        random.Random(seed).shuffle(rows)
+        rows = rows[:limit]
+    for row in rows:
+        target = Path(_resolved(row["path"], Path.cwd()))
+        link = folder / row["source"] / row["label"] / "_".join(target.parts[-3:])
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.is_symlink():
+            os.symlink(target, link)
+    return len(rows)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--predictions", type=Path, required=True,
-                        help="evaluate --out's predictions.csv")
-    parser.add_argument("--fold-csv", type=Path, required=True,
-                        help="the fold's out-of-fold CSV (its patients, sources and groups)")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--predictions", type=Path, help="evaluate --out's predictions.csv")
+    parser.add_argument("--fold-csv", type=Path, action="append", required=True,
+                        help="the fold's out-of-fold CSV (its patients, sources and groups); "
+                             "repeatable with --make-folder")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--make-folder", type=Path,
+                        help="instead: write <folder>/<source>/<class>/ links to the slices")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="with --make-folder: a random sample of this many slices")
     args = parser.parse_args(argv)
+    if args.make_folder is not None:
+        count = make_folder(args.fold_csv, args.make_folder, args.limit)
+        print(f"{args.make_folder}: {count} links (evaluate follows links out of a data root with "
+              "BRAINTUMOR_TF_FOLLOW_LINKS_OUT=1)")
+        return 0
+    if args.predictions is None or args.out is None or len(args.fold_csv) != 1:
+        parser.error("give --predictions, one --fold-csv and --out (or --make-folder)")
+    args.fold_csv = args.fold_csv[0]
     from braintumor_tf.data.discover import CLASS_NAMES
 
     for needed in (args.predictions, args.fold_csv):

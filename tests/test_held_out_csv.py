@@ -70,3 +70,16 @@ def test_a_held_out_slice_without_a_prediction_is_refused(tmp_path):
     result = _run(tmp_path, predictions, fold_csv)
     assert result.returncode != 0 and "1 of 3 held-out slices have no prediction" in result.stderr
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_make_folder_links_each_held_out_slice_under_its_source_and_class(tmp_path):
+    _, fold_csv = _setup(tmp_path)
+    result = subprocess.run([sys.executable, str(SCRIPT), "--make-folder", "folder",
+                             "--fold-csv", str(fold_csv)], cwd=tmp_path, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+    links = sorted(p.relative_to(tmp_path / "folder").parts[:2]
+                   for p in (tmp_path / "folder").rglob("*.png"))
+    assert links == [("a", "notumor"), ("a", "pituitary"), ("b", "glioma")]
+    for link in (tmp_path / "folder").rglob("*.png"):
+        assert link.is_symlink() and link.resolve().parent == (tmp_path / "data").resolve()
